@@ -16,3 +16,27 @@ if not _os.path.isdir(_os.path.join(_here, "export")) and _os.path.isfile(_os.pa
     __path__.append(_checkout)  # type: ignore[name-defined]  # noqa: F821
 
 __version__ = "0.1.0"
+
+# The public API, imported lazily so that `micronet --help` and `import micronet.errors` stay fast
+# (torch takes seconds to import).
+_LAZY = {
+    "build_model": "micronet.model",
+    "MicroNet": "micronet.model",
+    "load_weights": "micronet.weights",
+    "count_variant": "micronet.counting",
+    "count_model": "micronet.counting",
+    "VARIANTS": "micronet.registry",
+    "resolve_variant": "micronet.registry",
+    "MicronetError": "micronet.errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'micronet' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

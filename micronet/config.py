@@ -1,0 +1,208 @@
+"""Declarative description of every MicroNet variant.
+
+Each variant is data: a stem, a list of block rows and a head. The rows keep the released code's
+field order (``s c ks c1 c2 g1 g2 g3 g4 y1 y2 y3 r``; its unused ``n`` and ``c3`` are dropped) so
+that they can be checked line by line against ``shared/spec/architecture.md`` §2 and §4.1, but every
+field has a name here instead of living in a comment. The block *type* is derived from the row, as
+the released code does: ``g1 == 0`` is a Micro-Block A, ``g4 == 0`` the final pointwise row,
+anything else a Micro-Block B/C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+BlockKind = Literal["A", "BC", "final"]
+
+#: DY-Shift-Max coefficients are rescaled to [-ACT_MAX, ACT_MAX]; all released models use 2.0.
+ACT_MAX = 2.0
+#: Base reduction of the Shift-Max hyper-function (multiplied by a row's ``r``).
+BASE_REDUCTION = 8
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    """One Micro-Block, exactly as a row of the released ``microconfig.py`` (minus ``n`` and ``c3``).
+
+    ``y1/y2/y3`` select the activation of the three slots: 0 = ReLU6 (or nothing in slot 3),
+    1 = Dynamic Shift-Max with K=1, 2 = Dynamic Shift-Max with K=2.
+    """
+
+    stride: int
+    out_channels: int
+    kernel: int
+    c1: int  # first expansion factor (depthwise channel multiplier in type A)
+    c2: int  # second expansion factor: hidden = in * c1 * c2
+    g1: int  # groups of the expanding 1x1 (0 = type A: no expanding 1x1)
+    g2: int  # shift/shuffle groups of the first two activation slots
+    g3: int  # groups of the squeezing 1x1
+    g4: int  # shift/shuffle groups of the third slot (0 = final row)
+    y1: int
+    y2: int
+    y3: int
+    r: int  # hyper-function reduction = BASE_REDUCTION * r
+
+    @property
+    def kind(self) -> BlockKind:
+        if self.g1 == 0:
+            return "A"
+        if self.g4 == 0:
+            return "final"
+        return "BC"
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """Everything that distinguishes one MicroNet from another."""
+
+    name: str
+    stem_groups: tuple[int, int]  # (G1, G2): stem is 3 -> G1 -> G1*G2 channels
+    rows: tuple[BlockRow, ...]
+    head_hidden: int  # width of the first classifier Linear
+    dropout: float
+    init_a: tuple[float, float] = (1.0, 1.0)  # Shift-Max offsets alpha1, alpha2 (K=2 slots)
+    init_b: tuple[float, float] = (0.0, 0.0)  # Shift-Max offsets beta1, beta2 (K=2 slots)
+
+    @property
+    def stem_channels(self) -> int:
+        return self.stem_groups[0] * self.stem_groups[1]
+
+
+def _rows(table: str) -> tuple[BlockRow, ...]:
+    """Parse a whitespace table ``s c ks c1 c2 g1 g2 g3 g4 y1 y2 y3 r`` into rows."""
+    return tuple(BlockRow(*map(int, line.split())) for line in table.strip().splitlines())
+
+
+# Paper M0 (= released M1, `msnx_dy6_exp6_6M_221`).
+M0 = VariantConfig(
+    name="m0",
+    stem_groups=(3, 2),
+    head_hidden=960,
+    dropout=0.05,
+    rows=_rows(
+        """
+        2   8 3 2 2  0  6 2 2 2 0 1 1
+        2  16 3 2 2  0  8 4 4 2 2 1 1
+        2  16 5 2 2  0 16 4 4 2 2 1 1
+        1  32 5 1 6  4  4 4 4 2 2 1 1
+        2  64 5 1 6  8  8 8 8 2 2 1 1
+        1  96 3 1 6  8  8 8 8 2 2 1 2
+        1 576 3 1 6 12 12 0 0 2 2 1 2
+        """
+    ),
+)
+
+# Paper M1 (= released M2, `msnx_dy9_exp6_12M_221`).
+M1 = VariantConfig(
+    name="m1",
+    stem_groups=(4, 2),
+    head_hidden=1024,
+    dropout=0.1,
+    rows=_rows(
+        """
+        2  12 3 2 2  0  8 4 4 2 0 1 1
+        2  16 3 2 2  0 12 4 4 2 2 1 1
+        1  24 3 2 2  0 16 4 4 2 2 1 1
+        2  32 5 1 6  6  6 4 4 2 2 1 1
+        1  32 5 1 6  8  8 4 4 2 2 1 2
+        1  64 5 1 6  8  8 8 8 2 2 1 2
+        2  96 5 1 6  8  8 8 8 2 2 1 2
+        1 128 3 1 6 12 12 8 8 2 2 1 2
+        1 768 3 1 6 16 16 0 0 2 2 1 2
+        """
+    ),
+)
+
+# Paper M2, derived from Table 1 (no released twin).
+M2 = VariantConfig(
+    name="m2",
+    stem_groups=(4, 3),
+    head_hidden=1024,
+    dropout=0.1,
+    rows=_rows(
+        """
+        2  16 3 2 2  0 12  4  4 2 0 1 1
+        2  24 3 2 2  0 16  4  4 2 2 1 1
+        1  24 3 2 2  0 24  4  4 2 2 1 1
+        2  32 3 1 6  6  6  4  4 2 2 1 1
+        1  32 5 1 6  8  8  4  4 2 2 1 2
+        1  48 5 1 6  8  8  6  6 2 2 1 2
+        1  80 5 1 6  8  8  8  8 2 2 1 2
+        2 120 5 1 6 10 10 10 10 2 2 1 2
+        1 120 3 1 6 12 12 10 10 2 2 1 2
+        1 144 3 1 6 12 12 12 12 2 2 1 2
+        1 864 3 1 6 12 12  0  0 2 2 1 2
+        """
+    ),
+)
+
+# Paper M3, derived from Table 1 (no released twin).
+M3 = VariantConfig(
+    name="m3",
+    stem_groups=(4, 4),
+    head_hidden=1024,
+    dropout=0.1,
+    rows=_rows(
+        """
+        2  36 3 2 2  0 16  4  4 2 0 1 1
+        2  48 3 2 2  0 36  6  6 2 2 1 1
+        1  48 3 1 4  8  8  6  6 2 2 1 1
+        2  64 5 1 4  8  8  8  8 2 2 1 1
+        1  64 5 1 4  8  8  8  8 2 2 1 2
+        1  96 5 1 4  8  8  8  8 2 2 1 2
+        1  96 5 1 4 12 12  8  8 2 2 1 2
+        2 192 5 1 4 12 12 12 12 2 2 1 2
+        1 192 5 1 4 16 16 12 12 2 2 1 2
+        1 192 5 1 4 16 16 12 12 2 2 1 2
+        1 768 5 1 4 16 16  0  0 2 2 1 2
+        """
+    ),
+)
+
+# Released M0 (`msnx_dy6_exp4_4M_221`): no paper twin, offered for its checkpoint.
+RELEASE_M0 = VariantConfig(
+    name="release-m0",
+    stem_groups=(2, 2),
+    head_hidden=640,
+    dropout=0.05,
+    rows=_rows(
+        """
+        2   8 3 2 2  0  4 2 2 2 0 1 1
+        2  12 3 2 2  0  8 4 4 2 2 1 1
+        2  16 5 2 2  0 12 4 4 2 2 1 1
+        1  32 5 1 4  4  4 4 4 2 2 1 1
+        2  64 5 1 4  8  8 8 8 2 2 1 1
+        1  96 3 1 4  8  8 8 8 2 2 1 2
+        1 384 3 1 4 12 12 0 0 2 2 1 2
+        """
+    ),
+)
+
+# Released M3 (`msnx_dy12_exp6_20M_020`): ReLU6 after the expanding 1x1, no third activation.
+RELEASE_M3 = VariantConfig(
+    name="release-m3",
+    stem_groups=(4, 3),
+    head_hidden=1024,
+    dropout=0.1,
+    init_a=(1.0, 0.5),
+    init_b=(0.0, 0.5),
+    rows=_rows(
+        """
+        2  16 3 2 2  0 12  4  4 0 2 0 1
+        2  24 3 2 2  0 16  4  4 0 2 0 1
+        1  24 3 2 2  0 24  4  4 0 2 0 1
+        2  32 5 1 6  6  6  4  4 0 2 0 1
+        1  32 5 1 6  8  8  4  4 0 2 0 2
+        1  64 5 1 6  8  8  8  8 0 2 0 2
+        1  80 5 1 6  8  8  8  8 0 2 0 2
+        1  80 5 1 6 10 10  8  8 0 2 0 2
+        2 120 5 1 6 10 10 10 10 0 2 0 2
+        1 120 5 1 6 12 12 10 10 0 2 0 2
+        1 144 3 1 6 12 12 12 12 0 2 0 2
+        1 864 3 1 6 12 12  0  0 0 2 0 2
+        """
+    ),
+)
+
+CONFIGS: dict[str, VariantConfig] = {c.name: c for c in (M0, M1, M2, M3, RELEASE_M0, RELEASE_M3)}

@@ -1,0 +1,157 @@
+"""Loading weights: our checkpoints and the authors' released ``micronet-m{0..3}.pth`` files.
+
+The released files use the released code's module tree (``features.i.layers.<fixed slot>...``,
+``classifier.0.linear...``) and usually a DataParallel ``module.`` prefix. Our modules are laid
+out differently (no empty placeholder slots), so the translation happens here, at the edge, and a
+checkpoint of the wrong variant is named from its tensor shapes instead of failing with a
+size-mismatch traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import MicroBlock
+from .errors import MicronetError
+from .layers import DynamicShiftMax, MicroFactorizedDepthwise
+from .model import MicroNet
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def _released_block_key(block: MicroBlock, index: int, rest: str) -> str:
+    """Our ``layers.{j}.{rest}`` inside a block -> the released ``layers.{slot}.{...}``."""
+    j, _, tail = rest.partition(".")
+    module = block.layers[int(j)]
+    slot = block.released_slots[int(j)]
+    if isinstance(module, MicroFactorizedDepthwise):  # {conv}.{0 conv|1 bn}.param -> conv.{2*conv+k}
+        a, b, param = tail.split(".", 2)
+        tail = f"conv.{2 * int(a) + int(b)}.{param}"
+    elif isinstance(module, DynamicShiftMax):  # fc1/fc2 -> fc.0/fc.2
+        tail = tail.replace("fc1.", "fc.0.", 1).replace("fc2.", "fc.2.", 1)
+    else:  # pointwise ConvBN: {0 conv|1 bn}.param -> conv.{k}.param
+        tail = f"conv.{tail}"
+    return f"features.{index + 1}.layers.{slot}.{tail}"
+
+
+def released_key_map(model: MicroNet) -> dict[str, str]:
+    """Our state_dict key -> the released checkpoints' key, for every entry of our state_dict."""
+    mapping: dict[str, str] = {}
+    for key in model.state_dict():
+        if m := re.fullmatch(r"stem\.conv\.(\d)\.(\d)\.(.+)", key):
+            released = f"features.0.stem.0.conv.{2 * int(m[1]) + int(m[2])}.{m[3]}"
+        elif m := re.fullmatch(r"blocks\.(\d+)\.layers\.(.+)", key):
+            released = _released_block_key(model.blocks[int(m[1])], int(m[1]), m[2])
+        elif m := re.fullmatch(r"head\.fc([12])\.(\d)\.(.+)", key):
+            released = f"classifier.{0 if m[1] == '1' else 2}.linear.{m[2]}.{m[3]}"
+        else:
+            raise AssertionError(f"no released name for {key}")  # a new module needs a mapping rule
+        mapping[key] = released
+    return mapping
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file and return a plain state_dict (wrappers and ``module.`` removed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MicronetError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; all mean the same to a user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MicronetError(f"cannot read weights file {path}: not a PyTorch checkpoint ({first[:160]})") from None
+    return unwrap_state_dict(obj, str(path))
+
+
+def unwrap_state_dict(obj: object, origin: str = "checkpoint") -> dict[str, Tensor]:
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise MicronetError(f"{origin} holds no model state_dict")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def is_released_layout(state: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith("features.") for k in state)
+
+
+def to_our_layout(state: Mapping[str, Tensor], model: MicroNet) -> dict[str, Tensor]:
+    if not is_released_layout(state):
+        return dict(state)
+    inverse = {released: ours for ours, released in released_key_map(model).items()}
+    return {inverse.get(k, k): v for k, v in state.items()}
+
+
+def checkpoint_classes(state: Mapping[str, Tensor]) -> int | None:
+    for key in ("head.fc2.1.weight", "classifier.2.linear.1.weight"):
+        if key in state:
+            return int(state[key].shape[0])
+    return None
+
+
+def detect_variant(state: Mapping[str, Tensor]) -> str | None:
+    """The registered variant whose every tensor shape matches this state_dict, if any."""
+    from .model import build_model
+    from .registry import VARIANTS
+
+    classes = checkpoint_classes(state) or 1000
+    for name in VARIANTS:
+        with torch.device("meta"):
+            candidate = build_model(name, num_classes=classes)
+        ours = to_our_layout(state, candidate)
+        expected = candidate.state_dict()
+        if set(ours) == set(expected) and all(ours[k].shape == expected[k].shape for k in expected):
+            return name
+    return None
+
+
+def _mismatch_message(state: Mapping[str, Tensor], model: MicroNet, origin: str) -> str:
+    detected = detect_variant(state)
+    classes = checkpoint_classes(state)
+    if detected == model.config.name and classes != model.num_classes:
+        return (f"{origin} has a {classes}-class classifier but the model was built with "
+                f"{model.num_classes} classes; pass --num-classes {classes}")
+    if detected:
+        return (f"{origin} is a {detected} checkpoint ({classes} classes), not {model.config.name}; "
+                f"use --variant {detected}")
+    return f"{origin} does not match any MicroNet variant (its tensor names or shapes are foreign)"
+
+
+def load_weights(model: MicroNet, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> dict:
+    """Load our own or a released checkpoint into ``model``; every shape is checked first.
+
+    Returns a record for manifests: path, sha256, the key layout found and tensor count.
+    """
+    if isinstance(source, Mapping):
+        state, origin, digest = unwrap_state_dict(source), "state_dict", None
+    else:
+        path = Path(source)
+        state, origin = read_state_dict(path), f"weights file {path}"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    layout = "released" if is_released_layout(state) else "micronet"
+    ours = to_our_layout(state, model)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in ours]
+    unexpected = [k for k in ours if k not in expected]
+    wrong_shape = [k for k in expected if k in ours and ours[k].shape != expected[k].shape]
+    if wrong_shape or (strict and (missing or unexpected)):
+        raise MicronetError(_mismatch_message(state, model, origin))
+    model.load_state_dict(ours, strict=strict)
+    return {"path": None if digest is None else str(source), "sha256": digest, "layout": layout,
+            "tensors": len(ours)}
+
+
+def save_released_layout(model: nn.Module) -> dict[str, Tensor]:
+    """Our state_dict renamed to the released layout with the DataParallel prefix, as the authors'
+    training script writes it (used to test loading without downloading their files)."""
+    assert isinstance(model, MicroNet)
+    mapping = released_key_map(model)
+    return {f"module.{mapping[k]}": v for k, v in model.state_dict().items()}
