@@ -1,0 +1,166 @@
+"""The deploy form of a MicroNet: what gets traced, never trained.
+
+The training form keeps the released arithmetic so checkpoints reproduce their accuracy; the
+deploy form computes the same function (up to float rounding) with fewer, converter-friendly ops:
+
+* every BatchNorm is folded into the convolution or Linear before it (exact in eval mode);
+* Dynamic Shift-Max uses a channel-rotation instead of the released ``x[:, index]`` gather (GATHER
+  is not taken by XNNPACK and copies element by element); ``SHIFT_IMPLEMENTATIONS`` lists the
+  forms tried, all exact;
+* h_sigmoid is written ``clamp(x/6 + 1/2, 0, 1)`` -- the slope is 1/6, not ONNX HardSigmoid's
+  default 0.2;
+* shapes are static: the batch is fixed at trace time unless a dynamic batch is asked for.
+
+``to_deploy`` returns a new module and leaves the model it was given untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from micronet.config import ACT_MAX
+from micronet.layers import ConvBN, DynamicShiftMax
+from micronet.model import MicroNet, SwishLinear
+
+ShiftImpl = Literal["roll", "slices", "gather"]
+SHIFT_IMPLEMENTATIONS: tuple[str, ...] = ("roll", "slices", "gather")
+DEFAULT_SHIFT: ShiftImpl = "roll"
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One convolution computing conv followed by eval-mode BatchNorm."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def fold_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
+    """One Linear computing Linear followed by eval-mode BatchNorm1d."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True)
+    with torch.no_grad():
+        fused.weight.copy_(linear.weight * scale.view(-1, 1))
+        fused.bias.copy_((linear.bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def _hard_sigmoid(x: Tensor) -> Tensor:
+    return torch.clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)
+
+
+class DeployHardSwish(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x * _hard_sigmoid(x)
+
+
+def shift_channels(x: Tensor, groups: int, impl: ShiftImpl) -> Tensor:
+    """The Shift-Max partner x~: output (group i, pos j) = input (group i+1, pos j+1), circularly."""
+    b, c, h, w = x.shape
+    per_group = c // groups
+    if impl == "roll":
+        return torch.roll(x.view(b, groups, per_group, h, w), shifts=(-1, -1), dims=(1, 2)).view(b, c, h, w)
+    if impl == "slices":
+        # Rotate inside each group (a 4-D view keeps it to two slices), then rotate the groups.
+        grid = x.view(b, groups, per_group, h * w)
+        grid = torch.cat([grid[:, :, 1:], grid[:, :, :1]], dim=2) if per_group > 1 else grid
+        grid = torch.cat([grid[:, 1:], grid[:, :1]], dim=1) if groups > 1 else grid
+        return grid.reshape(b, c, h, w)
+    if impl == "gather":
+        from micronet.layers import shift_permutation
+
+        return x[:, torch.tensor(shift_permutation(c, groups), device=x.device)]
+    raise ValueError(f"unknown shift implementation {impl!r}; choose from {SHIFT_IMPLEMENTATIONS}")
+
+
+class DeployShiftMax(nn.Module):
+    """Dynamic Shift-Max with the offsets and the (h - 1/2)·2·ACT_MAX rescale folded into constants."""
+
+    def __init__(self, source: DynamicShiftMax, shift: ShiftImpl) -> None:
+        super().__init__()
+        self.channels, self.groups, self.branches, self.shift = source.channels, source.groups, source.branches, shift
+        self.fc1 = copy.deepcopy(source.fc1)
+        # theta_k = 2·ACT_MAX·h_k + (offset_k - ACT_MAX): one scale and one bias vector for all outputs.
+        offsets = [source.init_a[0], source.init_b[0], source.init_a[1], source.init_b[1]][: 2 * source.branches]
+        bias = torch.cat([torch.full((source.channels,), o - ACT_MAX) for o in offsets])
+        with torch.no_grad():
+            # h = clamp(z/6 + 1/2, 0, 1): fold the 1/6 and 1/2 into fc2 so only the clamp remains.
+            self.fc2 = nn.Linear(source.fc2.in_features, source.fc2.out_features)
+            self.fc2.weight.copy_(source.fc2.weight / 6.0)
+            self.fc2.bias.copy_(source.fc2.bias / 6.0 + 0.5)
+        self.register_buffer("theta_bias", bias.view(1, -1, 1, 1))
+        self.theta_scale = 2.0 * ACT_MAX
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[0], self.channels
+        pooled = x.mean(dim=(2, 3))
+        h = torch.clamp(self.fc2(F.relu(self.fc1(pooled))), 0.0, 1.0)
+        theta = h.view(b, -1, 1, 1) * self.theta_scale + self.theta_bias
+        shifted = shift_channels(x, self.groups, self.shift)
+        out = x * theta[:, 0:c] + shifted * theta[:, c:2 * c]
+        if self.branches == 2:
+            out = torch.maximum(out, x * theta[:, 2 * c:3 * c] + shifted * theta[:, 3 * c:4 * c])
+        return out
+
+
+def _replace_children(module: nn.Module, shift: ShiftImpl) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, ConvBN):
+            setattr(module, name, fold_conv_bn(child[0], child[1]))
+        elif isinstance(child, SwishLinear):
+            setattr(module, name, nn.Sequential(fold_linear_bn(child[0], child[1]), DeployHardSwish()))
+        elif isinstance(child, DynamicShiftMax):
+            setattr(module, name, DeployShiftMax(child, shift))
+        elif type(child).__name__ == "HardSwish":
+            setattr(module, name, DeployHardSwish())
+        else:
+            _replace_children(child, shift)
+
+
+def to_deploy(model: MicroNet, shift: ShiftImpl = DEFAULT_SHIFT) -> MicroNet:
+    """A folded, eval-mode copy of ``model`` computing the same logits."""
+    if shift not in SHIFT_IMPLEMENTATIONS:
+        raise ValueError(f"unknown shift implementation {shift!r}; choose from {SHIFT_IMPLEMENTATIONS}")
+    deployed = copy.deepcopy(model).eval()
+    _replace_children(deployed, shift)
+    for p in deployed.parameters():
+        p.requires_grad_(False)
+    return deployed.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: MicroNet, batches: list[Tensor]) -> int:
+    """Re-estimate every BatchNorm's running statistics from real images (cumulative average).
+
+    An untrained MicroNet with fresh statistics (mean 0, var 1) shrinks activations block after
+    block until the logits are ~1e-22 (shared/spec/toolchain.md P15): int8 calibration and parity
+    on such a model mean nothing. Trained weights never need this. Returns the images seen.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in norms]
+    was_training = model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all batches
+        m.train()
+    seen = 0
+    try:
+        for batch in batches:
+            model(batch)
+            seen += batch.shape[0]
+    finally:
+        for m, (momentum, training) in zip(norms, saved):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+    return seen
