@@ -89,6 +89,49 @@ def flops(
     console.print(conventions_note(check))
 
 
+@app.command("export")
+def export_cmd(
+    variant: str = VariantOpt,
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="onnx or tflite (default tflite)"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", "-q",
+                                           help="TFLite: int8 (default), float32, float16 or dynamic"),
+    all_formats: bool = typer.Option(False, "--all", help="write ONNX and every TFLite quantization"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="checkpoint: ours or the authors' micronet-m*.pth"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration",
+                                               help="folder of your images for int8 calibration and parity"),
+    calib_count: int = typer.Option(200, "--calib-count", help="calibration images (deterministic sample)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the calibration sample"),
+    input_size: int = InputSizeOpt,
+    num_classes: int = typer.Option(1000, "--num-classes"),
+    output: Path = typer.Option(Path("exports"), "--output", "-o", help="output folder"),
+    io_dtype: str = typer.Option("int8", "--io-dtype", help="int8 model input/output type: int8 or uint8"),
+    per_tensor: bool = typer.Option(False, "--per-tensor", help="int8 weights per tensor instead of per channel"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX with a symbolic batch dimension"),
+) -> None:
+    """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
+    from micronet.console import console, export_summary, parity_table
+    from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_targets
+
+    request = ExportRequest(
+        variant=variant, targets=resolve_targets(fmt, quantize, all_formats), weights=weights,
+        calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
+        num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
+        dynamic_batch=dynamic_batch,
+    )
+    try:
+        with console.status("exporting", spinner="dots") as status:
+            def progress(message: str) -> None:
+                console.print(message)
+                status.update(message)
+
+            result = export(request, progress=progress)
+    except ParityFailure as failure:
+        console.print(parity_table(failure.rungs))
+        raise
+    console.print(parity_table(result.rungs))
+    console.print(export_summary(result))
+
+
 @budget_app.command("check")
 def budget_check(budgets: Path = typer.Argument(DEFAULT_BUDGETS, help="TOML file of per-variant ceilings")) -> None:
     """Fail (exit 1) naming every variant whose MAdds or params exceed its budget."""

@@ -54,3 +54,35 @@ def conventions_note(check: dict) -> str:
             f"= {check['flop_counter_as_madds']:,} MAdds = our conv + Linear MAdds "
             f"{'(equal)' if check['matches'] else '(DIFFERENT)'}; the Shift-Max products "
             f"({check['shiftmax_madds']:,} MAdds) are the only difference to the {check['micronet_madds']:,} above.")
+
+
+def parity_table(rungs: list[dict]) -> Table:
+    """The parity ladder: each rung, what it was compared with, the judged metric and the verdict."""
+    table = Table(title="parity ladder (held-out real images)")
+    for col in ("rung", "compared with", "judged by (limit)", "cosine", "top-1 agree", "status"):
+        table.add_column(col, justify="right" if col in ("cosine", "top-1 agree") else "left")
+    for r in rungs:
+        relation = "≥" if r["metric"] == "cosine" else "≤"
+        metric = "rel. max err" if r["metric"] == "rel_max_abs_err" else r["metric"]
+        table.add_row(r["rung"], r["reference"], f"{metric} {r['value']:.3g} ({relation} {r['limit']:g})",
+                      f"{r['cosine']:.5f}", f"{r['top1_agreement_pct']:.1f}%",
+                      "[green]pass[/green]" if r["passed"] else "[bold red]FAIL[/bold red]")
+    return table
+
+
+def export_summary(result) -> Table:
+    """What an export wrote, with the figures a deployment cares about."""
+    import json
+
+    table = Table(title=f"exported to {result.artifacts[0].parent if result.artifacts else '-'}")
+    for col in ("file", "format", "quantize", "input", "size", "ops"):
+        table.add_column(col, justify="right" if col in ("size", "ops") else "left")
+    for path, manifest_path in zip(result.artifacts, result.manifests):
+        m = json.loads(manifest_path.read_text())
+        inp = m["input"]
+        quant = f" q=({inp['quantization']['scale']:.4g}, {inp['quantization']['zero_point']})" if inp.get(
+            "quantization") else ""
+        ops = str(m["ops"]["total"]) if "ops" in m else "-"
+        table.add_row(path.name, m["format"], m["quantize"], f"{inp['layout']} {inp['dtype']}{quant}",
+                      f"{m['size_bytes'] / 2**20:.2f} MiB", ops)
+    return table

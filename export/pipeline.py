@@ -1,0 +1,280 @@
+"""The export pipeline: variant → deploy form → ONNX → TFLite, every stage checked against the last.
+
+One short function composes the stage modules (``deploy``, ``calibration``, ``onnx``, ``tflite``,
+``parity``, ``manifest``). Artifacts are built in a staging folder inside the output folder and moved
+into place only when every requested stage *and its parity rung* passed, so a failed or interrupted
+export never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from micronet.errors import MicronetError
+from micronet.preprocess import Preprocessing
+
+FORMATS = ("onnx", "tflite")
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+ALL_TARGETS: tuple[tuple[str, str], ...] = (("onnx", "float32"),) + tuple(("tflite", q) for q in QUANTIZATIONS)
+#: Logits of the deploy form vs the training form, relative to the largest logit. BatchNorm folding
+#: and the folded Shift-Max constants re-associate float32 sums (measured 3e-6 on recalibrated m0).
+DEPLOY_LIMIT = 1e-4
+
+Progress = Callable[[str], None]
+
+
+class ParityFailure(MicronetError):
+    """A rung of the parity ladder broke; ``rungs`` holds the whole ladder for the report."""
+
+    def __init__(self, message: str, rungs: list[dict]) -> None:
+        super().__init__(message)
+        self.rungs = rungs
+
+
+@dataclass
+class ExportRequest:
+    variant: str = "m0"
+    targets: list[tuple[str, str]] = field(default_factory=lambda: [("tflite", "int8")])
+    weights: Path | None = None
+    calibration: Path | None = None
+    calib_count: int = 200
+    holdout: int = 32
+    seed: int = 0
+    input_size: int = 224
+    num_classes: int = 1000
+    output_dir: Path = Path("exports")
+    io_dtype: str = "int8"  # int8 model input/output type: int8 or uint8
+    per_channel: bool = True
+    dynamic_batch: bool = False
+
+
+@dataclass
+class ExportResult:
+    artifacts: list[Path]
+    manifests: list[Path]
+    rungs: list[dict]
+    timings_s: dict[str, float]
+
+
+def resolve_targets(fmt: str | None, quantize: str | None, all_formats: bool) -> list[tuple[str, str]]:
+    """The (format, quantization) pairs the CLI's ``--format/--quantize/--all`` ask for."""
+    if all_formats:
+        if fmt or quantize:
+            raise MicronetError("--all writes every format; do not combine it with --format or --quantize")
+        return list(ALL_TARGETS)
+    fmt = (fmt or "tflite").lower()
+    if fmt not in FORMATS:
+        raise MicronetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise MicronetError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
+    if fmt == "onnx":
+        if quantize not in (None, "float32"):
+            raise MicronetError(f"--quantize {quantize} applies to --format tflite; ONNX is exported in float32")
+        return [("onnx", "float32")]
+    return [("tflite", quantize or "int8")]
+
+
+def artifact_name(variant: str, input_size: int, fmt: str, quantize: str) -> str:
+    suffix = "onnx" if fmt == "onnx" else f"{quantize}.tflite"
+    return f"micronet-{variant}-{input_size}.{suffix}"
+
+
+def _check_output_dir(path: Path) -> None:
+    """Fail before any work if the output folder cannot be written (the export takes minutes)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".micronet-write-test-"):
+            pass
+    except OSError as exc:
+        raise MicronetError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+
+
+def _rung_record(rung) -> dict:
+    return {"rung": rung.name, "reference": rung.reference, "passed": rung.passed, "metric": rung.metric,
+            "value": rung.value, "limit": rung.limit, **{k: v for k, v in rung.metrics.items()}}
+
+
+def _io_spec(io: dict, preprocessing: Preprocessing | None = None) -> dict:
+    spec = {"name": io["name"], "shape": [int(d) for d in io["shape"]], "dtype": io["dtype"],
+            "quantization": io.get("quantization")}
+    if "layout" in io:
+        spec["layout"] = io["layout"]
+    if preprocessing is not None:
+        spec["preprocessing"] = preprocessing.to_dict()
+    return spec
+
+
+def export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
+    """Run the whole export for ``request``; returns what was written, or raises ``MicronetError``."""
+    import torch
+
+    from micronet.counting import count_model
+    from micronet.model import build_model
+    from micronet.registry import resolve_variant
+
+    from . import calibration as calib
+    from . import deploy, manifest, onnx as onnx_stage, parity
+
+    say = progress or (lambda message: None)
+    timings: dict[str, float] = {}
+    variant = resolve_variant(request.variant).name
+    if not request.targets:
+        raise MicronetError("nothing to export: no format requested")
+    if request.calib_count < 1:
+        raise MicronetError(f"--calib-count must be at least 1, got {request.calib_count}")
+    if request.io_dtype not in ("int8", "uint8"):
+        raise MicronetError(f"int8 input/output type must be int8 or uint8, got {request.io_dtype!r}")
+
+    # 1. Model, weights and images: every input is checked before anything is written.
+    start = time.perf_counter()
+    model = build_model(variant, num_classes=request.num_classes, input_size=request.input_size)
+    weights_record: dict[str, Any] = {"state": "untrained"}
+    if request.weights:
+        from micronet.weights import load_weights
+
+        weights_record = {"state": "loaded", **load_weights(model, request.weights)}
+    model.eval()
+    preprocessing = Preprocessing(input_size=request.input_size)
+    data = calib.build_calibration(request.calibration, count=request.calib_count, seed=request.seed,
+                                   preprocessing=preprocessing, holdout=request.holdout)
+    _check_output_dir(request.output_dir)
+    timings["prepare_s"] = time.perf_counter() - start
+    if data.record.get("warning"):
+        say(f"[bold yellow]warning:[/bold yellow] {data.record['warning']}")
+
+    if weights_record["state"] == "untrained":
+        say("untrained weights: re-estimating BatchNorm statistics on the calibration images")
+        batches = [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, len(data.calibration), 32)]
+        batches = [b for b in batches if len(b) > 1] or [torch.from_numpy(data.calibration)]
+        weights_record["batchnorm_recalibrated_on"] = deploy.recalibrate_batchnorm(model, batches)
+
+    counts = count_model(model)
+    holdout = torch.from_numpy(data.holdout)
+    with torch.no_grad():
+        reference = model(holdout).numpy()
+        deployed = deploy.to_deploy(model)
+        deploy_logits = deployed(holdout).numpy()
+    deploy_metrics = parity.compare(reference, deploy_logits)
+    rungs: list[dict] = [{"rung": "deploy", "reference": "pytorch training form",
+                          "passed": deploy_metrics["rel_max_abs_err"] <= DEPLOY_LIMIT, "metric": "rel_max_abs_err",
+                          "value": deploy_metrics["rel_max_abs_err"], "limit": DEPLOY_LIMIT, **deploy_metrics}]
+
+    def judge(name: str, ref: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+        rung = parity.check_rung(name, parity.compare(ref, candidate))
+        rungs.append(_rung_record(rung))
+        say(("[green]✓[/green] " if rung.passed else "[red]✗[/red] ") + rung.summary())
+        if not rung.passed:
+            raise ParityFailure(f"parity rung '{name}' broke: {rung.summary()}", rungs)
+        return candidate
+
+    if not rungs[0]["passed"]:
+        raise ParityFailure(f"parity rung 'deploy' broke: rel_max_abs_err {rungs[0]['value']:.3g} > {DEPLOY_LIMIT:g}",
+                            rungs)
+
+    base = {
+        "variant": variant,
+        "num_classes": request.num_classes,
+        "input_size": request.input_size,
+        "params": counts.params,
+        "madds": counts.madds,
+        "weights": weights_record,
+        "calibration": data.record,
+    }
+    staging = Path(tempfile.mkdtemp(dir=request.output_dir, prefix=".micronet-export-"))
+    try:
+        staged: list[tuple[Path, dict]] = []
+        # 2. ONNX, always: it is the input of the TFLite converter.
+        say("exporting ONNX")
+        onnx_path = staging / artifact_name(variant, request.input_size, "onnx", "float32")
+        example = torch.zeros(1, 3, request.input_size, request.input_size)
+        onnx_record = onnx_stage.export_onnx(deployed, example, onnx_path, dynamic_batch=request.dynamic_batch)
+        timings["onnx_s"] = onnx_record["export_s"] + onnx_record["simplify_s"]
+        onnx_logits = judge("onnx", deploy_logits, onnx_stage.run_onnx(onnx_path, data.holdout))
+        if ("onnx", "float32") in request.targets:
+            spec_in = {"name": "input", "layout": "NCHW", "shape": onnx_record["input"]["shape"], "dtype": "float32"}
+            spec_out = {"name": "logits", "shape": [onnx_record["input"]["shape"][0], request.num_classes],
+                        "dtype": "float32"}
+            staged.append((onnx_path, {**base, "format": "onnx", "quantize": "float32",
+                                       "input": _io_spec(spec_in, preprocessing), "output": _io_spec(spec_out),
+                                       "stages": {"onnx": onnx_record}}))
+
+        quantizations = [q for f, q in request.targets if f == "tflite"]
+        if quantizations:
+            staged += _tflite(request, variant, quantizations, onnx_path, onnx_record, onnx_logits, data,
+                              preprocessing, base, staging, judge, say, timings)
+
+        # 3. Everything passed: write manifests, then move artifacts into place, manifest first.
+        written, manifests = [], []
+        for path, record in staged:
+            record["parity"] = [r for r in rungs if r["rung"] in _ladder_for(record)]
+            record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+            manifests.append(manifest.write_manifest(path, record))
+        for path, _ in staged:
+            target = request.output_dir / path.name
+            man = manifest.manifest_path(path)
+            shutil.move(str(man), manifest.manifest_path(target))
+            shutil.move(str(path), target)
+            written.append(target)
+        return ExportResult(written, [manifest.manifest_path(p) for p in written], rungs, timings)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _ladder_for(record: dict) -> set[str]:
+    if record["format"] == "onnx":
+        return {"deploy", "onnx"}
+    rungs = {"deploy", "onnx", "tflite_float32"}
+    rungs.add(f"tflite_{record['quantize']}")
+    return rungs
+
+
+def _tflite(request, variant, quantizations, onnx_path, onnx_record, onnx_logits, data, preprocessing, base,
+            staging, judge, say, timings) -> list[tuple[Path, dict]]:
+    from . import inspect as tfl_inspect
+    from . import tflite as tflite_stage
+    from .calibration import nhwc
+
+    say("converting ONNX → TensorFlow SavedModel with onnx2tf (the slow step)")
+    saved_model, convert_record = tflite_stage.onnx_to_saved_model(onnx_path, staging / "onnx2tf")
+    timings["onnx2tf_s"] = convert_record.get("wall_s", 0.0)
+    # float32 is always built: it is the reference of the quantized rungs.
+    order = ["float32"] + [q for q in QUANTIZATIONS if q in quantizations and q != "float32"]
+    calibration_nhwc = nhwc(data.calibration)
+    float_logits = None
+    staged = []
+    for quantize in order:
+        say(f"building TFLite {quantize}")
+        path = staging / artifact_name(variant, request.input_size, "tflite", quantize)
+        start = time.perf_counter()
+        record = tflite_stage.saved_model_to_tflite(saved_model, path, quantize,
+                                                    calibration_nhwc if quantize == "int8" else None,
+                                                    io_dtype=request.io_dtype, per_channel=request.per_channel)
+        timings[f"tflite_{quantize}_s"] = time.perf_counter() - start
+        inventory = tfl_inspect.tflite_op_inventory(path)
+        foreign = tfl_inspect.non_builtin_ops(inventory)
+        if foreign:
+            raise MicronetError(f"TFLite {quantize} uses non-builtin ops {foreign}; only builtin ops are allowed")
+        logits = tfl_inspect.run_tflite(path, data.holdout)
+        if quantize == "float32":
+            float_logits = judge("tflite_float32", onnx_logits, logits)
+        else:
+            judge(f"tflite_{quantize}", float_logits, logits)
+        if quantize not in quantizations:
+            continue
+        io = tfl_inspect.tflite_io_spec(path)
+        staged.append((path, {**base, "format": "tflite", "quantize": quantize,
+                              "per_channel": request.per_channel if quantize in ("int8", "dynamic") else None,
+                              "input": _io_spec({**io["input"], "layout": convert_record.get("input_layout", "NHWC")},
+                                                preprocessing),
+                              "output": _io_spec(io["output"]),
+                              "ops": {"total": sum(inventory.values()), "by_op": inventory},
+                              "stages": {"onnx": onnx_record, "onnx2tf": convert_record, "tflite": record}}))
+    return staged
