@@ -135,7 +135,9 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
 
     # 1. Model, weights and images: every input is checked before anything is written.
     start = time.perf_counter()
-    model = build_model(variant, num_classes=request.num_classes, input_size=request.input_size)
+    with torch.random.fork_rng():  # untrained weights depend on --seed only: exports are reproducible
+        torch.manual_seed(request.seed)
+        model = build_model(variant, num_classes=request.num_classes, input_size=request.input_size)
     weights_record: dict[str, Any] = {"state": "untrained"}
     if request.weights:
         from micronet.weights import load_weights

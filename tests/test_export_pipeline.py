@@ -1,0 +1,174 @@
+"""`micronet export` end to end: artifacts, manifests, the parity ladder, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from micronet.errors import MicronetError
+from micronet.model import build_model
+from micronet.weights import save_released_layout
+from micronet.export import parity
+from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_targets
+
+from test_cli import assert_one_line_error, run_cli
+
+SIZE = 96  # every stage at a small input keeps the converter run short; 224 is measured in the note
+
+
+@pytest.fixture(scope="module")
+def exported_all(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export_all")
+    result = run_cli("export", "--variant", "m0", "--all", "--input-size", str(SIZE), "--output", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "EMBEDDED DEFAULT CALIBRATION" in result.stdout  # said loudly
+    return out
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads(Path(f"{path}.json").read_text())
+
+
+@pytest.mark.slow
+def test_all_formats_written_with_manifests(exported_all):
+    names = sorted(p.name for p in exported_all.iterdir())
+    stems = [f"micronet-m0-{SIZE}.onnx"] + [f"micronet-m0-{SIZE}.{q}.tflite" for q in
+                                            ("dynamic", "float16", "float32", "int8")]
+    assert names == sorted(stems + [s + ".json" for s in stems])  # no staging folder or temp file left
+    for stem in stems:
+        m = _manifest(exported_all / stem)
+        data = (exported_all / stem).read_bytes()
+        assert m["sha256"] == hashlib.sha256(data).hexdigest() and m["size_bytes"] == len(data)
+        assert m["variant"] == "m0" and m["params"] == 1_777_587 and m["input_size"] == SIZE
+        assert m["weights"]["state"] == "untrained" and m["weights"]["batchnorm_recalibrated_on"] > 0
+        assert m["calibration"]["is_default"] and "must calibrate on its own" in m["calibration"]["warning"]
+        assert m["input"]["preprocessing"]["input_size"] == SIZE
+        assert all(r["passed"] for r in m["parity"]) and m["parity"][0]["rung"] == "deploy"
+        assert m["tool_versions"]["onnx2tf"] == "1.29.24"
+
+
+@pytest.mark.slow
+def test_tflite_manifests_record_layout_ops_and_quantization(exported_all):
+    for q in ("float32", "float16", "dynamic", "int8"):
+        m = _manifest(exported_all / f"micronet-m0-{SIZE}.{q}.tflite")
+        assert m["input"]["layout"] == "NHWC" and m["input"]["shape"] == [1, SIZE, SIZE, 3]
+        assert m["ops"]["total"] == sum(m["ops"]["by_op"].values()) > 100
+        assert not any(op.startswith(("FLEX", "CUSTOM")) for op in m["ops"]["by_op"])
+        assert {r["rung"] for r in m["parity"]} >= {"onnx", "tflite_float32", f"tflite_{q}"}
+    int8 = _manifest(exported_all / f"micronet-m0-{SIZE}.int8.tflite")
+    assert int8["input"]["dtype"] == int8["output"]["dtype"] == "int8"
+    assert int8["input"]["quantization"]["scale"] > 0 and int8["per_channel"] is True
+    rung = next(r for r in int8["parity"] if r["rung"] == "tflite_int8")
+    assert rung["cosine"] >= parity.THRESHOLDS["tflite_int8"].limit
+
+
+@pytest.mark.slow
+def test_int8_runs_in_litert_with_the_manifest_quantization(exported_all):
+    """Feed the int8 model by hand, the way a deployment would, from the manifest alone."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from micronet.preprocess import Preprocessing, preprocess
+    from micronet.images import load_rgb
+    from micronet.sample_images import held_out_photographs
+
+    path = exported_all / f"micronet-m0-{SIZE}.int8.tflite"
+    m = _manifest(path)
+    p = Preprocessing.from_dict(m["input"]["preprocessing"])
+    x = np.stack([preprocess(load_rgb(f), p) for f in held_out_photographs()]).transpose(0, 2, 3, 1)
+    q_in, q_out = m["input"]["quantization"], m["output"]["quantization"]
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    assert inp["quantization"] == pytest.approx((q_in["scale"], q_in["zero_point"]))
+    logits = []
+    for sample in x:
+        it.set_tensor(inp["index"], np.clip(np.round(sample[None] / q_in["scale"] + q_in["zero_point"]), -128, 127)
+                      .astype(np.int8))
+        it.invoke()
+        logits.append((it.get_tensor(out["index"]).astype(np.float32) - q_out["zero_point"]) * q_out["scale"])
+    logits = np.concatenate(logits)
+    f32 = Interpreter(model_path=str(exported_all / f"micronet-m0-{SIZE}.float32.tflite"), num_threads=1)
+    f32.allocate_tensors()
+    ref = []
+    for sample in x:
+        f32.set_tensor(f32.get_input_details()[0]["index"], sample[None].astype(np.float32))
+        f32.invoke()
+        ref.append(f32.get_tensor(f32.get_output_details()[0]["index"]).copy())
+    assert parity.compare(np.concatenate(ref), logits)["cosine"] > 0.97
+
+
+def test_target_resolution():
+    assert resolve_targets(None, None, False) == [("tflite", "int8")]
+    assert resolve_targets("tflite", "float16", False) == [("tflite", "float16")]
+    assert resolve_targets("onnx", None, False) == [("onnx", "float32")]
+    assert len(resolve_targets(None, None, True)) == 5
+    for args in (("onnx", "int8", False), ("coreml", None, False), ("tflite", "int4", False), ("onnx", None, True)):
+        with pytest.raises(MicronetError):
+            resolve_targets(*args)
+
+
+def test_onnx_is_byte_identical_across_exports(tmp_path):
+    for name in ("a", "b"):
+        export(ExportRequest(variant="m0", targets=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
+                             output_dir=tmp_path / name))
+    a, b = (tmp_path / n / "micronet-m0-64.onnx" for n in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_a_broken_rung_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(parity.THRESHOLDS, "onnx", parity.Threshold("rel_max_abs_err", 0.0, False, "pytorch"))
+    out = tmp_path / "out"
+    with pytest.raises(ParityFailure, match="parity rung 'onnx' broke") as info:
+        export(ExportRequest(variant="m0", targets=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
+                             output_dir=out))
+    assert [r["rung"] for r in info.value.rungs] == ["deploy", "onnx"] and not info.value.rungs[1]["passed"]
+    assert list(out.iterdir()) == []
+
+
+def test_loaded_weights_are_recorded(tmp_path):
+    model = build_model("m0", num_classes=10, input_size=64)
+    torch.save(save_released_layout(model), tmp_path / "w.pth")
+    result = export(ExportRequest(variant="release-m1", targets=[("onnx", "float32")], input_size=64, num_classes=10,
+                                  calib_count=16, holdout=4, weights=tmp_path / "w.pth", output_dir=tmp_path / "o"))
+    m = _manifest(result.artifacts[0])
+    assert m["weights"]["state"] == "loaded" and m["weights"]["layout"] == "released"
+    assert m["weights"]["sha256"] == hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
+    assert m["output"]["shape"] == [1, 10] and "batchnorm_recalibrated_on" not in m["weights"]
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "empty").mkdir()
+    (tmp / "junk").mkdir()
+    for name in ("a.jpg", "b.png", "c.webp"):
+        (tmp / "junk" / name).write_bytes(b"not an image")
+    (tmp / "junk" / "notes.txt").write_text("hello")
+    (tmp / "corrupt.pth").write_bytes(b"\x00" * 64)
+    torch.save(save_released_layout(build_model("release-m3")), tmp / "m3.pth")
+    (tmp / "a_file").write_text("")
+    return [
+        (["--variant", "m12"], "unknown variant 'm12'"),
+        (["--format", "onnx", "--quantize", "int8"], "--quantize int8 applies to --format tflite"),
+        (["--format", "tflite", "--quantize", "int3"], "unknown quantization 'int3'"),
+        (["--weights", str(tmp / "m3.pth")], "is a release-m3 checkpoint"),
+        (["--weights", str(tmp / "corrupt.pth")], "cannot read weights file"),
+        (["--calibration", str(tmp / "missing")], "image folder not found"),
+        (["--calibration", str(tmp / "empty")], "no images"),
+        (["--calibration", str(tmp / "junk")], "could be read"),
+        (["--output", str(tmp / "a_file" / "sub")], "cannot write to output folder"),
+        (["--input-size", "100"], "multiple of 32"),
+    ]
+
+
+def test_bad_inputs_are_one_line_and_leave_no_artifact(tmp_path):
+    out = tmp_path / "exports"
+    for args, message in _bad_inputs(tmp_path):
+        extra = [] if "--output" in args else ["--output", str(out)]
+        result = run_cli("export", "--format", "onnx", *args, *extra) if "--format" not in args else run_cli(
+            "export", *args, *extra)
+        assert_one_line_error(result, message)
+        assert not out.exists() or list(out.iterdir()) == [], args
