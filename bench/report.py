@@ -1,0 +1,393 @@
+"""The benchmark report: one JSON document per run, plus CSV, Markdown and console views of it.
+
+Why one schema: reports from a laptop, CI and a phone farm get merged and plotted together, so every
+number carries its unit in its name (``_ms``, ``_mib``, ``_bytes``, ``madds``) and every row echoes
+the settings that produced it. The JSON is the record; CSV (one row per result, no raw samples),
+Markdown (a table for PR comments) and the rich console table are views of it. Files are written
+atomically (temp file in the same folder, then ``os.replace``), so a crash never leaves half a report.
+
+JSON schema, version 1
+======================
+
+Top level::
+
+    schema_version  int     1. Bumped on any incompatible change; readers refuse newer versions.
+    kind            str     "micronet-bench-report": tells a report from any other JSON file.
+    created_utc     str     ISO 8601 UTC time the report was written.
+    environment     object  machine and software fingerprint (``micronet.bench.environment``):
+                            timestamp_utc, hostname, os{system,release,version,machine,platform},
+                            python{version,implementation,executable}, cpu{model,arch,logical_cores,
+                            physical_cores,governor,cur_mhz,min_mhz,max_mhz,load_avg_1m/5m/15m},
+                            memory_total_mib, libraries{torch,onnxruntime,ai-edge-litert,
+                            tflite-runtime,tensorflow,numpy,micronet}, micronet_git{sha,dirty}|null,
+                            threads{requested,env,cpu_affinity}. Unknown values are null.
+    warnings        list[str]  conditions that make the numbers noisy (busy machine, more threads
+                            than CPUs, a non-"performance" frequency governor); empty when none.
+    settings        object  the run's options: warmup, runs, min_seconds, threads (list),
+                            runtimes (list), xnnpack (list of bools tried on TFLite), memory (bool),
+                            memory_inferences, data (path or null), limit, batch, end_to_end (bool),
+                            seed (of the synthetic N(0,1) input that latency and memory are timed on).
+    results         list    one row per (model, runtime, threads, xnnpack) combination, below.
+
+Result row::
+
+    model           str     the model file as given, or "torch:<name>" for an in-memory module.
+    name            str     display name: the file name, or the module's name/variant.
+    variant         str|null   MicroNet variant (from the manifest or the target), if known.
+    format          str     "torch" | "onnx" | "tflite".
+    quantize        str|null   "float32" | "float16" | "dynamic" | "int8" (manifest), null if unknown.
+    runtime         str     "torch" | "onnxruntime" | "litert" | "tflite-runtime" | "tf-lite".
+    runtime_version str|null   installed version of the runtime's package.
+    threads         int     intra-op threads given to the runtime.
+    xnnpack         bool|null  TFLite only: XNNPACK delegate requested (true = the runtime default).
+    xnnpack_applied bool|null  TFLite only: a delegate node was found in the loaded graph.
+    device          str     "local" (this machine); device farms write their own name.
+    input           object|null  the fed tensor: name, shape (null = dynamic axis), dtype, layout
+                            ("NCHW"|"NHWC"), quantization {scale, zero_point}|null.
+    madds           int|null   multiply-adds per image (micronet's counting rule), from the manifest
+                            or counted for a MicroNet module.
+    params          int|null   trainable parameters.
+    size_bytes      int|null   model file size in bytes (null for an in-memory torch module).
+    size_mib        float|null the same in MiB (2**20 bytes).
+    init_ms         float|null load time in ms: parse + session/interpreter creation + allocation,
+                            library import excluded.
+    first_ms        float|null the first inference after load, in ms, timed on its own.
+    latency         object|null  steady-state latency of ``run`` only (``micronet.bench.latency``):
+                            warmup, runs_requested, min_seconds, count (samples), min_ms, mean_ms,
+                            std_ms (sample std), p50_ms, p90_ms, p99_ms, max_ms, measured_s (wall
+                            time of the measured phase, s), stopped_by ("runs"|"min_seconds"|
+                            "max_runs"), samples_ms (every sample, ms, in order), end_to_end (same
+                            statistics for preprocess + prepare + run + dequantize, or null).
+    memory          object|null  fresh-process RSS (``micronet.bench.memory``): baseline_rss_mib,
+                            after_import_rss_mib, after_load_rss_mib, peak_rss_mib, model_mib
+                            (peak − after import), inferences.
+    accuracy        object|null  (``micronet.bench.accuracy``): top1, top5 (percent), count
+                            (images scored), skipped (files left out), skipped_examples (first
+                            few "path: reason"), classes, limit, batch.
+    settings        object  everything the runtime echoed about itself (threads, execution mode,
+                            op resolver, providers, ...).
+    notes           list[str]  non-fatal remarks (e.g. why memory was not measured).
+    invalid         bool    true when this combination could not be measured.
+    invalid_reason  str|null   the one-line reason.
+
+``merge_reports`` adds ``source`` {path, hostname, cpu_model, timestamp_utc} to each row it returns
+so rows from different machines stay distinguishable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from micronet.errors import MicronetError
+
+SCHEMA_VERSION = 1
+KIND = "micronet-bench-report"
+
+ROW_FIELDS = (
+    "model", "name", "variant", "format", "quantize", "runtime", "runtime_version", "threads", "xnnpack",
+    "xnnpack_applied", "device", "input", "madds", "params", "size_bytes", "size_mib", "init_ms", "first_ms",
+    "latency", "memory", "accuracy", "settings", "notes", "invalid", "invalid_reason",
+)
+_REQUIRED = ("model", "name", "format", "runtime", "threads")
+
+# CSV: (column, path into the row). Scalars only; the raw samples stay in the JSON.
+CSV_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("model", ("model",)), ("name", ("name",)), ("variant", ("variant",)), ("format", ("format",)),
+    ("quantize", ("quantize",)), ("runtime", ("runtime",)), ("runtime_version", ("runtime_version",)),
+    ("threads", ("threads",)), ("xnnpack", ("xnnpack",)), ("xnnpack_applied", ("xnnpack_applied",)),
+    ("device", ("device",)), ("input_layout", ("input", "layout")), ("input_dtype", ("input", "dtype")),
+    ("madds", ("madds",)), ("params", ("params",)), ("size_bytes", ("size_bytes",)), ("size_mib", ("size_mib",)),
+    ("init_ms", ("init_ms",)), ("first_ms", ("first_ms",)), ("warmup", ("latency", "warmup")),
+    ("runs", ("latency", "count")), ("measured_s", ("latency", "measured_s")),
+    ("min_ms", ("latency", "min_ms")), ("mean_ms", ("latency", "mean_ms")), ("std_ms", ("latency", "std_ms")),
+    ("p50_ms", ("latency", "p50_ms")), ("p90_ms", ("latency", "p90_ms")), ("p99_ms", ("latency", "p99_ms")),
+    ("max_ms", ("latency", "max_ms")), ("e2e_p50_ms", ("latency", "end_to_end", "p50_ms")),
+    ("e2e_p90_ms", ("latency", "end_to_end", "p90_ms")),
+    ("baseline_rss_mib", ("memory", "baseline_rss_mib")), ("after_load_rss_mib", ("memory", "after_load_rss_mib")),
+    ("peak_rss_mib", ("memory", "peak_rss_mib")), ("model_mib", ("memory", "model_mib")),
+    ("top1", ("accuracy", "top1")), ("top5", ("accuracy", "top5")), ("accuracy_count", ("accuracy", "count")),
+    ("accuracy_skipped", ("accuracy", "skipped")), ("invalid", ("invalid",)), ("invalid_reason", ("invalid_reason",)),
+    ("source", ("source", "path")), ("hostname", ("source", "hostname")),
+)
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def make_row(**fields: Any) -> dict[str, Any]:
+    """A result row with every schema field present (missing ones null), in schema order."""
+    unknown = set(fields) - set(ROW_FIELDS) - {"source"}
+    if unknown:
+        raise ValueError(f"unknown report row fields: {sorted(unknown)}")  # a harness bug, not a user error
+    missing = [key for key in _REQUIRED if fields.get(key) is None]
+    if missing:
+        raise ValueError(f"report row lacks {missing}")
+    row = {key: fields.get(key) for key in ROW_FIELDS}
+    row["device"] = row["device"] or "local"
+    row["notes"] = list(row["notes"] or [])
+    row["settings"] = dict(row["settings"] or {})
+    row["invalid"] = bool(row["invalid"])
+    if "source" in fields:
+        row["source"] = fields["source"]
+    return row
+
+
+def make_report(environment: dict[str, Any], settings: dict[str, Any], results: list[dict[str, Any]],
+                warnings: Sequence[str] = ()) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": KIND,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment,
+        "warnings": list(warnings),
+        "settings": settings,
+        "results": results,
+    }
+
+
+def rows_of(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Writers take a whole report or a list of rows (e.g. from ``merge_reports``)."""
+    if isinstance(report_or_rows, dict):
+        return list(report_or_rows.get("results") or [])
+    return list(report_or_rows)
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check one report; anything that is not a micronet report of a known version is an error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MicronetError(f"report not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MicronetError(f"cannot read report {path}: {exc}") from None
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MicronetError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}): corrupt report?") from None
+    if not isinstance(report, dict) or report.get("kind") != KIND or "schema_version" not in report:
+        raise MicronetError(f"{path} is not a micronet benchmark report")
+    version = report["schema_version"]
+    if not isinstance(version, int) or version < 1:
+        raise MicronetError(f"{path} has an invalid schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise MicronetError(f"{path} has report schema {version}, newer than this micronet reads ({SCHEMA_VERSION}): upgrade micronet")
+    results = report.get("results")
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise MicronetError(f"{path} has no list of results: corrupt report?")
+    return report
+
+
+def merge_reports(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """All result rows of several reports, each tagged with ``source`` (path, hostname, CPU, time)."""
+    rows: list[dict[str, Any]] = []
+    paths = list(paths)
+    if not paths:
+        raise MicronetError("no reports to merge")
+    for path in paths:
+        report = read_report(path)
+        env = report.get("environment") or {}
+        source = {
+            "path": str(path),
+            "hostname": env.get("hostname"),
+            "cpu_model": (env.get("cpu") or {}).get("model"),
+            "timestamp_utc": env.get("timestamp_utc") or report.get("created_utc"),
+        }
+        rows.extend({**row, "source": source} for row in report["results"])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write via a temp file in the same folder and ``os.replace``: readers see the old file or the new one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    # allow_nan=False: NaN is not JSON and other tools choke on it; a NaN here is a bug to see early.
+    return atomic_write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+
+
+def _get(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    value: Any = row
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def csv_text(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([name for name, _ in CSV_COLUMNS])
+    for row in rows_of(report_or_rows):
+        writer.writerow(["" if (v := _get(row, keys)) is None else v for _, keys in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def write_csv(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """One line per result row, scalar columns only (``CSV_COLUMNS``); raw samples stay in the JSON."""
+    return atomic_write_text(path, csv_text(report_or_rows))
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def _madds(value: Any) -> str:
+    return "—" if value is None else f"{value / 1e6:.2f}M"
+
+
+def _xnnpack(row: dict[str, Any]) -> str:
+    if row.get("xnnpack") is None:
+        return "—"
+    state = "on" if row["xnnpack"] else "off"
+    if row.get("xnnpack_applied") is not None and row["xnnpack_applied"] != row["xnnpack"]:
+        state += " (not applied)" if row["xnnpack"] else " (applied!)"
+    return state
+
+
+def _status(row: dict[str, Any]) -> str:
+    return f"invalid: {row.get('invalid_reason') or 'unknown'}" if row.get("invalid") else "ok"
+
+
+SUMMARY_COLUMNS = ("model", "format", "quantize", "runtime", "threads", "XNNPACK", "MAdds", "p50 ms", "p90 ms",
+                   "init ms", "first ms", "peak RSS MiB", "size MiB", "top-1 %", "status")
+
+
+def summary_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of the Markdown and console tables, in ``SUMMARY_COLUMNS`` order."""
+    lat, mem, acc = row.get("latency") or {}, row.get("memory") or {}, row.get("accuracy") or {}
+    return [
+        str(row.get("name") or row.get("model")), str(row.get("format") or "—"), str(row.get("quantize") or "—"),
+        str(row.get("runtime")), str(row.get("threads")), _xnnpack(row), _madds(row.get("madds")),
+        _num(lat.get("p50_ms"), 3), _num(lat.get("p90_ms"), 3), _num(row.get("init_ms"), 1),
+        _num(row.get("first_ms"), 3), _num(mem.get("peak_rss_mib"), 1), _num(row.get("size_mib"), 3),
+        _num(acc.get("top1"), 2), _status(row),
+    ]
+
+
+def _machine_line(report: dict[str, Any]) -> str:
+    env = report.get("environment") or {}
+    cpu = env.get("cpu") or {}
+    libs = env.get("libraries") or {}
+    parts = [
+        f"{cpu.get('model') or 'unknown CPU'} ({cpu.get('logical_cores') or '?'} logical cores)",
+        f"{(env.get('os') or {}).get('system') or '?'} {(env.get('os') or {}).get('release') or ''}".strip(),
+        f"Python {(env.get('python') or {}).get('version') or '?'}",
+        f"micronet {libs.get('micronet') or '?'}"
+        + (f" @ {env['micronet_git']['sha'][:10]}" if env.get("micronet_git") else ""),
+        env.get("timestamp_utc") or report.get("created_utc") or "",
+    ]
+    return " · ".join(p for p in parts if p)
+
+
+def markdown_text(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table (for PR comments): latency of ``run`` in ms, memory in MiB."""
+    lines = []
+    if isinstance(report_or_rows, dict):
+        lines += [f"**MicroNet benchmark** · {_machine_line(report_or_rows)}", ""]
+        lines += [f"> ⚠️ {w}" for w in report_or_rows.get("warnings") or []]
+        if report_or_rows.get("warnings"):
+            lines.append("")
+    lines.append("| " + " | ".join(SUMMARY_COLUMNS) + " |")
+    lines.append("|" + "|".join("---" if c in ("model", "format", "quantize", "runtime", "XNNPACK", "status")
+                                 else "---:" for c in SUMMARY_COLUMNS) + "|")
+    for row in rows_of(report_or_rows):
+        cells = [c.replace("|", "\\|") for c in summary_cells(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "p50/p90: latency of the inference call alone (no preprocessing), ms. "
+              "Peak RSS: fresh process, MiB. Size: model file, MiB."]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, markdown_text(report_or_rows))
+
+
+CONSOLE_COLUMNS = ("model", "runtime", "MAdds", "p50", "p90", "init", "first", "RSS", "size", "top-1", "status")
+CONSOLE_TITLE = ("MicroNet benchmark · ms: p50/p90 of the inference call, init (load), first inference · "
+                 "MiB: peak RSS (fresh process), file size · top-1 in % · ×N = threads")
+
+
+def console_cells(row: dict[str, Any], invalid_index: int | None = None) -> list[str]:
+    """The Markdown table folded to fit a terminal: quantization joins the model, threads/XNNPACK the
+    runtime, and an invalid row points to its footnote instead of carrying its reason inline."""
+    lat, mem, acc = row.get("latency") or {}, row.get("memory") or {}, row.get("accuracy") or {}
+    name = str(row.get("name") or row.get("model"))
+    quant = row.get("quantize")
+    model = name + (f" ({quant})" if quant and quant not in name and row.get("format") != "torch" else "")
+    runtime = f"{row.get('runtime')} ×{row.get('threads')}" + (" no XNNPACK" if row.get("xnnpack") is False else "")
+    status = f"invalid [{invalid_index}]" if row.get("invalid") else "ok"
+    return [model, runtime, _madds(row.get("madds")), _num(lat.get("p50_ms")), _num(lat.get("p90_ms")),
+            _num(row.get("init_ms"), 1), _num(row.get("first_ms")), _num(mem.get("peak_rss_mib"), 1),
+            _num(row.get("size_mib")), _num(acc.get("top1"), 1), status]
+
+
+def console_table(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> Any:
+    """A ``rich.table.Table`` of the Markdown table's numbers, narrower; invalid rows in red."""
+    from rich import box
+    from rich.table import Table
+
+    caption = _machine_line(report_or_rows) if isinstance(report_or_rows, dict) else None
+    table = Table(title=CONSOLE_TITLE, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in CONSOLE_COLUMNS:
+        if column in ("model", "runtime", "status"):
+            table.add_column(column, overflow="fold", min_width=10 if column != "status" else 7)
+        else:
+            table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
+    invalid = 0
+    for row in rows_of(report_or_rows):
+        invalid += bool(row.get("invalid"))
+        table.add_row(*console_cells(row, invalid), style="red" if row.get("invalid") else None)
+    return table
+
+
+def invalid_footnotes(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> list[str]:
+    """"[n] model · runtime: reason" for each invalid row, numbered as in the console table."""
+    bad = [r for r in rows_of(report_or_rows) if r.get("invalid")]
+    return [f"[{i}] {r.get('name')} · {r.get('runtime')} ×{r.get('threads')}: {r.get('invalid_reason') or 'unknown'}"
+            for i, r in enumerate(bad, 1)]
+
+
+def print_report(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], console: Any = None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(console_table(report_or_rows))
+    for line in invalid_footnotes(report_or_rows):
+        console.print(line, style="red", markup=False, highlight=False)
+    if isinstance(report_or_rows, dict):
+        for line in report_or_rows.get("warnings") or []:
+            console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
