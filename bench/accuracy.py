@@ -51,8 +51,9 @@ def evaluate(
     """Score ``runtime`` on ``images`` (a ``micronet.images.LabelledImages``).
 
     ``preprocessing`` is a ``micronet.preprocess.Preprocessing``. ``limit`` is the number of images
-    to score: the first N readable ones in scan order (deterministic), so undecodable files do not
-    shrink the sample. ``batch`` is the inference batch; a model exported with a fixed batch is fed
+    to score: the first N readable ones of a fixed shuffle of the scan order (seed 0), so the subset
+    spans every class (scan order is class by class) and is the same in every run and every format;
+    undecodable files do not shrink the sample. ``batch`` is the inference batch; a model exported with a fixed batch is fed
     batches of its own size instead (a short last batch is zero-padded, padding unscored).
     ``progress(done, total)`` is called after each batch with samples consumed so far.
 
@@ -64,6 +65,8 @@ def evaluate(
 
     validate_options(limit, batch)
     samples = list(images.samples)
+    if limit is not None and limit < len(samples):
+        samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))]
     if not samples:
         raise MicronetError("no images to evaluate")
     _check_classes(len(images.classes), _output_width(runtime))

@@ -48,11 +48,12 @@ def _existing_folder(root: str | os.PathLike) -> Path:
     return folder
 
 
-def _walk_images(folder: Path) -> list[Path]:
+def _walk_images(folder: Path, others: list[Path] | None = None) -> list[Path]:
     """Image files at any depth, sorted by relative posix path so the order is the same on every OS.
 
     Symlinked folders are followed (datasets are often linked in) but each real folder is read once, so
-    a link loop or two links to one folder cannot repeat or hang.
+    a link loop or two links to one folder cannot repeat or hang. Visible files that are not images are
+    appended to ``others`` when given, so a labelled scan can report them instead of dropping them silently.
     """
     found: list[Path] = []
     real_folders_seen: set[str] = set()
@@ -64,6 +65,9 @@ def _walk_images(folder: Path) -> list[Path]:
         real_folders_seen.add(real)
         dirnames[:] = [name for name in dirnames if not name.startswith(".")]
         found.extend(Path(dirpath, name) for name in filenames if is_image_file(Path(name)))
+        if others is not None:
+            others.extend(Path(dirpath, name) for name in filenames
+                          if not name.startswith(".") and not is_image_file(Path(name)))
     return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
 
 
@@ -122,7 +126,9 @@ def _scan_class_folders(folder: Path, label_map: dict[str, int] | None) -> Label
         if class_folder.name not in index_of:
             result.skipped.append((class_folder, "folder is not a class in the label map"))
             continue
-        images = _walk_images(class_folder)
+        not_images: list[Path] = []
+        images = _walk_images(class_folder, not_images)
+        result.skipped.extend((path, "not an image file") for path in sorted(not_images))
         if not images:
             result.skipped.append((class_folder, "class folder has no images"))
         result.samples.extend((path, index_of[class_folder.name]) for path in images)

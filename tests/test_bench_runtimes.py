@@ -313,8 +313,11 @@ def test_accuracy_scores_counts_and_skips(models, tmp_path):
     with torch.no_grad():
         pred = models["net"](torch.from_numpy(pixels)).argmax(1).numpy()
     assert result["top1"] == pytest.approx(100.0 * (pred == labels).mean())
-    limited = evaluate(r, images, p, limit=3)  # class00 holds 0.png, 1.png, broken.jpg: the limit counts scored images
-    assert limited["count"] == 3 and limited["skipped"] == result["skipped"]
+    assert result["skipped"] == 2  # the corrupt jpeg (met while scoring) and notes.txt (found by the scan)
+    assert any("notes.txt: not an image file" in s for s in result["skipped_examples"])
+    limited = evaluate(r, images, p, limit=3)  # the limit counts scored images, drawn across classes
+    assert limited["count"] == 3 and limited["skipped"] >= len(images.skipped)
+    assert limited == evaluate(r, images, p, limit=3)  # the same subset every time
 
     fixed = get_runtime("litert")
     fixed.load(models["tflite"])  # batch fixed at 1: fed one by one, same answer
