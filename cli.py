@@ -24,6 +24,9 @@ app = typer.Typer(
 )
 budget_app = typer.Typer(help="FLOP/parameter budgets (the CI gate).", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
+datasets_app = typer.Typer(help="Write small real data sets to disk (offline) for training checks.",
+                           no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
 
 VariantOpt = typer.Option("m0", "--variant", "-v", help="m0 m1 m2 m3 release-m0 release-m3 (aliases release-m1, release-m2)")
 InputSizeOpt = typer.Option(224, "--input-size", help="input resolution in pixels, a multiple of 32")
@@ -132,6 +135,90 @@ def export_cmd(
     console.print(export_summary(result))
 
 
+@app.command("bench")
+def bench_cmd(
+    models: list[Path] = typer.Argument(None, help=".onnx/.tflite files (their manifests are read from beside them)"),
+    variant: Optional[str] = typer.Option(None, "--variant", "-v", help="benchmark this variant, exported on the fly"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="torch, onnx, tflite (default) or all"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="TFLite: int8 (default), float32, float16, dynamic"),
+    matrix: bool = typer.Option(False, "--matrix", help="m0..m3 x torch/ONNX/TFLite fp32/int8 x every installed runtime"),
+    runtime: Optional[list[str]] = typer.Option(None, "--runtime", "-r", help="torch, onnxruntime, litert, tflite-runtime, tf-lite (repeatable)"),
+    threads: list[int] = typer.Option([1], "--threads", "-t", help="threads (repeatable)"),
+    warmup: int = typer.Option(10, "--warmup", help="warm-up runs"),
+    runs: Optional[int] = typer.Option(100, "--runs", help="measured runs"),
+    min_seconds: Optional[float] = typer.Option(None, "--min-seconds", help="measure at least this long (s)"),
+    xnnpack: str = typer.Option("on", "--xnnpack", help="TFLite XNNPACK delegate: on, off or both"),
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled images (class folders) for top-1/top-5"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="score at most N images"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="fail if an export loses more top-1 points than this"),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="peak RSS in a fresh process per row"),
+    end_to_end: bool = typer.Option(False, "--end-to-end", help="also time preprocessing + inference"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="checkpoint for --variant/--matrix"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="calibration folder for on-the-fly exports"),
+    input_size: int = InputSizeOpt,
+    num_classes: int = typer.Option(1000, "--num-classes"),
+    out: Path = typer.Option(Path("reports"), "--out", "-o", help="folder for the JSON/CSV/Markdown report"),
+) -> None:
+    """Latency, memory, size and accuracy per model, format and runtime; writes JSON, CSV and Markdown."""
+    from micronet.bench import gate, report
+    from micronet.bench.harness import run_benchmark
+    from micronet.bench.targets import bench_targets
+    from micronet.console import console
+
+    xnn = {"on": (True,), "off": (False,), "both": (True, False)}.get(xnnpack)
+    if xnn is None:
+        raise MicronetError(f"--xnnpack must be on, off or both, not {xnnpack!r}")
+    if max_drop is not None and data is None:
+        raise MicronetError("--max-drop needs --data: the accuracy drop is measured on your labelled images")
+    with console.status("benchmarking", spinner="dots") as status:
+        def progress(message: str) -> None:
+            status.update(message)
+            if not message.startswith(("latency:", "memory:", "accuracy:")):
+                console.print(message)
+
+        targets = bench_targets(models or [], variant=variant, fmt=fmt, quantize=quantize, matrix=matrix,
+                                weights=weights, calibration=calibration, input_size=input_size,
+                                num_classes=num_classes, with_reference=max_drop is not None, progress=progress)
+        result = run_benchmark(targets, runtimes=runtime or None, threads=threads, warmup=warmup, runs=runs,
+                               min_seconds=min_seconds, data=data, limit=limit, progress=progress, xnnpack=xnn,
+                               memory=memory, end_to_end=end_to_end)
+    paths = report.write_all(result, out)
+    report.print_report(result, console=console)
+    console.print("report: " + ", ".join(str(p) for p in paths))
+    if max_drop is not None:
+        drops = gate.accuracy_drops(result["results"])
+        for d in drops:
+            console.print(f"top-1 {d['name']} on {d['runtime']}: {d['top1']:.2f}% vs PyTorch {d['reference_top1']:.2f}% "
+                          f"(drop {d['drop']:+.2f} points, allowed {max_drop})")
+        over = gate.over_budget(result["results"], max_drop)
+        if over:
+            names = ", ".join(f"{d['name']} on {d['runtime']} ({d['drop']:.2f} points)" for d in over)
+            console.print(f"[red]accuracy drop over {max_drop} points:[/red] {names}")
+            raise typer.Exit(1)
+        if not drops:
+            raise MicronetError("--max-drop: no exported model had a PyTorch reference with accuracy to compare to")
+
+
+@app.command("report")
+def report_cmd(
+    reports: list[Path] = typer.Argument(..., help="benchmark JSON reports to merge"),
+    out: Path = typer.Option(Path("reports/merged"), "--out", "-o", help="folder for the merged table and plots"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="draw PNG plots"),
+) -> None:
+    """Merge benchmark reports (variants, formats, runtimes, devices) into one table and plots."""
+    from micronet.bench import report
+    from micronet.console import console
+
+    rows = report.merge_reports(reports)
+    paths = report.write_all(rows, out, stem="merged")
+    if plots:
+        from micronet.bench.plots import plot_all
+
+        paths += plot_all(rows, out)
+    report.print_report(rows, console=console)
+    console.print("written: " + ", ".join(str(p) for p in paths))
+
+
 @budget_app.command("check")
 def budget_check(budgets: Path = typer.Argument(DEFAULT_BUDGETS, help="TOML file of per-variant ceilings")) -> None:
     """Fail (exit 1) naming every variant whose MAdds or params exceed its budget."""
@@ -148,6 +235,63 @@ def budget_check(budgets: Path = typer.Argument(DEFAULT_BUDGETS, help="TOML file
         console.print(f"[red]over budget:[/red] {names}")
         raise typer.Exit(1)
     console.print(f"all {len(results)} budgets hold ({budgets})")
+
+
+@app.command("train")
+def train_cmd(
+    variant: str = VariantOpt,
+    data: Path = typer.Option(..., "--data", help="ImageFolder <class>/<image>, or a folder with train/ and val/"),
+    val: Optional[Path] = typer.Option(None, "--val", help="validation ImageFolder (default: DATA/val if present)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/train-VARIANT)"),
+    epochs: int = typer.Option(600, "--epochs", help="paper: 600"),
+    batch_size: int = typer.Option(512, "--batch-size", help="global batch over all processes (paper: 512)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="default 0.2 x batch / 512"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="default 3e-5 (m0, m1), 4e-5 (m2, m3)"),
+    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="default 0, 5 for m2/m3/release-m3"),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
+    mixup: float = typer.Option(0.0, "--mixup", help="mixup Beta(alpha, alpha); 0 = off"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="default: number of class folders"),
+    input_size: int = InputSizeOpt,
+    weights: Optional[Path] = typer.Option(None, "--weights", help="start from ours or a released checkpoint"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue a run from its last.pt"),
+    mutual: bool = typer.Option(False, "--mutual", help="mutual learning with a full-rank partner (paper 5.1)"),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(4, "--workers", help="data-loading processes per training process"),
+    crop_min: float = typer.Option(0.08, "--crop-min", help="smallest random crop, as a fraction of the image area"),
+    no_flip: bool = typer.Option(False, "--no-flip", help="no random horizontal flip (e.g. digits, text)"),
+    deterministic: bool = typer.Option(False, "--deterministic", help="deterministic kernels (exact resume)"),
+    as_json: bool = typer.Option(False, "--json", help="print the final metrics as JSON on stdout"),
+) -> None:
+    """Train, fine-tune (--weights) or resume (--resume) a MicroNet; runs under torchrun as DDP too."""
+    import os
+
+    from micronet.train import TrainConfig, train
+
+    config = TrainConfig(
+        variant=variant, data=str(data), val=str(val) if val else None, out=str(out) if out else None,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing, mixup=mixup, num_classes=num_classes, input_size=input_size,
+        weights=str(weights) if weights else None, resume=str(resume) if resume else None, mutual=mutual,
+        seed=seed, workers=workers, crop_scale=(crop_min, 1.0), hflip=not no_flip, deterministic=deterministic,
+    )
+    result = train(config)
+    if as_json and os.environ.get("RANK", "0") == "0":
+        print(json.dumps(result, indent=2))
+
+
+@datasets_app.command("digits")
+def datasets_digits(
+    out: Path = typer.Option(..., "--out", "-o", help="folder to create (train/ and val/ inside)"),
+    size: int = typer.Option(32, "--size", help="image side in pixels, a multiple of 32"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of each digit held out"),
+    seed: int = typer.Option(0, "--seed", help="seed of the stratified split"),
+) -> None:
+    """scikit-learn's 1,797 handwritten digit scans as an ImageFolder of PNGs (no download)."""
+    from micronet.datasets import write_digits
+
+    summary = write_digits(out, size=size, val_fraction=val_fraction, seed=seed)
+    print(f"digits: {summary['train_images']} train + {summary['val_images']} val images, {size}x{size} px, "
+          f"10 classes -> {out}")
 
 
 def main() -> None:

@@ -391,3 +391,19 @@ def print_report(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], cons
     if isinstance(report_or_rows, dict):
         for line in report_or_rows.get("warnings") or []:
             console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
+
+
+def write_all(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], out_dir: str | os.PathLike,
+              stem: str | None = None) -> list[Path]:
+    """The JSON (for a full report), CSV and Markdown files of one run, named by its UTC time."""
+    import time
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = stem or time.strftime("bench-%Y%m%d-%H%M%S", time.gmtime())
+    paths = []
+    if isinstance(report_or_rows, dict):
+        paths.append(write_json(report_or_rows, out / f"{stem}.json"))
+    paths.append(write_csv(report_or_rows, out / f"{stem}.csv"))
+    paths.append(write_markdown(report_or_rows, out / f"{stem}.md"))
+    return paths

@@ -1,0 +1,71 @@
+"""Exports made on the fly for ``micronet bench --variant``, cached by what determines them.
+
+Benchmarking a variant means benchmarking its exported files; re-running onnx2tf (tens of seconds)
+for every benchmark would make the tool unusable. A cache entry is a folder named by the hash of
+everything the export depends on (variant, input size, classes, weights file content, calibration
+folder and its file list, micronet and tool versions). An entry is reused only if every requested
+artifact is there and its manifest still verifies (sha256 of the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from micronet.errors import MicronetError
+
+DEFAULT_CACHE = Path(os.environ.get("MICRONET_CACHE", Path.home() / ".cache" / "micronet")) / "exports"
+
+
+def _fingerprint(variant: str, input_size: int, num_classes: int, weights: Path | None,
+                 calibration: Path | None) -> str:
+    from micronet import __version__
+    from micronet.export.manifest import sha256_file, tool_versions
+    from micronet.images import file_list_sha256, find_images
+
+    key = {
+        "variant": variant,
+        "input_size": input_size,
+        "num_classes": num_classes,
+        "weights": sha256_file(weights) if weights else None,
+        "calibration": None if calibration is None else {
+            "path": str(Path(calibration).resolve()),
+            "files": file_list_sha256(find_images(calibration), calibration)},
+        "micronet": __version__,
+        "tools": tool_versions(),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def exported(variant: str, targets: Sequence[tuple[str, str]], *, input_size: int = 224, num_classes: int = 1000,
+             weights: Path | None = None, calibration: Path | None = None, cache_dir: Path | None = None,
+             progress: Callable[[str], None] | None = None) -> list[Path]:
+    """Paths of ``variant`` exported as each (format, quantization) in ``targets``, exporting if needed."""
+    from micronet.export.manifest import read_manifest
+    from micronet.export.pipeline import ExportRequest, artifact_name, export
+    from micronet.registry import resolve_variant
+
+    variant = resolve_variant(variant).name
+    if weights is not None and not Path(weights).is_file():
+        raise MicronetError(f"weights file not found: {weights}")
+    folder = (cache_dir or DEFAULT_CACHE) / f"{variant}-{input_size}-{_fingerprint(variant, input_size, num_classes, weights, calibration)}"
+    paths = [folder / artifact_name(variant, input_size, f, q) for f, q in targets]
+
+    def valid(path: Path) -> bool:
+        try:
+            return path.is_file() and read_manifest(path) is not None
+        except MicronetError:  # a manifest that no longer verifies: re-export
+            return False
+
+    missing = [t for t, p in zip(targets, paths) if not valid(p)]
+    if missing:
+        if progress:
+            progress(f"exporting {variant} ({', '.join(f'{f} {q}' for f, q in missing)}) into the cache {folder}")
+        export(ExportRequest(variant=variant, targets=list(missing), weights=weights, calibration=calibration,
+                             input_size=input_size, num_classes=num_classes, output_dir=folder), progress=progress)
+    elif progress:
+        progress(f"using cached exports of {variant} in {folder}")
+    return paths

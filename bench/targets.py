@@ -1,0 +1,90 @@
+"""What ``micronet bench`` measures: model files as given, or variants exported on the fly.
+
+Kept out of the CLI so Python users and tests build the same target lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from micronet.errors import MicronetError
+
+from .harness import BenchTarget
+
+BENCH_FORMATS = ("torch", "onnx", "tflite", "all")
+MATRIX_VARIANTS = ("m0", "m1", "m2", "m3")
+#: "all": the float reference, ONNX, and the two TFLite files people ship.
+ALL_FORMATS: tuple[tuple[str, str], ...] = (("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8"))
+
+
+def _exported_targets(fmt: str, quantize: str | None) -> tuple[bool, list[tuple[str, str]]]:
+    """(include torch, export targets) for one ``--format``/``--quantize`` choice."""
+    if fmt not in BENCH_FORMATS:
+        raise MicronetError(f"unknown format {fmt!r}; choose one of: {', '.join(BENCH_FORMATS)}")
+    if fmt == "all":
+        if quantize:
+            raise MicronetError("--format all benchmarks torch, ONNX, TFLite float32 and int8; drop --quantize")
+        return True, list(ALL_FORMATS)
+    if fmt == "torch":
+        if quantize not in (None, "float32"):
+            raise MicronetError("--quantize applies to --format tflite")
+        return True, []
+    from micronet.export.pipeline import resolve_targets
+
+    return False, resolve_targets(fmt, quantize, False)
+
+
+def reference_target(manifest: dict) -> BenchTarget:
+    """The PyTorch float model an exported file came from, rebuilt from its manifest (for --max-drop)."""
+    from micronet.model import build_model
+    from micronet.weights import load_weights
+
+    weights = manifest.get("weights") or {}
+    if weights.get("state") != "loaded" or not weights.get("path") or not Path(weights["path"]).is_file():
+        raise MicronetError(f"{manifest.get('artifact')}: its manifest names no weights file that exists here, "
+                            "so there is no PyTorch reference to measure an accuracy drop against")
+    model = build_model(manifest["variant"], num_classes=manifest["num_classes"], input_size=manifest["input_size"])
+    load_weights(model, weights["path"])
+    return BenchTarget(module=model.eval(), variant=manifest["variant"], name=f"{manifest['variant']} (PyTorch)",
+                       input_size=manifest["input_size"])
+
+
+def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = None, fmt: str | None = None,
+                  quantize: str | None = None, matrix: bool = False, weights: Path | None = None,
+                  calibration: Path | None = None, input_size: int = 224, num_classes: int = 1000,
+                  with_reference: bool = False, progress: Callable[[str], None] | None = None) -> list[BenchTarget]:
+    """Targets for files, one variant, or the m0..m3 matrix; ``with_reference`` adds the PyTorch model."""
+    from micronet.model import build_model
+    from micronet.weights import load_weights
+
+    from . import cache
+
+    if sum(bool(x) for x in (model_files, variant, matrix)) != 1:
+        raise MicronetError("give model files, or --variant, or --matrix (exactly one of them)")
+    if model_files:
+        if fmt or quantize:
+            raise MicronetError("--format/--quantize choose what to export for --variant; a model file is what it is")
+        targets = [BenchTarget(path=Path(p)) for p in model_files]
+        if with_reference:
+            seen = {}
+            for t in targets:
+                if t.manifest and t.manifest.get("variant") and t.manifest["variant"] not in seen:
+                    seen[t.manifest["variant"]] = reference_target(t.manifest)
+            targets = list(seen.values()) + targets
+        return targets
+
+    include_torch, exports = _exported_targets((fmt or ("all" if matrix else "tflite")).lower(), quantize)
+    targets: list[BenchTarget] = []
+    for name in (MATRIX_VARIANTS if matrix else [variant]):
+        if include_torch or with_reference:
+            model = build_model(name, num_classes=num_classes, input_size=input_size)
+            if weights:
+                load_weights(model, weights)
+            targets.append(BenchTarget(module=model.eval(), variant=model.config.name,
+                                       name=f"{model.config.name} (PyTorch)", input_size=input_size))
+        if exports:
+            paths = cache.exported(name, exports, input_size=input_size, num_classes=num_classes, weights=weights,
+                                   calibration=calibration, progress=progress)
+            targets += [BenchTarget(path=p) for p in paths]
+    return targets
