@@ -259,7 +259,8 @@ def train_cmd(
     workers: int = typer.Option(4, "--workers", help="data-loading processes per training process"),
     crop_min: float = typer.Option(0.08, "--crop-min", help="smallest random crop, as a fraction of the image area"),
     no_flip: bool = typer.Option(False, "--no-flip", help="no random horizontal flip (e.g. digits, text)"),
-    deterministic: bool = typer.Option(False, "--deterministic", help="deterministic kernels (exact resume)"),
+    deterministic: bool = typer.Option(False, "--deterministic",
+                                       help="deterministic kernels: bit-exact reruns and resumes (slower on CUDA)"),
     as_json: bool = typer.Option(False, "--json", help="print the final metrics as JSON on stdout"),
 ) -> None:
     """Train, fine-tune (--weights) or resume (--resume) a MicroNet; runs under torchrun as DDP too."""

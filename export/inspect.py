@@ -1,0 +1,165 @@
+"""Read a .tflite without running it (op inventory, io spec), and run it on NCHW float batches.
+
+The inventory and io spec come straight from the flatbuffer (``ai_edge_litert.schema_py_generated``), not
+from an Interpreter, because what an Interpreter accepts depends on the process: a model with a Flex op fails
+at ``allocate_tensors`` in a runtime-only environment, yet runs in any process that has imported TensorFlow
+(which links the Flex delegate) — exactly where the exporter runs. Reading the file shows such ops the same
+way everywhere, so the pipeline can reject them with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from micronet.errors import MicronetError
+
+# Prefixes that mark an op needing something beyond the TFLite builtin kernels.
+FLEX_PREFIX = "FLEX:"  # a TensorFlow op run by the Flex delegate (SELECT_TF_OPS); needs the TF runtime
+CUSTOM_PREFIX = "CUSTOM:"  # any other custom op; needs a registered kernel the stock runtime lacks
+
+_TENSOR_DTYPES = {"FLOAT32": "float32", "FLOAT16": "float16", "INT8": "int8", "UINT8": "uint8",
+                  "INT16": "int16", "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _load_model(path: str | os.PathLike):
+    schema = _schema()
+    try:
+        buf = Path(path).read_bytes()
+    except OSError as exc:
+        raise MicronetError(f"cannot read {path}: {exc.strerror}") from None
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise MicronetError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier)")
+    return schema.Model.GetRootAs(buf, 0)
+
+
+def _enum_names(enum_class) -> dict[int, str]:
+    return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
+
+
+def tflite_op_inventory(path: str | os.PathLike) -> dict[str, int]:
+    """Count of each op across all subgraphs, by builtin name (``CONV_2D``: 12, ...).
+
+    Custom ops are listed as ``FLEX:<TfOp>`` (TensorFlow ops needing the Flex delegate, i.e. SELECT_TF_OPS)
+    or ``CUSTOM:<code>``; see ``non_builtin_ops``.
+    """
+    schema = _schema()
+    model = _load_model(path)
+    builtin_names = _enum_names(schema.BuiltinOperator)
+    names = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        # The schema keeps the old int8 field for codes < 127; the real code is the larger of the two.
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom = (code.CustomCode() or b"").decode("utf-8", "replace")
+            names.append(f"{FLEX_PREFIX}{custom[4:]}" if custom.startswith("Flex") else f"{CUSTOM_PREFIX}{custom}")
+        else:
+            names.append(builtin_names.get(builtin, f"BUILTIN_{builtin}"))
+    counts: dict[str, int] = {}
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            name = names[subgraph.Operators(o).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def non_builtin_ops(inventory: dict[str, int]) -> dict[str, int]:
+    """The Flex/custom entries of an inventory: non-empty means the stock runtime cannot run the model."""
+    return {name: n for name, n in inventory.items() if name.startswith((FLEX_PREFIX, CUSTOM_PREFIX))}
+
+
+def _tensor_spec(schema, subgraph, index: int) -> dict[str, Any]:
+    tensor = subgraph.Tensors(index)
+    shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
+    signature = [int(d) for d in tensor.ShapeSignatureAsNumpy()] if tensor.ShapeSignatureLength() else shape
+    type_name = _enum_names(schema.TensorType)[tensor.Type()]
+    quant = tensor.Quantization()
+    quantization = None
+    if quant is not None and quant.ScaleLength() > 0:
+        if quant.ScaleLength() != 1:
+            raise MicronetError(f"io tensor {tensor.Name().decode()} is quantized per channel; expected one scale")
+        quantization = {"scale": float(quant.Scale(0)), "zero_point": int(quant.ZeroPoint(0))}
+    return {
+        "name": tensor.Name().decode("utf-8"),
+        "shape": signature,  # -1 marks a dynamic dimension
+        "dtype": _TENSOR_DTYPES.get(type_name, type_name.lower()),
+        "quantization": quantization,
+    }
+
+
+def tflite_io_spec(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{"input": {...}, "output": {...}}`` with name, shape (-1 = dynamic), dtype and quantization
+    ({scale, zero_point} or None) of the main subgraph's single input and output."""
+    schema = _schema()
+    subgraph = _load_model(path).Subgraphs(0)
+    if subgraph.InputsLength() != 1 or subgraph.OutputsLength() != 1:
+        raise MicronetError(f"{path}: expected one input and one output, got "
+                            f"{subgraph.InputsLength()} and {subgraph.OutputsLength()}")
+    return {"input": _tensor_spec(schema, subgraph, subgraph.Inputs(0)),
+            "output": _tensor_spec(schema, subgraph, subgraph.Outputs(0))}
+
+
+def _quantize(x: np.ndarray, dtype: np.dtype, quantization: tuple[float, int]) -> np.ndarray:
+    scale, zero_point = quantization
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def _input_layout(model_shape: list[int], batch_shape: tuple[int, ...]) -> str:
+    _, c, h, w = batch_shape
+    nchw, nhwc = list(model_shape[1:]) == [c, h, w], list(model_shape[1:]) == [h, w, c]
+    if nhwc and not nchw:
+        return "NHWC"
+    if nchw:
+        return "NCHW"
+    raise MicronetError(f"model input {model_shape} fits neither NCHW nor NHWC of the batch {list(batch_shape)}")
+
+
+def run_tflite(path: str | os.PathLike, batch_nchw_float: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Float32 logits (N, classes) of the .tflite at ``path`` for an NCHW float32 batch.
+
+    Feeds the model the way it was built: transposed to NHWC when its input is channels-last, quantized
+    with its own input scale/zero point when its input is int8/uint8, one sample at a time when its batch
+    is fixed at 1 (the whole batch at once when the batch dimension is dynamic). The output is dequantized
+    with the model's output scale/zero point.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    batch = np.asarray(batch_nchw_float, dtype=np.float32)
+    if batch.ndim != 4:
+        raise MicronetError(f"run_tflite needs an NCHW batch, got shape {batch.shape}")
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    if _input_layout(list(inp["shape"]), batch.shape) == "NHWC":
+        batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+    if inp["dtype"] in (np.int8, np.uint8):
+        batch = _quantize(batch, inp["dtype"], inp["quantization"])
+    dynamic_batch = int(inp["shape_signature"][0]) == -1
+    chunk = len(batch) if dynamic_batch else int(inp["shape"][0])
+    if len(batch) % chunk:
+        raise MicronetError(f"model batch is fixed at {chunk}; got {len(batch)} samples")
+    if dynamic_batch:
+        interpreter.resize_tensor_input(inp["index"], list(batch.shape))
+    interpreter.allocate_tensors()
+    outputs = []
+    for start in range(0, len(batch), chunk):
+        interpreter.set_tensor(inp["index"], batch[start:start + chunk])
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(out["index"]).copy())
+    logits = np.concatenate(outputs)
+    if out["dtype"] in (np.int8, np.uint8):
+        scale, zero_point = out["quantization"]
+        logits = (logits.astype(np.float32) - zero_point) * scale
+    return logits.astype(np.float32)

@@ -1,0 +1,35 @@
+"""Write a file so that readers (and a run killed at any moment) see its previous version or the complete
+new one, never half of one.
+
+It lives in the lowest layer so every stage can share it (``export/_atomic.py`` holds the same contract
+for the export package and can become an import of this one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same file system, so the rename is atomic); when the block
+    completes, flush it to disk and rename it onto ``path``. On any failure the temporary file is removed
+    and ``path`` keeps what it held. Flushing matters for checkpoints: after a power cut the rename can
+    otherwise survive while the data does not."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,81 @@
+"""What a run tells its user: one line per event on the console, a progress bar in a terminal, and
+per-epoch metrics as JSON lines and CSV in the output folder.
+
+Only rank 0 reports (the others are silent), so a multi-process run writes each file once. The
+metric files are rewritten from the checkpoint's history on resume: an epoch that a killed run
+logged but never checkpointed does not appear twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from micronet.atomic import replacing
+
+#: Columns of ``metrics.csv`` (and keys of ``metrics.jsonl``), units in the names: % and seconds.
+COLUMNS = ("epoch", "train_loss", "val_loss", "top1", "top5", "lr", "images_per_s", "epoch_s", "wall_s")
+PARTNER_COLUMNS = ("partner_top1",)
+JSONL_NAME, CSV_NAME, LOG_NAME = "metrics.jsonl", "metrics.csv", "train.log"
+
+
+class Reporter:
+    """Console lines + ``train.log`` + metric files; a no-op on ranks other than 0."""
+
+    def __init__(self, out: Path, enabled: bool, progress: bool, mutual: bool = False) -> None:
+        from rich.console import Console
+
+        self.out = out
+        self.enabled = enabled
+        self.columns = COLUMNS + (PARTNER_COLUMNS if mutual else ())
+        self.console = Console(stderr=True, highlight=False)
+        self.show_progress = enabled and progress and self.console.is_terminal
+
+    def log(self, message: str) -> None:
+        if not self.enabled:
+            return
+        self.console.print(message, soft_wrap=True, markup=False)
+        with open(self.out / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(message + "\n")
+
+    def write_history(self, history: list[dict]) -> None:
+        """Rewrite both metric files from the full history (cheap: one line per epoch)."""
+        if not self.enabled:
+            return
+        lines = "".join(json.dumps({k: row.get(k) for k in self.columns}) + "\n" for row in history)
+        _write_text(self.out / JSONL_NAME, lines)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if row.get(k) is None else row[k] for k in self.columns} for row in history)
+        _write_text(self.out / CSV_NAME, buffer.getvalue())
+
+    def epoch_line(self, row: dict, epochs: int) -> None:
+        val = (f"val loss {row['val_loss']:.4f}  top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%"
+               if row.get("top1") is not None else "no validation data")
+        partner = f"  partner top-1 {row['partner_top1']:.2f}%" if row.get("partner_top1") is not None else ""
+        self.log(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  {val}{partner}  "
+                 f"lr {row['lr']:.5g}  {row['images_per_s']:.0f} images/s  {row['epoch_s']:.1f} s")
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator:
+        """A per-epoch bar in a terminal; elsewhere (CI logs, other ranks) a do-nothing ``advance``."""
+        if not self.show_progress:
+            yield lambda **fields: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                      console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total, status="")
+            yield lambda **fields: bar.update(task, advance=1, **fields)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,114 @@
+"""What a training run is: the options a user gives and the paper recipe that fills the rest.
+
+The defaults reproduce the authors' released training scripts (architecture spec §4.6): SGD with
+momentum 0.9, lr 0.2 for a batch of 512 scaled linearly with the batch, per-iteration cosine decay,
+600 epochs, no label smoothing, no mixup, only random-resized-crop + flip. Values that depend on the
+variant are ``None`` here and resolved by :meth:`TrainConfig.resolved`, so a checkpoint records both
+what the user asked for and what was used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from micronet.errors import MicronetError
+from micronet.registry import resolve_variant
+
+#: The released scripts' learning rate and the global batch it was tuned for.
+REFERENCE_LR = 0.2
+REFERENCE_BATCH = 512
+
+#: Weight decay per variant. The released scripts use 3e-5 for their M0/M1/M2 (our release-m0, m0,
+#: m1) and 4e-5 for their M3; our m2/m3 have no released script and follow the larger model's recipe.
+WEIGHT_DECAY = {"m0": 3e-5, "m1": 3e-5, "m2": 4e-5, "m3": 4e-5, "release-m0": 3e-5, "release-m3": 4e-5}
+#: Only the released M3 script warms up (5 epochs, linear from 0); m2/m3 follow it as above.
+WARMUP_EPOCHS = {"m0": 0.0, "m1": 0.0, "m2": 5.0, "m3": 5.0, "release-m0": 0.0, "release-m3": 5.0}
+
+#: Fields that shape the optimisation trajectory: a resumed run must use the same values, or it
+#: would silently become a different experiment than the one its checkpoint and logs describe.
+TRAJECTORY_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "momentum", "warmup_epochs",
+                     "label_smoothing", "mixup", "input_size", "dropout", "mutual", "seed",
+                     "crop_scale", "hflip")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Sizes in pixels, ``batch_size`` is the global batch (all processes together).
+
+    ``data`` is an ImageFolder (``<class>/<image>``); when ``val`` is not given and ``data`` holds
+    ``train/`` and ``val/`` folders, those are used (the layout ``micronet datasets`` writes).
+    ``lr``/``weight_decay``/``warmup_epochs``/``num_classes``/``out`` left as ``None`` are filled from
+    the recipe, the data and the variant.
+    """
+
+    variant: str
+    data: str
+    val: str | None = None
+    out: str | None = None
+    epochs: int = 600
+    batch_size: int = REFERENCE_BATCH
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    warmup_epochs: float | None = None
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    num_classes: int | None = None
+    input_size: int = 224
+    dropout: float | None = None
+    weights: str | None = None
+    resume: str | None = None
+    mutual: bool = False
+    seed: int = 0
+    workers: int = 4
+    #: CPU: ``torch.use_deterministic_algorithms``; CUDA: also cuDNN deterministic and no autotuning.
+    deterministic: bool = False
+    #: Mixed precision (float16 autocast + GradScaler); only ever used on CUDA.
+    amp: bool = True
+    #: ``None`` = CUDA when present (``cuda:LOCAL_RANK`` under torchrun), else CPU.
+    device: str | None = None
+    #: RandomResizedCrop area range; the paper's (0.08, 1). Very small images may want a larger minimum.
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variant", resolve_variant(self.variant).name)
+        object.__setattr__(self, "crop_scale", tuple(float(s) for s in self.crop_scale))
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch size must be at least 2 (BatchNorm needs 2 samples), got {self.batch_size}"),
+            (self.lr is None or self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (self.weight_decay is None or self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs is None or 0 <= self.warmup_epochs < self.epochs,
+             f"warm-up epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.mixup >= 0.0, f"mixup alpha must be >= 0, got {self.mixup}"),
+            (self.num_classes is None or self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (len(self.crop_scale) == 2 and 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0,
+             f"crop scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MicronetError(message)
+
+    def resolved(self) -> TrainConfig:
+        """The recipe values for this variant and batch: lr = 0.2 x batch / 512, per-variant decay and
+        warm-up. Values the user set are kept."""
+        return replace(
+            self,
+            lr=self.lr if self.lr is not None else REFERENCE_LR * self.batch_size / REFERENCE_BATCH,
+            weight_decay=self.weight_decay if self.weight_decay is not None else WEIGHT_DECAY[self.variant],
+            warmup_epochs=self.warmup_epochs if self.warmup_epochs is not None
+            else min(WARMUP_EPOCHS[self.variant], self.epochs - 1),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
