@@ -27,6 +27,9 @@ app.add_typer(budget_app, name="budget")
 datasets_app = typer.Typer(help="Write small real data sets to disk (offline) for training checks.",
                            no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+devices_app = typer.Typer(help="Benchmark targets: this machine, Linux boards over SSH, Android phones over adb.",
+                          no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
 
 VariantOpt = typer.Option("m0", "--variant", "-v", help="m0 m1 m2 m3 release-m0 release-m3 (aliases release-m1, release-m2)")
 InputSizeOpt = typer.Option(224, "--input-size", help="input resolution in pixels, a multiple of 32")
@@ -110,6 +113,7 @@ def export_cmd(
     io_dtype: str = typer.Option("int8", "--io-dtype", help="int8 model input/output type: int8 or uint8"),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="int8 weights per tensor instead of per channel"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX with a symbolic batch dimension"),
+    graph: str = typer.Option("fast", "--graph", help="graph TFLite is converted from: fast or reference"),
 ) -> None:
     """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
     from micronet.console import console, export_summary, parity_table
@@ -119,7 +123,7 @@ def export_cmd(
         variant=variant, targets=resolve_targets(fmt, quantize, all_formats), weights=weights,
         calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
-        dynamic_batch=dynamic_batch,
+        dynamic_batch=dynamic_batch, graph=graph,
     )
     try:
         with console.status("exporting", spinner="dots") as status:
@@ -293,6 +297,34 @@ def datasets_digits(
     summary = write_digits(out, size=size, val_fraction=val_fraction, seed=seed)
     print(f"digits: {summary['train_images']} train + {summary['val_images']} val images, {size}x{size} px, "
           f"10 classes -> {out}")
+
+
+InventoryOpt = typer.Option(None, "--inventory",
+                            help="devices.toml (default: $MICRONET_DEVICES, ./devices.toml, ~/.config/micronet/devices.toml)")
+
+
+@devices_app.command("list")
+def devices_list(inventory: Optional[Path] = InventoryOpt,
+                 as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """The device inventory: each name with its target and options, one line each."""
+    from micronet.devices.api import describe_inventory
+
+    lines, data = describe_inventory(inventory)
+    print(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+
+
+@devices_app.command("check")
+def devices_check(names: Optional[list[str]] = typer.Argument(None, help="inventory names or targets (default: all)"),
+                  inventory: Optional[Path] = InventoryOpt) -> None:
+    """Is each device reachable, and which runtimes does it have? One line each; exit 1 if any is not usable."""
+    from micronet.devices.api import iter_checks
+
+    usable = True
+    for result in iter_checks(names or None, inventory=inventory):
+        print(result.line(), flush=True)
+        usable &= result.reachable
+    if not usable:
+        raise typer.Exit(1)
 
 
 def main() -> None:
