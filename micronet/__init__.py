@@ -28,6 +28,7 @@ _LAZY = {
     "VARIANTS": "micronet.registry",
     "resolve_variant": "micronet.registry",
     "MicronetError": "micronet.errors",
+    "TrainConfig": "micronet.train",
 }
 
 
