@@ -147,7 +147,8 @@ def bench_cmd(
     quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="TFLite: int8 (default), float32, float16, dynamic"),
     matrix: bool = typer.Option(False, "--matrix", help="m0..m3 x torch/ONNX/TFLite fp32/int8 x every installed runtime"),
     runtime: Optional[list[str]] = typer.Option(None, "--runtime", "-r", help="torch, onnxruntime, litert, tflite-runtime, tf-lite (repeatable)"),
-    threads: list[int] = typer.Option([1], "--threads", "-t", help="threads (repeatable)"),
+    threads_given: Optional[list[int]] = typer.Option(None, "--threads", "-t",
+                                                      help="threads (repeatable; default 1, or the inventory's)"),
     warmup: int = typer.Option(10, "--warmup", help="warm-up runs"),
     runs: Optional[int] = typer.Option(100, "--runs", help="measured runs"),
     min_seconds: Optional[float] = typer.Option(None, "--min-seconds", help="measure at least this long (s)"),
@@ -162,6 +163,16 @@ def bench_cmd(
     input_size: int = InputSizeOpt,
     num_classes: int = typer.Option(1000, "--num-classes"),
     out: Path = typer.Option(Path("reports"), "--out", "-o", help="folder for the JSON/CSV/Markdown report"),
+    device: Optional[str] = typer.Option(None, "--device", "-d",
+                                         help="local, ssh://user@host[:port], adb[:SERIAL] or a devices.toml name"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.toml (default: $MICRONET_DEVICES, "
+                                             "./devices.toml, ~/.config/micronet/devices.toml)"),
+    benchmark_binary: Optional[Path] = typer.Option(None, "--benchmark-binary",
+                                                    help="Android: LiteRT benchmark_model built for the phone's ABI"),
+    cpu_mask: Optional[str] = typer.Option(None, "--cpu-mask", help="hex CPU affinity mask on the device, e.g. f0"),
+    retry_throttled: bool = typer.Option(False, "--retry-throttled",
+                                         help="re-run a measurement during which the device throttled, after it cools"),
+    cooldown: Optional[float] = typer.Option(None, "--cooldown", help="seconds to pause between models on a device"),
 ) -> None:
     """Latency, memory, size and accuracy per model, format and runtime; writes JSON, CSV and Markdown."""
     from micronet.bench import gate, report
@@ -183,9 +194,24 @@ def bench_cmd(
         targets = bench_targets(models or [], variant=variant, fmt=fmt, quantize=quantize, matrix=matrix,
                                 weights=weights, calibration=calibration, input_size=input_size,
                                 num_classes=num_classes, with_reference=max_drop is not None, progress=progress)
-        result = run_benchmark(targets, runtimes=runtime or None, threads=threads, warmup=warmup, runs=runs,
-                               min_seconds=min_seconds, data=data, limit=limit, progress=progress, xnnpack=xnn,
-                               memory=memory, end_to_end=end_to_end)
+        if device is not None and device != "local":
+            from micronet.devices.api import device_report
+
+            if runtime and len(runtime) > 1:
+                raise MicronetError("--device runs one runtime per call: give at most one --runtime")
+            on_desktop = [t.label for t in targets if t.path is None]
+            if on_desktop:
+                console.print(f"not sent to {device} (PyTorch models run on the desktop only): {', '.join(on_desktop)}")
+            result = device_report(device, [t.path for t in targets if t.path is not None],
+                                   runtime=runtime[0] if runtime else None, threads=threads_given, warmup=warmup,
+                                   runs=runs, min_seconds=min_seconds, xnnpack=xnn, data=data, limit=limit,
+                                   inventory=inventory, benchmark_binary=benchmark_binary, cpu_mask=cpu_mask,
+                                   retry_throttled=True if retry_throttled else None, cooldown_s=cooldown,
+                                   memory=memory, progress=progress)
+        else:
+            result = run_benchmark(targets, runtimes=runtime or None, threads=threads_given or [1], warmup=warmup,
+                                   runs=runs, min_seconds=min_seconds, data=data, limit=limit, progress=progress,
+                                   xnnpack=xnn, memory=memory, end_to_end=end_to_end)
     paths = report.write_all(result, out)
     report.print_report(result, console=console)
     console.print("report: " + ", ".join(str(p) for p in paths))

@@ -282,7 +282,7 @@ def _status(row: dict[str, Any]) -> str:
     return f"invalid: {row.get('invalid_reason') or 'unknown'}" if row.get("invalid") else "ok"
 
 
-SUMMARY_COLUMNS = ("model", "format", "quantize", "runtime", "threads", "XNNPACK", "MAdds", "p50 ms", "p90 ms",
+SUMMARY_COLUMNS = ("model", "device", "format", "quantize", "runtime", "threads", "XNNPACK", "MAdds", "p50 ms", "p90 ms",
                    "init ms", "first ms", "peak RSS MiB", "size MiB", "top-1 %", "status")
 
 
@@ -290,7 +290,8 @@ def summary_cells(row: dict[str, Any]) -> list[str]:
     """The cells of the Markdown and console tables, in ``SUMMARY_COLUMNS`` order."""
     lat, mem, acc = row.get("latency") or {}, row.get("memory") or {}, row.get("accuracy") or {}
     return [
-        str(row.get("name") or row.get("model")), str(row.get("format") or "—"), str(row.get("quantize") or "—"),
+        str(row.get("name") or row.get("model")), str(row.get("device") or "local"), str(row.get("format") or "—"),
+        str(row.get("quantize") or "—"),
         str(row.get("runtime")), str(row.get("threads")), _xnnpack(row), _madds(row.get("madds")),
         _num(lat.get("p50_ms"), 3), _num(lat.get("p90_ms"), 3), _num(row.get("init_ms"), 1),
         _num(row.get("first_ms"), 3), _num(mem.get("peak_rss_mib"), 1), _num(row.get("size_mib"), 3),
@@ -349,6 +350,8 @@ def console_cells(row: dict[str, Any], invalid_index: int | None = None) -> list
     quant = row.get("quantize")
     model = name + (f" ({quant})" if quant and quant not in name and row.get("format") != "torch" else "")
     runtime = f"{row.get('runtime')} ×{row.get('threads')}" + (" no XNNPACK" if row.get("xnnpack") is False else "")
+    if (row.get("device") or "local") != "local":  # merged runs from several devices must stay apart on screen
+        runtime += f" @ {row['device']}"
     status = f"invalid [{invalid_index}]" if row.get("invalid") else "ok"
     return [model, runtime, _madds(row.get("madds")), _num(lat.get("p50_ms")), _num(lat.get("p90_ms")),
             _num(row.get("init_ms"), 1), _num(row.get("first_ms")), _num(mem.get("peak_rss_mib"), 1),

@@ -111,7 +111,7 @@ def test_markdown_table_for_pr_comments(report, tmp_path):
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(report["results"])  # header, rule, one line per row
     assert "p50 ms" in table[0] and "MAdds" in table[0]
-    assert "| m0_float32.onnx | onnx | float32 | onnxruntime |" in text
+    assert "| m0_float32.onnx | local | onnx | float32 | onnxruntime |" in text
     assert "invalid: cannot load broken.onnx" in table[-1]
     assert text.startswith("**MicroNet benchmark** · ") and f"Python {report['environment']['python']['version']}" in text
 
