@@ -80,7 +80,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -211,20 +210,12 @@ def merge_reports(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write via a temp file in the same folder and ``os.replace``: readers see the old file or the new one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write ``text`` so readers see the old file or the new one, never half of one."""
+    from micronet.atomic import replacing
+
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
+    return Path(path)
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 
 from micronet.errors import MicronetError
 
-from ._atomic import replacing
+from micronet.atomic import replacing
 
 SCHEMA_VERSION = 1
 

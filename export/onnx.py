@@ -41,7 +41,7 @@ import numpy as np
 
 from micronet.errors import MicronetError
 
-from ._atomic import replacing
+from micronet.atomic import replacing
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

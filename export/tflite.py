@@ -63,7 +63,7 @@ import numpy as np
 
 from micronet.errors import MicronetError
 
-from ._atomic import replacing
+from micronet.atomic import replacing
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 INT8_IO_DTYPES = ("int8", "uint8")

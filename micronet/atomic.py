@@ -1,8 +1,8 @@
 """Write a file so that readers (and a run killed at any moment) see its previous version or the complete
 new one, never half of one.
 
-It lives in the lowest layer so every stage can share it (``export/_atomic.py`` holds the same contract
-for the export package and can become an import of this one).
+It lives in the lowest layer so every stage shares it: export artifacts and manifests, benchmark
+reports, training checkpoints and metric logs.
 """
 
 from __future__ import annotations
