@@ -20,17 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from export import onnx as onnx_stage  # noqa: E402
-from export import parity, tflite as tflite_stage  # noqa: E402
-from export.calibration import build_calibration, nhwc  # noqa: E402
-from export.deploy import recalibrate_batchnorm, to_deploy  # noqa: E402
-from export.fast import to_fast_deploy  # noqa: E402
-from export.inspect import run_tflite, tflite_op_inventory  # noqa: E402
-from micronet.model import build_model  # noqa: E402
-from micronet.preprocess import Preprocessing  # noqa: E402
+from micronet.export import onnx as onnx_stage
+from micronet.export import parity, tflite as tflite_stage
+from micronet.export.calibration import build_calibration, nhwc
+from micronet.export.deploy import recalibrate_batchnorm, to_deploy
+from micronet.export.fast import to_fast_deploy
+from micronet.export.inspect import run_tflite, tflite_op_inventory
+from micronet.model import build_model
+from micronet.preprocess import Preprocessing
 
 
 def _convert(onnx_path: Path, work: Path, calib_nhwc: np.ndarray) -> dict[str, Path]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.deploy import recalibrate_batchnorm
-from export.fast import (_interleaved_cycles, _inv, _rotations, _through_shuffle, _before_shuffle,
+from micronet.export.deploy import recalibrate_batchnorm
+from micronet.export.fast import (_interleaved_cycles, _inv, _rotations, _through_shuffle, _before_shuffle,
                          to_fast_deploy)
 from micronet.layers import shift_permutation, shuffle_permutation
 from micronet.model import build_model
