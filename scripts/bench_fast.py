@@ -13,7 +13,6 @@ the same conversion and timing. Medians only; no assertion on timings.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -91,8 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--per-round", type=int, default=50)
-    ap.add_argument("--work", type=Path, default=ROOT / "reports" / "bench_fast_work")
-    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "fast_deploy.md")
+    ap.add_argument("--work", type=Path, default=Path("reports") / "bench_fast_work")
+    ap.add_argument("--out", type=Path, default=Path("reports") / "fast_deploy.md")
     args = ap.parse_args(argv)
 
     size = args.input_size
