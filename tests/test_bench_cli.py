@@ -52,7 +52,9 @@ def test_bench_files_writes_json_csv_md_and_report_merges_with_plots(exported_m0
     written = sorted(p.name for p in (tmp_path / "merged").iterdir())
     assert "merged.md" in written and "merged.csv" in written
     assert any(name.endswith(".png") for name in written)
-    assert len((tmp_path / "merged" / "merged.csv").read_text().strip().splitlines()) == 1 + len(rows) + 1
+    second_rows = _report(tmp_path / "b")["results"]
+    lines = (tmp_path / "merged" / "merged.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + len(rows) + len(second_rows)  # header + every row of both runs
 
 
 @pytest.mark.slow
