@@ -24,7 +24,7 @@ def test_digits_train_export_bench_keeps_accuracy(tmp_path, monkeypatch):
     made = run_cli("datasets", "digits", "--out", str(data), "--size", "32")
     assert made.returncode == 0, made.stderr
     trained = run_cli("train", "--variant", "m0", "--data", str(data), "--out", str(run), "--input-size", "32",
-                      "--epochs", "10", "--batch-size", "64", "--lr", "0.2", "--crop-min", "0.25", "--no-flip",
+                      "--epochs", "15", "--batch-size", "64", "--lr", "0.2", "--crop-min", "0.25", "--no-flip",
                       "--workers", "0", "--deterministic")
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     exported = run_cli("export", "--variant", "m0", "--num-classes", "10", "--input-size", "32",
