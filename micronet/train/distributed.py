@@ -71,8 +71,17 @@ def setup(device: str | None = None) -> DistContext:
     return DistContext(rank, world_size, local_rank, chosen, owns_group=True)
 
 
-def teardown(ctx: DistContext) -> None:
+def teardown(ctx: DistContext, together: bool = True) -> None:
+    """Leave the process group; after a successful run, together.
+
+    Without the barrier a rank that finishes first (rank 0 still writes its checkpoint) tears its gloo
+    connections down under a peer that is still using them, which intermittently aborted a worker
+    ("terminate called without an active exception"). After a failure there is no barrier: the peers
+    are stuck in some other collective, and leaving at once makes theirs fail instead of hang.
+    """
     if ctx.owns_group and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -52,11 +52,14 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     output paths. Every process returns the same figures (they are summed over processes)."""
     ctx = distributed.setup(config.device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    finished = False
     try:
-        return _run(config, ctx, progress)
+        result = _run(config, ctx, progress)
+        finished = True
+        return result
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, together=finished)
 
 
 def _seed_everything(seed: int) -> None:
