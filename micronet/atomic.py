@@ -33,3 +33,18 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(folder: str | os.PathLike, names: list[str]) -> list[Path]:
+    """Delete the temporary files that ``replacing`` left beside ``names`` in ``folder``.
+
+    A process killed outright (SIGKILL, OOM killer, power cut) cannot run the cleanup above, so a
+    half-written ``.NAME.XXXX.tmp`` can outlive it. The targets themselves are intact; only the debris
+    needs removing, which the next run that owns the folder does (for example a resumed training run).
+    Returns what was removed."""
+    removed = []
+    for name in names:
+        for leftover in Path(folder).glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from micronet.atomic import remove_leftovers
 from micronet.errors import MicronetError
 from micronet.model import MicroNet, build_model
 from micronet.preprocess import Preprocessing
@@ -30,10 +31,13 @@ from .checkpoint import (BEST_NAME, FORMAT_VERSION, LAST_NAME, PARTNER_NAME, che
                          set_rng_state)
 from .data import DataSplits, ImageDataset, RandomResizedCropFlip, eval_loader, load_splits, train_loader
 from .distributed import DistContext
-from .metrics_log import Reporter
+from .metrics_log import CSV_NAME, JSONL_NAME, Reporter
 from .mutual import MutualPair, full_rank_partner, mutual_loss
 from .recipe import REFERENCE_BATCH, REFERENCE_LR, TrainConfig
 from .schedule import lr_at
+
+#: Every file a run replaces atomically (and so may leave a temporary copy of when killed).
+RUN_FILES = [LAST_NAME, BEST_NAME, PARTNER_NAME, CSV_NAME, JSONL_NAME]
 
 
 @dataclass
@@ -112,6 +116,7 @@ def _run(config: TrainConfig, ctx: DistContext, progress: bool) -> dict[str, Any
     num_classes = config.num_classes
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out, RUN_FILES)  # debris of a run killed mid-write; the files themselves are whole
     use_amp = config.amp and ctx.device.type == "cuda"
     reporter = Reporter(out, enabled=ctx.is_main, progress=progress, mutual=config.mutual)
     _set_determinism(config, ctx)
