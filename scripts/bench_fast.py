@@ -6,8 +6,8 @@ Per variant and graph: ONNX (the pipeline's export_onnx), onnx2tf → SavedModel
 pipeline's converter, calibrated on the bundled photographs after ``recalibrate_batchnorm``), TFLite op counts,
 parity (ONNX vs PyTorch, TFLite fp32 vs ONNX, int8 cosine vs fp32). Latency: 1 thread, ai-edge-litert (XNNPACK
 default) and onnxruntime; every model is timed in rounds, round-robin, so drift hits all alike; p50/p90 over all
-rounds. Peer models (e.g. timm MobileNetV3 built in a separate venv) are given as ONNX files and go through
-the same conversion and timing. Medians only; no assertion on timings.
+rounds. Peer models (timm MobileNetV3-Small / LCNet, built by ``scripts/build_peers.py`` in a separate venv)
+are given as ONNX files and go through the same conversion and timing. Medians only; no assertion on timings.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def main(argv=None) -> int:
             onnx_path = work / f"{variant}-{graph}.onnx"
             print(f"[{name}] export + convert", flush=True)
             onnx_stage.export_onnx(deployed, torch.zeros(1, 3, size, size), onnx_path)
-            files = _convert(onnx_path, work, calib_nhwc)
             onnx_logits = onnx_stage.run_onnx(onnx_path, data.holdout)
+            files = _convert(onnx_path, work, calib_nhwc)
             f32 = run_tflite(files["float32"], data.holdout)
             i8 = run_tflite(files["int8"], data.holdout)
             models[name] = {"files": files, "ops": tflite_op_inventory(files["float32"]),
@@ -134,14 +134,16 @@ def main(argv=None) -> int:
     print(f"timing {len(runners)} sessions, {args.rounds} interleaved rounds × {args.per_round}", flush=True)
     times = _interleaved(runners, args.rounds, args.per_round)
 
-    lines = ["| model | TFLite ops | GATHER | TFLite fp32 p50 / p90 ms | TFLite int8 p50 / p90 ms | ORT fp32 p50 / p90 ms "
-             "| rel err ONNX / TFLite vs PyTorch | int8 cos |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | TFLite ops | DEPTHWISE_CONV_2D | TRANSPOSE | GATHER | TFLite fp32 p50 / p90 ms "
+             "| TFLite int8 p50 / p90 ms | ORT fp32 p50 / p90 ms | rel err ONNX / TFLite vs PyTorch | int8 cos |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         t = {k: times[(name, k)] for k in ("tfl_f32", "tfl_int8", "ort_f32")}
         fmt = lambda p: f"{p[0]:.2f} / {p[1]:.2f}"  # noqa: E731
         err = f"{m['onnx_rel']:.1e} / {m['tfl_rel']:.1e}" if "onnx_rel" in m else "—"
         cos = f"{m['int8_cos']:.4f}" if "int8_cos" in m else "—"
-        lines.append(f"| {name} | {sum(m['ops'].values())} | {m['ops'].get('GATHER', 0)} | {fmt(t['tfl_f32'])} | "
+        lines.append(f"| {name} | {sum(m['ops'].values())} | {m['ops'].get('DEPTHWISE_CONV_2D', 0)} | "
+                     f"{m['ops'].get('TRANSPOSE', 0)} | {m['ops'].get('GATHER', 0)} | {fmt(t['tfl_f32'])} | "
                      f"{fmt(t['tfl_int8'])} | {fmt(t['ort_f32'])} | {err} | {cos} |")
     lines.append("")
     for name, m in models.items():
