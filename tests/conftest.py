@@ -21,3 +21,13 @@ def exported_m0_small(tmp_path_factory):
     result = export(ExportRequest(variant="m0", targets=[("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")],
                                   input_size=64, calib_count=32, holdout=8, output_dir=out))
     return {p.name.split(".", 1)[1].removesuffix(".tflite"): p for p in result.artifacts}
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on a loopback port with throw-away keys, one per test module."""
+    from fixtures.sshd import start_sshd
+
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()

@@ -17,6 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures.models import write_tflite
+
 from micronet.bench import runtimes as rt_mod
 from micronet.bench.accuracy import evaluate
 from micronet.bench.harness import BenchTarget, run_benchmark
@@ -71,23 +73,7 @@ def _tflite_from_torch(net: TinyNet, path: Path, *, nchw: bool = False, int8: bo
         x = tf.nn.relu(tf.nn.depthwise_conv2d(x, w2, [1, 1, 1, 1], "SAME") + b2)
         return tf.matmul(tf.reduce_mean(x, axis=[1, 2]), w3) + b3
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()])
-    if int8:
-        rng = np.random.default_rng(1)
-
-        def calibration():
-            for _ in range(32):
-                yield [rng.standard_normal(shape).astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = calibration
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path.write_bytes(converter.convert())
-    return path
+    return write_tflite(forward, path, int8_samples=32 if int8 else 0)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from fixtures.models import M0_SIZE, exported_m0_int8
 from fixtures.phone import make_phone
-from fixtures.sshd import free_port, start_sshd, write_inventory
+from fixtures.sshd import free_port, write_inventory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,13 +30,6 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fixtures.models import M0_SIZE, exported_m0_int8, tiny_int8_tflite
-from fixtures.sshd import free_port, start_sshd, write_inventory
+from fixtures.sshd import free_port, write_inventory
 from micronet.bench import report as rep
 from micronet.bench.harness import run_benchmark
 from micronet.bench.runtimes import get_runtime
@@ -34,13 +34,6 @@ _t = threading.Timer(0.5, _fire)
 _t.daemon = True
 _t.start()
 '''
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
