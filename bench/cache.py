@@ -24,6 +24,7 @@ def _fingerprint(variant: str, input_size: int, num_classes: int, weights: Path 
                  calibration: Path | None) -> str:
     from micronet import __version__
     from micronet.export.manifest import sha256_file, tool_versions
+    from micronet.export.pipeline import GRAPH_REVISION
     from micronet.images import file_list_sha256, find_images
 
     key = {
@@ -35,6 +36,7 @@ def _fingerprint(variant: str, input_size: int, num_classes: int, weights: Path 
             "path": str(Path(calibration).resolve()),
             "files": file_list_sha256(find_images(calibration), calibration)},
         "micronet": __version__,
+        "graph_revision": GRAPH_REVISION,
         "tools": tool_versions(),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,4 +1,5 @@
-"""Converter stages: PyTorch → ONNX → TensorFlow SavedModel → TFLite, plus inspection, parity and manifests.
+"""Converter stages: PyTorch → ONNX, PyTorch fast graph → TensorFlow SavedModel (``tf_graph``; or ONNX → onnx2tf
+for the reference graph) → TFLite, plus inspection, parity and manifests.
 
 One module per stage, each a function from an input artifact to an output artifact plus a small JSON-ready
 record. Nothing heavy is imported here: torch, onnx and tensorflow are imported inside the functions that

@@ -1,41 +1,46 @@
-"""The fast deploy form of a MicroNet: same function, a graph that TFLite/XNNPACK and ONNX Runtime run fast.
+"""The fast deploy form of a MicroNet: same function, a graph that XNNPACK (TFLite) and ONNX Runtime run fast.
 
-``to_fast_deploy(model)`` is a drop-in for ``export.deploy.to_deploy(model)``: same input (NCHW float32),
-same logits, up to float32 rounding. It is built from the *training form* (BatchNorm folded here), and every
-rewrite is exact algebra; ``tests/test_fast_deploy.py`` checks each variant against the training form.
+``to_fast_deploy(model)`` takes the *training form* (BatchNorm folded here) and returns a module with the
+same input (NCHW float32) and the same logits up to float32 rounding; every rewrite is exact algebra and
+``tests/test_fast_deploy.py`` checks each variant against the training form. ``export.tf_graph`` lowers it
+to TensorFlow for TFLite. What made the exported MicroNet slow under XNNPACK, and what replaces it (the
+measured effect of each rewrite is in the README's benchmark section):
 
-Why the reference deploy graph is slow (m0, onnx2tf → TFLite, measured): ~550 ops, most of them channel
-bookkeeping: every channel shuffle becomes RESHAPE+TRANSPOSE+RESHAPE in NHWC, every Shift-Max shift a chain of
-slices, the (k,1)/(1,k) depthwise pairs and the grouped 1×1 convs become grouped CONV_2D (+PAD) that XNNPACK
-runs slowly or not at all. The rewrites, in the order they were applied:
-
-1. **Permutations are never executed, they are tracked.** Each tensor carries its *stored order* (stored
-   channel c holds logical channel ``order[c]``). A channel shuffle only relabels; per-channel ops (depthwise
-   conv, bias, Shift-Max coefficients, ReLU6, max) take their parameters in the stored order; a dense conv
-   or Linear absorbs its input order into its weight columns and may emit its output in any order.
-2. **Grouped 1×1 convs become dense 1×1 convs** with block-diagonal weights (more MACs, one fast GEMM, and
-   a dense conv absorbs any permutation for free).
-3. **Shift-Max partner from the producer.** After a 1×1 conv, the conv emits ``[x, x~]`` directly (the
-   shifted copy is just more output rows); the hyper-function pools the conv *input* (mean commutes with a
-   1×1 conv), so fc1 absorbs the conv.
-4. **Shift-Max partner after a depthwise conv by rotations.** The shift S is a product of gcd(G, C/G)
-   cycles; storing channels in cycle-interleaved order turns S into one flat rotation (two slices and a
-   concat, no GATHER). Where the order is fixed by the neighbours, S is at most two flat rotations whose
-   masks fold into the Shift-Max coefficients (a masked coefficient is exactly 0).
-5. **Coefficients in one step.** ``theta = clamp(fc2(z)*2A/6 + off, off-A, off+A)``: the h_sigmoid, the
-   rescale to [-A, A] and the offsets fold into fc2 and two constant clamp vectors; the K branches are one
-   MUL of the stacked ``[x, x~, ...]`` by the stacked coefficients, a SPLIT, ADDs and one MAXIMUM.
-6. **(k,1)+(1,k) depthwise pair → one k×k depthwise** with the channel multiplier (TFLite DEPTHWISE_CONV_2D
-   instead of PAD+grouped CONV_2D twice). The first conv's bias is not uniform after zero padding at the
-   left/right border, so it is added back as one constant tensor (exact).
-7. The stem's 3×1 conv and 1×3 grouped conv become one dense 3×3 stride-2 conv (+ border bias), emitting
-   the shuffled order directly.
+1. **Channel permutations are never executed, they are tracked.** Every tensor has a *stored order*
+   (stored channel ``p`` holds logical channel ``order[p]``). A channel shuffle only relabels; per-channel
+   parameters (depthwise filters, Shift-Max coefficients) are laid out in the stored order and a 1×1
+   conv absorbs its input order into its weight columns and emits its rows in the order its consumer
+   wants. No GATHER, no 5-D shuffle reshape survives.
+2. **The Shift-Max partner x~ costs (almost) nothing.** After a dense 1×1 conv it is a second conv whose
+   rows are the shifted rows. After a grouped 1×1 conv (shift groups = conv groups) it is a conv with
+   rows rotated inside each group, then one rotation by a group (two channel slices and a concat). After
+   a depthwise conv, the consumer-side order is chosen so that the shift is *one* flat rotation: for
+   Micro-Block A (shift groups = input channels, multiplier M) the multiplier taps are assigned
+   diagonally (stored ``t·M + r`` holds input ``t``, tap ``(r + t) mod M``), for B/C the channels are
+   stored cycle-interleaved.
+3. **Shift-Max combine as separate products**: ``max_k(a_k·x + b_k·x~)`` as MULs and ADDs on separate
+   operands, no stacking (stacking needs a concat and a split, two full copies per Shift-Max).
+4. **Coefficients in three small ops**: the hyper-function's h_sigmoid clamp is fc2's fused RELU6 (its
+   ``+3`` in the bias) and the rescale and offsets one 1×1 depthwise conv; fc1 absorbs the pooled
+   producer (the mean commutes with a 1×1 conv), and whichever of the producer's input or output is
+   smaller is pooled.
+5. **A K=1 Shift-Max feeding a linear op is not materialised.** ``a·x + b·x~`` followed by a depthwise
+   or 1×1 conv is emitted as the product ``[x, x~]·[a, b]`` (one MUL) and the consumer sums the two
+   parts in its weights (a depthwise consumer becomes a grouped conv with two inputs per group).
+6. **Grouped 1×1 convs stay grouped** where the stored order allows it (XNNPACK runs a grouped 1×1 conv
+   3-5× faster than the dense equivalent); elsewhere a dense conv absorbs the permutation.
+7. **(k,1)+(1,k) depthwise pair → one k×k depthwise** with the channel multiplier; the first conv's bias
+   is not uniform after zero padding at the left/right border, so it is added back as a constant
+   (exact). The stem's 3×1 conv and 1×3 grouped conv become one dense 3×3 conv the same way.
+8. **Head as 1×1 convs on the pooled map**: the TFLite converter folds h_swish's ``+3`` into a *copy* of
+   a FULLY_CONNECTED (its weights read twice); CONV_2D + HARD_SWISH stays one op each.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,14 +48,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from micronet.config import ACT_MAX
-from micronet.layers import ChannelShuffle, DynamicShiftMax, shift_permutation, shuffle_permutation
+from micronet.layers import ChannelShuffle, DynamicShiftMax, MicroFactorizedDepthwise, shift_permutation, shuffle_permutation
 from micronet.model import MicroNet
 
 __all__ = ["to_fast_deploy", "FastMicroNet"]
 
-# Dense producers emit [x, x~] directly unless the extra rows cost more than this many MACs; above it the
-# conv emits x in cycle-interleaved order and x~ is one rotation (2 extra ops, no extra MACs).
-EMIT_MACS_LIMIT = 600_000
+#: A grouped 1×1 conv is kept grouped when its dense form would cost more than this many MACs; below it
+#: the dense conv is as fast (one GEMM tile) and frees the stored order.
+GROUPED_MIN_DENSE_MACS = 400_000
+#: An expanding grouped 1×1 conv (Micro-Block B/C) whose natural output order makes the next depthwise
+#: Shift-Max two masked rotations (two more products per branch) stays grouped when its dense x and x~
+#: convs would cost more than this many MACs (m1..m3 at 28×28 and 14×14; m0's stay dense).
+GROUPED_EXPAND_MIN_DENSE_MACS = 3_000_000
+#: A K=1 Shift-Max is left as a pending product for a 1×1 consumer only when the consumer's doubled input
+#: costs fewer extra MACs than this (materialising costs one conv and two elementwise ops).
+PENDING_MAX_EXTRA_MACS = 400_000
+PENDING_INTO_DEPTHWISE = True
 
 
 # ----------------------------------------------------------------------------------------------- folding
@@ -62,17 +75,24 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return w, (b0 - bn.running_mean.double()) * scale + bn.bias.double()
 
 
-def _dense_1x1(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """A grouped 1×1 conv+BN as a dense (out, in) matrix (block diagonal) and bias."""
-    w, b = _folded(conv, bn)
-    cout, cin, g = conv.out_channels, conv.in_channels, conv.groups
-    dense = torch.zeros(cout, cin, dtype=torch.float64)
-    og, ig = cout // g, cin // g
-    for k in range(g):
-        dense[k * og:(k + 1) * og, k * ig:(k + 1) * ig] = w[k * og:(k + 1) * og, :, 0, 0]
-    return dense, b
+def _fold_linear(unit) -> tuple[Tensor, Tensor]:
+    lin, bn = unit[0], unit[1]
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return lin.weight.double() * scale[:, None], (lin.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()
 
 
+def _conv(w: Tensor, b: Tensor | None, stride=1, padding=0, groups=1) -> nn.Conv2d:
+    cout, cin_g, kh, kw = w.shape
+    conv = nn.Conv2d(cin_g * groups, cout, (kh, kw), stride, padding, groups=groups, bias=b is not None)
+    with torch.no_grad():
+        conv.weight.copy_(w.float())
+        if b is not None:
+            conv.bias.copy_(b.float())
+    conv.requires_grad_(False)
+    return conv
+
+
+# ------------------------------------------------------------------------------------------ permutations
 def _inv(p: np.ndarray) -> np.ndarray:
     q = np.empty_like(p)
     q[p] = np.arange(len(p))
@@ -80,13 +100,17 @@ def _inv(p: np.ndarray) -> np.ndarray:
 
 
 def _through_shuffle(order: np.ndarray, groups: int) -> np.ndarray:
-    """Stored order after a channel shuffle (the shuffle itself costs nothing)."""
-    return _inv(np.asarray(shuffle_permutation(len(order), groups)))[order]
+    """Stored order after a channel shuffle (the shuffle itself costs nothing: it relabels)."""
+    return _inv(np.asarray(shuffle_permutation(_channels(order), groups)))[order]
 
 
 def _before_shuffle(order: np.ndarray, groups: int) -> np.ndarray:
     """The stored order a tensor must have so that it has ``order`` after the shuffle."""
-    return np.asarray(shuffle_permutation(len(order), groups))[order]
+    return np.asarray(shuffle_permutation(_channels(order), groups))[order]
+
+
+def _channels(order: np.ndarray) -> int:
+    return int(order.max()) + 1
 
 
 def _interleaved_cycles(shift: np.ndarray) -> tuple[np.ndarray, int]:
@@ -122,137 +146,38 @@ def _rotations(pi: np.ndarray) -> dict[int, np.ndarray] | None:
     return {int(d): deltas == d for d in uniq}
 
 
-# ----------------------------------------------------------------------------------------------- modules
-def _conv(w: Tensor, b: Tensor | None, stride=1, padding=0, groups=1) -> nn.Conv2d:
-    cout, cin_g, kh, kw = w.shape
-    conv = nn.Conv2d(cin_g * groups, cout, (kh, kw), stride, padding, groups=groups, bias=b is not None)
-    with torch.no_grad():
-        conv.weight.copy_(w.float())
-        if b is not None:
-            conv.bias.copy_(b.float())
-    return conv
+def _rotate(x: Tensor, d: int) -> Tensor:
+    """Stored channel c takes channel (c + d) mod C: one concat of two channel slices."""
+    return torch.cat([x[:, d:], x[:, :d]], dim=1)
 
 
-def _linear(w: Tensor, b: Tensor) -> nn.Linear:
-    lin = nn.Linear(w.shape[1], w.shape[0])
-    with torch.no_grad():
-        lin.weight.copy_(w.float())
-        lin.bias.copy_(b.float())
-    return lin
+@dataclass
+class Rep:
+    """How a tensor is stored. ``order[p]`` is the logical channel stored at ``p``. A logical channel may be
+    stored more than once: it is then the *sum* of its copies (a pending K=1 Shift-Max, rewrite 5), which
+    only linear consumers may read; ``pending`` says so."""
+
+    order: np.ndarray
+    hw: tuple[int, int]
+    pending: bool = False
+
+    @property
+    def channels(self) -> int:
+        return _channels(self.order)
+
+    def distinct(self) -> np.ndarray:
+        """Logical channels in stored order, each once (copies are adjacent for a pending tensor)."""
+        return self.order[::2] if self.pending else self.order
+
+    def relabelled(self, groups: int) -> "Rep":
+        return Rep(_through_shuffle(self.order, groups), self.hw, self.pending)
 
 
-class Coefficients(nn.Module):
-    """Pooled features (B, C, 1, 1) → stacked Shift-Max coefficients (B, n·C, 1, 1), offsets and clamp folded in.
+# ------------------------------------------------------------------------------------------------ modules
+class Conv(nn.Module):
+    """A folded conv (any kernel, stride, groups) with an optional constant border term and ReLU6."""
 
-    The two Linear layers are 1×1 convs on the pooled map: the graph stays 4-D end to end, so onnx2tf
-    keeps it channels-last (a (B, C) detour costs a TRANSPOSE per Shift-Max after the NHWC rewrite).
-    """
-
-    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, lo: Tensor, hi: Tensor) -> None:
-        super().__init__()
-        self.fc1 = _conv(w1[:, :, None, None], b1)
-        self.fc2 = _conv(w2[:, :, None, None], b2)
-        self.register_buffer("lo", lo.float().view(1, -1, 1, 1))
-        self.register_buffer("hi", hi.float().view(1, -1, 1, 1))
-
-    def forward(self, pooled: Tensor) -> Tensor:
-        return torch.maximum(torch.minimum(self.fc2(F.relu(self.fc1(pooled))), self.hi), self.lo)
-
-
-def _pool(x: Tensor) -> Tensor:
-    """Global average pool as AveragePool (onnx2tf turns ReduceMean into TRANSPOSE + MEAN in NCHW)."""
-    return F.avg_pool2d(x, kernel_size=(int(x.shape[2]), int(x.shape[3])))
-
-
-def _combine(y: Tensor, theta: Tensor, channels: int, per_branch: int, branches: int) -> Tensor:
-    """max over branches of the sum of ``per_branch`` blocks of y·theta."""
-    parts = torch.split(y * theta, channels, dim=1)
-    sums = []
-    for k in range(branches):
-        s = parts[k * per_branch]
-        for p in parts[k * per_branch + 1:(k + 1) * per_branch]:
-            s = s + p
-        sums.append(s)
-    out = sums[0]
-    for s in sums[1:]:
-        out = torch.maximum(out, s)
-    return out
-
-
-def _coefficients(sm: DynamicShiftMax, order: np.ndarray, blocks: list[tuple[int, np.ndarray | None]],
-                  pool_w: Tensor, pool_b: Tensor) -> Coefficients:
-    """Coefficients for stored positions ``order``; ``blocks`` lists per branch-block (coef index e in
-    a1,b1,a2,b2 = 0..3, mask or None). ``pool_w/pool_b`` map the pooled tensor to the logical x (C)."""
-    c = sm.channels
-    w1 = sm.fc1.weight.double() @ pool_w
-    b1 = sm.fc1.weight.double() @ pool_b + sm.fc1.bias.double()
-    offsets = [sm.init_a[0], sm.init_b[0], sm.init_a[1], sm.init_b[1]]
-    scale = 2.0 * ACT_MAX / 6.0
-    rows, biases, lo, hi = [], [], [], []
-    for e, mask in blocks:
-        idx = torch.as_tensor(e * c + order)
-        w = sm.fc2.weight.double()[idx] * scale
-        b = sm.fc2.bias.double()[idx] * scale + offsets[e]
-        lo_e = torch.full((c,), offsets[e] - ACT_MAX, dtype=torch.float64)
-        hi_e = torch.full((c,), offsets[e] + ACT_MAX, dtype=torch.float64)
-        if mask is not None:  # masked coefficient: exactly 0 (0 lies inside [off-A, off+A])
-            m = torch.as_tensor(mask)
-            w[~m] = 0.0
-            b[~m] = 0.0
-        rows.append(w)
-        biases.append(b)
-        lo.append(lo_e)
-        hi.append(hi_e)
-    return Coefficients(w1, b1, torch.cat(rows), torch.cat(biases), torch.cat(lo), torch.cat(hi))
-
-
-class ConvShiftMax(nn.Module):
-    """1×1 conv emitting the stacked Shift-Max operands (+ optional rotation), then the Shift-Max."""
-
-    def __init__(self, conv: nn.Conv2d, coef: Coefficients, channels: int, per_branch: int, branches: int,
-                 rotate: int = 0) -> None:
-        super().__init__()
-        self.conv, self.coef = conv, coef
-        self.channels, self.per_branch, self.branches, self.rotate = channels, per_branch, branches, rotate
-
-    def forward(self, u: Tensor) -> Tensor:
-        theta = self.coef(_pool(u))
-        y = self.conv(u)
-        if self.rotate:
-            d = self.rotate
-            y = torch.cat([y, y[:, d:], y[:, :d]] * self.branches, dim=1)
-        elif self.branches == 2 and y.shape[1] == 2 * self.channels:
-            y = torch.cat([y, y], dim=1)
-        return _combine(y, theta, self.channels, self.per_branch, self.branches)
-
-
-class DepthwiseShiftMax(nn.Module):
-    """Shift-Max on a depthwise output z (stored order fixed): x~ from ≤ 2 flat rotations or a 1×1 permutation."""
-
-    def __init__(self, coef: Coefficients, channels: int, branches: int, rotations: list[int] | None,
-                 permutation: nn.Conv2d | None) -> None:
-        super().__init__()
-        self.coef, self.channels, self.branches = coef, channels, branches
-        self.rotations = rotations
-        self.permutation = permutation
-
-    def forward(self, z: Tensor) -> Tensor:
-        theta = self.coef(_pool(z))
-        if self.permutation is not None:
-            parts = [z, self.permutation(z)]
-        else:
-            parts = [z]
-            for d in self.rotations:
-                parts += [z[:, d:], z[:, :d]]
-        y = torch.cat(parts * self.branches, dim=1)
-        per_branch = 2 if self.permutation is not None else 1 + len(self.rotations)
-        return _combine(y, theta, self.channels, per_branch, self.branches)
-
-
-class Depthwise(nn.Module):
-    """One k×k depthwise conv (channel multiplier allowed) plus a constant border-bias tensor."""
-
-    def __init__(self, conv: nn.Conv2d, border: Tensor | None, relu6: bool) -> None:
+    def __init__(self, conv: nn.Conv2d, border: Tensor | None = None, relu6: bool = False) -> None:
         super().__init__()
         self.conv, self.relu6 = conv, relu6
         if border is not None:
@@ -267,14 +192,73 @@ class Depthwise(nn.Module):
         return F.relu6(y) if self.relu6 else y
 
 
-class Pointwise(nn.Module):
-    def __init__(self, conv: nn.Conv2d, relu6: bool) -> None:
-        super().__init__()
-        self.conv, self.relu6 = conv, relu6
+class Coefficients(nn.Module):
+    """Pooled features (B, C, 1, 1) → stacked Shift-Max coefficients (B, n·C, 1, 1), offsets included.
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x)
-        return F.relu6(y) if self.relu6 else y
+    theta = (A/3)·relu6(fc2(relu(fc1(pooled))) + 3) + (offset - A) is the released h_sigmoid, rescale and
+    offset: the ``+3`` sits in fc2's bias so the clamp is fc2's fused RELU6, and the affine step is a 1×1
+    depthwise conv (XNNPACK takes it in float and int8; MINIMUM/MAXIMUM clamps are not delegated in int8).
+    A masked coefficient has scale and shift 0, so it is exactly 0.
+    """
+
+    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, scale: Tensor, shift: Tensor) -> None:
+        super().__init__()
+        self.fc1 = _conv(w1[:, :, None, None], b1)
+        self.fc2 = _conv(w2[:, :, None, None], b2)
+        self.affine = _conv(scale.view(-1, 1, 1, 1), shift, groups=len(scale))
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.affine(F.relu6(self.fc2(F.relu(self.fc1(pooled)))))
+
+
+def _pool(x: Tensor) -> Tensor:
+    """Global average pool, keeping the 4-D (B, C, 1, 1) shape (a MEAN over H, W in TFLite)."""
+    return x.mean(dim=(2, 3), keepdim=True)
+
+
+def _combine(operands: list[Tensor], theta: Tensor, channels: int, branches: int) -> Tensor:
+    """max over branches k of sum_i theta[k, i]·operands[i]; each operand and coefficient block C wide."""
+    parts = torch.split(theta, channels, dim=1)
+    per_branch = len(operands)
+    out = None
+    for k in range(branches):
+        s = operands[0] * parts[k * per_branch]
+        for i in range(1, per_branch):
+            s = s + operands[i] * parts[k * per_branch + i]
+        out = s if out is None else torch.maximum(out, s)
+    return out
+
+
+class ShiftMax(nn.Module):
+    """A producer (or none: the input itself is x) followed by Dynamic Shift-Max.
+
+    ``partner`` makes the source of x~ from the block input (a second conv) or, when None, x~ comes from
+    x; ``rotations`` then rotate that source (one operand per rotation, masks folded into the
+    coefficients). ``pool_input`` pools the producer's input instead of its output. ``pending``: K=1 only,
+    the producer emits ``[x, x~]`` pairs and the output is their product with the coefficient pairs,
+    summed later by the consumer's weights."""
+
+    def __init__(self, coef: Coefficients, channels: int, branches: int, producer: nn.Module | None = None,
+                 partner: nn.Module | None = None, rotations: tuple[int, ...] = (), pool_input: bool = False,
+                 pending: bool = False, permutation: nn.Module | None = None) -> None:
+        super().__init__()
+        self.coef, self.channels, self.branches = coef, channels, branches
+        self.producer, self.partner, self.permutation = producer, partner, permutation
+        self.rotations, self.pool_input, self.pending = tuple(rotations), pool_input, pending
+
+    def forward(self, u: Tensor) -> Tensor:
+        x = self.producer(u) if self.producer is not None else u
+        theta = self.coef(_pool(u if self.pool_input else x))
+        if self.pending:
+            return x * theta
+        source = self.partner(u) if self.partner is not None else x
+        if self.permutation is not None:
+            operands = [x, self.permutation(source)]
+        elif self.rotations:
+            operands = [x] + [_rotate(source, d) for d in self.rotations]
+        else:
+            operands = [x, source]
+        return _combine(operands, theta, self.channels, self.branches)
 
 
 class FastBlock(nn.Module):
@@ -289,13 +273,16 @@ class FastBlock(nn.Module):
 
 
 class FastHead(nn.Module):
-    def __init__(self, fc1: nn.Linear, fc2: nn.Linear) -> None:
+    """ReLU6 → pool → h_swish → 1×1 conv → h_swish → 1×1 conv → h_swish (rewrite 8)."""
+
+    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> None:
         super().__init__()
-        self.fc1, self.fc2 = fc1, fc2
+        self.fc1 = _conv(w1[:, :, None, None], b1)
+        self.fc2 = _conv(w2[:, :, None, None], b2)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.hardswish(_pool(F.relu6(x)).flatten(1))
-        return F.hardswish(self.fc2(F.hardswish(self.fc1(x))))
+        x = F.hardswish(_pool(F.relu6(x)))
+        return F.hardswish(self.fc2(F.hardswish(self.fc1(x)))).flatten(1)
 
 
 class FastMicroNet(nn.Module):
@@ -311,234 +298,398 @@ class FastMicroNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-# ----------------------------------------------------------------------------------------------- builders
-def _fused_depthwise(first: nn.Sequential, second: nn.Sequential, order_in: np.ndarray, in_hw: tuple[int, int],
-                     relu6: bool) -> tuple[Depthwise, np.ndarray]:
-    """(k,1) conv (mult c1, stride (s,1)) then (1,k) conv (mult c2, stride (1,s)) → one k×k depthwise, stride s.
+# ------------------------------------------------------------------------------------- the training form
+@dataclass
+class _Unit:
+    """One producer of a training-form block with what follows it: the activation and the shuffles."""
 
-    Input stored in ``order_in`` (logical channel of each stored channel); the output keeps the natural
-    multiplier layout: stored output (c, m) ↔ logical order_in[c]·M + m.
-    """
-    c1conv, c2conv = first[0], second[0]
-    w1, b1 = _folded(c1conv, first[1])  # (mid, 1, k, 1)
-    w2, b2 = _folded(c2conv, second[1])  # (hid, 1, 1, k)
-    cin, mid, hid = c1conv.in_channels, c1conv.out_channels, c2conv.out_channels
-    m1, m2 = mid // cin, hid // mid
-    k = c1conv.kernel_size[0]
-    s = c1conv.stride[0]
-    p = k // 2
-    order_out = np.array([order_in[c] * m1 * m2 + m for c in range(cin) for m in range(m1 * m2)])
-    mids = order_out // m2
-    w = (w1[mids, 0, :, 0][:, :, None] * w2[order_out, 0, 0, :][:, None, :]).unsqueeze(1)  # (hid, 1, k, k)
-    # Bias: b2 + b1 summed over the (1,k) taps that land inside the intermediate map (zero padded there).
-    h, wd = in_hw
-    ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
-    cols = torch.arange(wo) * s - p
-    taps = torch.arange(k)
-    inside = ((cols[:, None] + taps[None, :]) >= 0) & ((cols[:, None] + taps[None, :]) < wd)  # (wo, k)
-    w2o = w2[order_out, 0, 0, :]  # (hid, k)
-    edge = b1[mids][:, None] * (w2o @ inside.double().T)  # (hid, wo)
-    bias_full = b2[order_out][:, None] + edge
-    conv = _conv(w, None, stride=s, padding=p, groups=cin)
-    interior = bias_full[:, p] if wo > 2 * p else bias_full[:, 0]
-    with torch.no_grad():
-        conv.bias = nn.Parameter(interior.float())
-    border = (bias_full - interior[:, None])
-    border_t = None
-    if border.abs().max() > 0:
-        border_t = border[None, :, None, :].expand(1, hid, ho, wo).clone()
-    return Depthwise(conv, border_t, relu6), order_out
+    kind: str  # "dw" (MicroFactorizedDepthwise) or "pw" (1×1 ConvBN)
+    layer: nn.Module
+    act: nn.Module | None  # nn.ReLU6, DynamicShiftMax or None
+    shuffles: list[int]
 
 
-def _dense_sm(dense: Tensor, bias: Tensor, order_in: np.ndarray, sm: DynamicShiftMax, out_order: np.ndarray | None,
-              macs_hw: int) -> tuple[nn.Module, np.ndarray]:
-    """Dense 1×1 conv (logical dense, bias) on input stored as order_in, followed by Shift-Max ``sm``.
-
-    ``out_order``: the stored order wanted for the output, or None when free (then the cheaper of
-    emitting x~ from the conv or one rotation is used)."""
-    c, k = sm.channels, sm.branches
-    shift = np.asarray(shift_permutation(c, sm.groups))
-    w_in = dense[:, torch.as_tensor(order_in)]  # columns in stored order
-    extra = c * len(order_in) * macs_hw
-    if out_order is None and extra > EMIT_MACS_LIMIT:
-        order, d = _interleaved_cycles(shift)
-        conv = _conv(w_in[torch.as_tensor(order)][:, :, None, None], bias[torch.as_tensor(order)])
-        blocks = []
-        for e in range(k):
-            blocks += [(2 * e, None), (2 * e + 1, None)]
-        coef = _coefficients(sm, order, blocks, w_in, bias)
-        return ConvShiftMax(conv, coef, c, 2, k, rotate=d), order
-    order = np.arange(c) if out_order is None else out_order
-    rows = np.concatenate([order, shift[order]])
-    conv = _conv(w_in[torch.as_tensor(rows)][:, :, None, None], bias[torch.as_tensor(rows)])
-    blocks = []
-    for e in range(k):
-        blocks += [(2 * e, None), (2 * e + 1, None)]
-    coef = _coefficients(sm, order, blocks, w_in, bias)
-    return ConvShiftMax(conv, coef, c, 2, k), order
-
-
-def _depthwise_sm(sm: DynamicShiftMax, order: np.ndarray) -> nn.Module:
-    c, k = sm.channels, sm.branches
-    shift = np.asarray(shift_permutation(c, sm.groups))
-    pi = _inv(order)[shift[order]]  # r = z[pi]
-    rot = _rotations(pi)
-    eye_w, zero_b = torch.eye(c, dtype=torch.float64)[:, torch.as_tensor(order)], torch.zeros(c, dtype=torch.float64)
-    if rot is not None:
-        ds = [d for d in rot if d != 0]
-        blocks = []
-        for e in range(k):
-            blocks.append((2 * e, None))
-            if 0 in rot:  # part of the partner is z itself: fold it into the a-coefficient? keep explicit
-                raise NotImplementedError
-            blocks += [(2 * e + 1, rot[d] if len(ds) > 1 else None) for d in ds]
-        coef = _coefficients(sm, order, blocks, eye_w, zero_b)
-        return DepthwiseShiftMax(coef, c, k, ds, None)
-    perm = torch.zeros(c, c, dtype=torch.float64)
-    perm[torch.arange(c), torch.as_tensor(pi)] = 1.0
-    blocks = []
-    for e in range(k):
-        blocks += [(2 * e, None), (2 * e + 1, None)]
-    coef = _coefficients(sm, order, blocks, eye_w, zero_b)
-    return DepthwiseShiftMax(coef, c, k, None, _conv(perm[:, :, None, None], None))
-
-
-def _pointwise(dense: Tensor, bias: Tensor, order_in: np.ndarray, out_order: np.ndarray, relu6: bool) -> Pointwise:
-    w = dense[:, torch.as_tensor(order_in)][torch.as_tensor(out_order)]
-    return Pointwise(_conv(w[:, :, None, None], bias[torch.as_tensor(out_order)]), relu6)
-
-
-def _split_layers(block) -> list[nn.Module]:
-    return list(block.layers)
-
-
-def _build_block(block, order_in: np.ndarray, hw: tuple[int, int], want_out: np.ndarray | None):
-    """Returns (FastBlock, output order, output hw). ``want_out``: required output order or None (free)."""
-    layers = _split_layers(block)
-    steps: list[nn.Module] = []
-    order = order_in
-    i = 0
-    residual = block.residual
-    if residual:
-        want_out = order_in
-    # Pre-scan: the indices of the depthwise pair and its following activation.
-    while i < len(layers):
-        layer = layers[i]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, nn.Sequential) and len(layer) == 2 and isinstance(layer[0], nn.Sequential):
-            # MicroFactorizedDepthwise: (ConvBN, ConvBN)
-            act = nxt
-            dw, order = _fused_depthwise(layer[0], layer[1], order, hw, relu6=isinstance(act, nn.ReLU6))
-            s = layer[0][0].stride[0]
-            p, k = layer[0][0].kernel_size[0] // 2, layer[0][0].kernel_size[0]
-            hw = ((hw[0] + 2 * p - k) // s + 1, (hw[1] + 2 * p - k) // s + 1)
-            steps.append(dw)
-            i += 1
-            if isinstance(act, DynamicShiftMax):
-                steps.append(_depthwise_sm(act, order))
-                i += 1
-            elif isinstance(act, nn.ReLU6):
-                i += 1
-            continue
+def _units(block) -> list[_Unit]:
+    units: list[_Unit] = []
+    for layer in block.layers:
         if isinstance(layer, ChannelShuffle):
-            order = _through_shuffle(order, layer.groups)
-            i += 1
-            continue
-        if isinstance(layer, nn.Sequential) and isinstance(layer[0], nn.Conv2d):  # pointwise ConvBN
-            dense, bias = _dense_1x1(layer[0], layer[1])
-            act = nxt
-            # Which order does the output need? Look ahead past shuffles to the next consumer.
-            j = i + 2 if isinstance(act, (DynamicShiftMax, nn.ReLU6)) else i + 1
-            shuffles = []
-            while j < len(layers) and isinstance(layers[j], ChannelShuffle):
-                shuffles.append(layers[j].groups)
-                j += 1
-            if j < len(layers):  # followed by a depthwise pair (+ maybe its Shift-Max)
-                nxt_act = layers[j + 1] if j + 1 < len(layers) else None
-                if isinstance(nxt_act, DynamicShiftMax):
-                    target, _ = _interleaved_cycles(np.asarray(shift_permutation(nxt_act.channels, nxt_act.groups)))
-                else:
-                    target = np.arange(dense.shape[0])
-            else:
-                target = want_out
-            if target is not None:
-                for g in reversed(shuffles):
-                    target = _before_shuffle(target, g)
-            if isinstance(act, DynamicShiftMax):
-                module, order = _dense_sm(dense, bias, order, act, target, hw[0] * hw[1])
+            units[-1].shuffles.append(layer.groups)
+        elif isinstance(layer, (nn.ReLU6, DynamicShiftMax)):
+            if units[-1].act is not None or units[-1].shuffles:
+                raise NotImplementedError("an activation without a producer")
+            units[-1].act = layer
+        elif isinstance(layer, MicroFactorizedDepthwise):
+            units.append(_Unit("dw", layer, None, []))
+        elif isinstance(layer, nn.Sequential) and isinstance(layer[0], nn.Conv2d):
+            units.append(_Unit("pw", layer, None, []))
+        else:
+            raise NotImplementedError(f"unexpected layer {type(layer).__name__}")
+    return units
+
+
+def _dw_shape(unit: _Unit) -> tuple[int, int, int, int]:
+    """(input channels, multiplier, kernel, stride) of a depthwise pair."""
+    first, second = unit.layer[0][0], unit.layer[1][0]
+    return first.in_channels, second.out_channels // first.in_channels, first.kernel_size[0], first.stride[0]
+
+
+def _diagonal_ok(unit: _Unit) -> bool:
+    """Micro-Block A's Shift-Max after its depthwise pair: groups = input channels, multiplier M dividing
+    them, so the diagonal tap assignment makes the shift one rotation by M (rewrite 2)."""
+    cin, mult, _, _ = _dw_shape(unit)
+    sm = unit.act
+    return (isinstance(sm, DynamicShiftMax) and mult > 1 and sm.groups == cin and cin % mult == 0)
+
+
+# ------------------------------------------------------------------------------------------------ builder
+class _Builder:
+    """Turns the training form into fast modules, block by block, tracking every tensor's ``Rep``."""
+
+    def __init__(self, model: MicroNet) -> None:
+        self.model = model
+        self.units = [(bi, _units(block)) for bi, block in enumerate(model.blocks)]
+        # Flat list of (block index, unit) to look one unit ahead across block boundaries.
+        self.flat = [(bi, u) for bi, units in self.units for u in units]
+        self._block_input: dict[int, Rep] = {}
+
+    # ------------------------------------------------------------------------- what a consumer needs
+    def _next(self, pos: int):
+        return self.flat[pos + 1] if pos + 1 < len(self.flat) else None
+
+    def _input_need(self, pos: int) -> tuple[np.ndarray | None, bool]:
+        """For the unit at flat position ``pos``: the distinct order it needs its input in (None: any)
+        and whether it accepts a pending (sum-form) input."""
+        bi, unit = self.flat[pos]
+        block = self.model.blocks[bi]
+        first_of_block = self.units[bi][1][0] is unit
+        residual_input = first_of_block and block.residual  # the residual adds the materialised input
+        if unit.kind == "dw":
+            cin = _dw_shape(unit)[0]
+            if isinstance(unit.act, DynamicShiftMax):
+                if _diagonal_ok(unit):
+                    return np.arange(cin), not residual_input
+                if _dw_shape(unit)[1] == 1:
+                    order, _ = _interleaved_cycles(np.asarray(shift_permutation(unit.act.channels, unit.act.groups)))
+                    return order, not residual_input
+            return None, not residual_input
+        conv = unit.layer[0]
+        if self._pw_grouped(pos):
+            return np.arange(conv.in_channels), not residual_input
+        return None, not residual_input
+
+    def _output_need(self, pos: int) -> tuple[np.ndarray | None, bool]:
+        """What the output of unit ``pos`` must look like *before* its shuffles: (order or None, pending ok)."""
+        bi, unit = self.flat[pos]
+        if self.model.blocks[bi].residual and self.units[bi][1][-1] is unit:
+            # A residual block ends in the order it started with, materialised.
+            need = self._block_input[bi].order
+            for g in reversed(unit.shuffles):
+                need = _before_shuffle(need, g)
+            return need, False
+        nxt = self._next(pos)
+        if nxt is None:  # the head: any order, materialised (ReLU6 first)
+            return None, False
+        need, pending_ok = self._input_need(pos + 1)
+        if need is not None:
+            for g in reversed(unit.shuffles):
+                need = _before_shuffle(need, g)
+        # A residual block must end in the order it started with; that is checked where the block is built.
+        return need, pending_ok
+
+    def _pw_grouped(self, pos: int) -> bool:
+        """Keep this 1×1 conv grouped? Only where dense would be costly, the Shift-Max after it shifts
+        across the conv's own groups, and its natural output order suits its consumer."""
+        bi, unit = self.flat[pos]
+        conv = unit.layer[0]
+        g = conv.groups
+        if g == 1:
+            return False
+        hw = self._hw_at[pos]
+        if conv.in_channels * conv.out_channels * hw[0] * hw[1] < GROUPED_MIN_DENSE_MACS:
+            return False
+        sm = unit.act
+        if isinstance(sm, DynamicShiftMax) and sm.groups != g:
+            return False
+        if self.model.blocks[bi].residual and self.units[bi][1][-1] is unit:
+            return False  # the residual needs the block's input order back; a dense conv can emit it
+        need, _ = self._output_need(pos)
+        if need is None:
+            return True
+        natural = np.arange(conv.out_channels)
+        for gs in unit.shuffles:
+            natural = _through_shuffle(natural, gs)
+        if np.array_equal(natural, need):
+            return True
+        pair_macs = 2 * conv.in_channels * conv.out_channels * hw[0] * hw[1]  # dense x and x~ convs
+        return pair_macs >= GROUPED_EXPAND_MIN_DENSE_MACS and self._rotations_downstream(pos, natural)
+
+    def _rotations_downstream(self, pos: int, order: np.ndarray) -> bool:
+        """Is the next unit a multiplier-1 depthwise pair whose Shift-Max shift, in ``order``, is at most two
+        masked rotations? Then that order costs two more products per branch instead of a dense conv."""
+        nxt = self._next(pos)
+        if nxt is None or nxt[1].kind != "dw" or _dw_shape(nxt[1])[1] != 1:
+            return False
+        sm = nxt[1].act
+        if not isinstance(sm, DynamicShiftMax):
+            return False
+        shift = np.asarray(shift_permutation(sm.channels, sm.groups))
+        rot = _rotations(_inv(order)[shift[order]])
+        return rot is not None and 0 not in rot
+
+    # ------------------------------------------------------------------------------------------ build
+    def build(self) -> FastMicroNet:
+        model = self.model
+        size = model.input_size
+        self._hw_at = self._spatial_sizes(size)
+        stem, rep = self._stem((size, size))
+        blocks: list[nn.Module] = []
+        pos = 0
+        for bi, units in self.units:
+            block = model.blocks[bi]
+            rep_in = rep
+            self._block_input[bi] = rep
+            steps: list[nn.Module] = []
+            for unit in units:
+                module, rep = self._unit(pos, unit, rep)
                 steps.append(module)
-                i += 2
-            else:
-                out = target if target is not None else np.arange(dense.shape[0])
-                steps.append(_pointwise(dense, bias, order, out, relu6=isinstance(act, nn.ReLU6)))
-                order = out
-                i += 2 if isinstance(act, nn.ReLU6) else 1
-            continue
-        if isinstance(layer, DynamicShiftMax):
-            raise NotImplementedError("Shift-Max without a producer")
-        raise NotImplementedError(f"unexpected layer {type(layer).__name__}")
-    if residual and not np.array_equal(order, order_in):
-        raise AssertionError("residual block output order differs from its input order")
-    return FastBlock(steps, residual), order, hw
+                for g in unit.shuffles:
+                    rep = rep.relabelled(g)
+                pos += 1
+            if block.residual:
+                if rep.pending or rep_in.pending or not np.array_equal(rep.order, rep_in.order):
+                    raise AssertionError("residual block output order differs from its input order")
+            blocks.append(FastBlock(steps, block.residual))
+        if rep.pending:
+            raise AssertionError("the head needs a materialised tensor")
+        w1, b1 = _fold_linear(model.head.fc1)
+        w2, b2 = _fold_linear(model.head.fc2)
+        head = FastHead(w1[:, torch.as_tensor(rep.order)], b1, w2, b2)
+        fast = FastMicroNet(stem, blocks, head, size, model.num_classes)
+        fast.requires_grad_(False)
+        return fast.eval()
+
+    def _spatial_sizes(self, size: int) -> list[tuple[int, int]]:
+        hw = ((size + 2 - 3) // 2 + 1,) * 2
+        sizes = []
+        for _, unit in self.flat:
+            sizes.append(hw)
+            if unit.kind == "dw":
+                _, _, k, s = _dw_shape(unit)
+                hw = tuple((n + 2 * (k // 2) - k) // s + 1 for n in hw)
+        return sizes
+
+    def _unit(self, pos: int, unit: _Unit, rep: Rep) -> tuple[nn.Module, Rep]:
+        if unit.kind == "dw":
+            return self._depthwise(pos, unit, rep)
+        return self._pointwise(pos, unit, rep)
+
+    # -------------------------------------------------------------------------------------- the stem
+    def _stem(self, hw: tuple[int, int]) -> tuple[nn.Module, Rep]:
+        """3×1 (stride 2,1) then 1×3 grouped (stride 1,2) → one dense 3×3 stride 2 conv, shuffled order emitted."""
+        stem = self.model.stem
+        (conv_a, bn_a), (conv_b, bn_b) = stem.conv[0], stem.conv[1]
+        wa, ba = _folded(conv_a, bn_a)  # (g1, 3, 3, 1)
+        wb, bb = _folded(conv_b, bn_b)  # (g1*g2, 1, 1, 3)
+        g1, cout = conv_a.out_channels, conv_b.out_channels
+        g2 = cout // g1
+        src = np.asarray(shuffle_permutation(cout, g1))  # logical (after the shuffle) j = conv_b output src[j]
+        need, _ = self._input_need(0)
+        out_order = np.arange(cout) if need is None else need
+        rows = src[out_order]
+        mids = rows // g2
+        w = wa[mids][:, :, :, 0][:, :, :, None] * wb[rows]  # (cout, 3, 3, 3)
+        h, wd = hw
+        ho, wo = (h + 2 - 3) // 2 + 1, (wd + 2 - 3) // 2 + 1
+        cols = torch.arange(wo) * 2 - 1
+        inside = ((cols[:, None] + torch.arange(3)[None, :]) >= 0) & ((cols[:, None] + torch.arange(3)[None, :]) < wd)
+        bias_full = bb[rows][:, None] + ba[mids][:, None] * (wb[rows][:, 0, 0, :] @ inside.double().T)
+        interior = bias_full[:, 1]
+        border = bias_full - interior[:, None]
+        border_t = border[None, :, None, :].clone() if border.abs().max() > 0 else None
+        return Conv(_conv(w, interior, stride=2, padding=1), border_t, relu6=True), Rep(out_order, (ho, wo))
+
+    # ----------------------------------------------------------------------------- depthwise pairs
+    def _depthwise(self, pos: int, unit: _Unit, rep: Rep) -> tuple[nn.Module, Rep]:
+        """(k,1) conv (multiplier c1, stride (s,1)) then (1,k) conv (multiplier c2, stride (1,s)) → one k×k
+        conv, stride s, grouped by input channel (two inputs per group for a pending input)."""
+        first, second = unit.layer[0], unit.layer[1]
+        w1, b1 = _folded(first[0], first[1])  # (mid, 1, k, 1)
+        w2, b2 = _folded(second[0], second[1])  # (hid, 1, 1, k)
+        cin, mult, k, s = _dw_shape(unit)
+        m2 = second[0].out_channels // first[0].out_channels
+        p = k // 2
+        distinct = rep.distinct()
+        copies = 2 if rep.pending else 1
+        diagonal = _diagonal_ok(unit) and np.array_equal(distinct, np.arange(cin))
+        # Output stored (t, r) ← input stored t, multiplier tap (r + t) mod M on the diagonal, else r.
+        taps = [((r + t) % mult if diagonal else r) for t in range(cin) for r in range(mult)]
+        out_order = np.array([distinct[t] * mult + taps[t * mult + r] for t in range(cin) for r in range(mult)])
+        mids = out_order // m2
+        w = (w1[mids, 0, :, 0][:, :, None] * w2[out_order, 0, 0, :][:, None, :]).unsqueeze(1)  # (hid, 1, k, k)
+        w = w.repeat(1, copies, 1, 1)  # a pending input: the same filter on both parts of each channel
+        h, wd = rep.hw
+        ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+        cols = torch.arange(wo) * s - p
+        inside = ((cols[:, None] + torch.arange(k)[None, :]) >= 0) & ((cols[:, None] + torch.arange(k)[None, :]) < wd)
+        edge = b1[mids][:, None] * (w2[out_order, 0, 0, :] @ inside.double().T)  # (hid, wo)
+        bias_full = b2[out_order][:, None] + edge
+        interior = bias_full[:, p] if wo > 2 * p else bias_full[:, 0]
+        border = bias_full - interior[:, None]
+        border_t = border[None, :, None, :].clone() if border.abs().max() > 0 else None
+        conv = _conv(w, interior, stride=s, padding=p, groups=cin)
+        out = Rep(out_order, (ho, wo))
+        sm = unit.act
+        dw = Conv(conv, border_t, relu6=isinstance(sm, nn.ReLU6))
+        if not isinstance(sm, DynamicShiftMax):
+            return dw, out
+        return nn.Sequential(dw, self._shift_after_depthwise(sm, out, mult if diagonal else None)), out
+
+    def _shift_after_depthwise(self, sm: DynamicShiftMax, rep: Rep, diagonal_step: int | None) -> ShiftMax:
+        c, k = sm.channels, sm.branches
+        order = rep.order
+        shift = np.asarray(shift_permutation(c, sm.groups))
+        pi = _inv(order)[shift[order]]  # x~ (stored) = z[pi]
+        if diagonal_step is not None:
+            assert np.array_equal(pi, (np.arange(c) + diagonal_step) % c)
+        eye = torch.eye(c, dtype=torch.float64)[:, torch.as_tensor(order)]
+        zero = torch.zeros(c, dtype=torch.float64)
+        rot = _rotations(pi)
+        if rot is not None and 0 not in rot:
+            ds = sorted(rot)
+            masks = [rot[d] if len(ds) > 1 else None for d in ds]
+            blocks = [[(2 * e, order, None)] + [(2 * e + 1, order, m) for m in masks] for e in range(k)]
+            coef = _coefficients(sm, blocks, eye, zero)
+            return ShiftMax(coef, c, k, rotations=tuple(ds))
+        perm = torch.zeros(c, c, dtype=torch.float64)
+        perm[torch.arange(c), torch.as_tensor(pi)] = 1.0
+        blocks = [[(2 * e, order, None), (2 * e + 1, order, None)] for e in range(k)]
+        return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, permutation=_conv(perm[:, :, None, None], None))
+
+    # -------------------------------------------------------------------------------- 1×1 convs
+    def _pointwise(self, pos: int, unit: _Unit, rep: Rep) -> tuple[nn.Module, Rep]:
+        conv, bn = unit.layer[0], unit.layer[1]
+        w, b = _folded(conv, bn)
+        cout, cin, g = conv.out_channels, conv.in_channels, conv.groups
+        dense = torch.zeros(cout, cin, dtype=torch.float64)
+        og, ig = cout // g, cin // g
+        for q in range(g):
+            dense[q * og:(q + 1) * og, q * ig:(q + 1) * ig] = w[q * og:(q + 1) * og, :, 0, 0]
+        w_in = dense[:, torch.as_tensor(rep.order)]  # columns in stored order (copies: the sum is absorbed)
+        need, pending_ok = self._output_need(pos)
+        sm = unit.act
+        hw = rep.hw
+        if self._pw_grouped(pos) and self._group_contiguous(rep, g, cin):
+            return self._grouped_pointwise(unit, w_in, b, rep, g)
+        if not isinstance(sm, DynamicShiftMax):
+            out_order = np.arange(cout) if need is None else need
+            rows = torch.as_tensor(out_order)
+            module = Conv(_conv(w_in[rows][:, :, None, None], b[rows]), relu6=isinstance(sm, nn.ReLU6))
+            return module, Rep(out_order, hw)
+        c, k = sm.channels, sm.branches
+        shift = np.asarray(shift_permutation(c, sm.groups))
+        out_order = np.arange(c) if need is None else need
+        pool_input = len(rep.order) < c
+        if k == 1 and pending_ok and self._pending_pays(pos, c):
+            # Rewrite 5: emit [x_c, x~_c] pairs and their products with [a_c, b_c]; the consumer sums them.
+            rows = np.stack([out_order, shift[out_order]], axis=1).reshape(-1)
+            producer = _conv(w_in[torch.as_tensor(rows)][:, :, None, None], b[torch.as_tensor(rows)])
+            pairs = np.repeat(out_order, 2)
+            coef_e = np.tile([0, 1], c)
+            if pool_input:
+                coef = _coefficients(sm, [[(coef_e, pairs, None)]], w_in, b, flat=True)
+            else:  # pool the emitted pairs: the x part of channel c sits at 2·q
+                sel = torch.zeros(c, 2 * c, dtype=torch.float64)
+                sel[torch.as_tensor(out_order), torch.arange(0, 2 * c, 2)] = 1.0
+                coef = _coefficients(sm, [[(coef_e, pairs, None)]], sel, torch.zeros(c, dtype=torch.float64), flat=True)
+            return ShiftMax(coef, c, k, producer=producer, pool_input=pool_input, pending=True), \
+                Rep(pairs, hw, pending=True)
+        rotations: tuple[int, ...] = ()
+        if need is None:  # any order will do: store x cycle-interleaved, x~ is one rotation (no second conv)
+            out_order, d = _interleaved_cycles(shift)
+            rotations = (d,)
+        rows = torch.as_tensor(out_order)
+        producer = _conv(w_in[rows][:, :, None, None], b[rows])
+        partner = None
+        if not rotations:
+            partner = _conv(w_in[torch.as_tensor(shift[out_order])][:, :, None, None], b[torch.as_tensor(shift[out_order])])
+        blocks = [[(2 * e, out_order, None), (2 * e + 1, out_order, None)] for e in range(k)]
+        if pool_input:
+            coef = _coefficients(sm, blocks, w_in, b)
+        else:
+            coef = _coefficients(sm, blocks, torch.eye(c, dtype=torch.float64)[:, rows], torch.zeros(c, dtype=torch.float64))
+        return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=rotations, pool_input=pool_input), \
+            Rep(out_order, hw)
+
+    def _pending_pays(self, pos: int, channels: int) -> bool:
+        nxt = self._next(pos)
+        if nxt is None:
+            return False
+        _, unit = nxt
+        if unit.kind == "dw":
+            return PENDING_INTO_DEPTHWISE
+        conv = unit.layer[0]
+        hw = self._hw_at[pos + 1]
+        if self._pw_grouped(pos + 1):
+            return True
+        rows = conv.out_channels * (2 if isinstance(unit.act, DynamicShiftMax) else 1)
+        return channels * rows * hw[0] * hw[1] < PENDING_MAX_EXTRA_MACS
+
+    @staticmethod
+    def _group_contiguous(rep: Rep, groups: int, cin: int) -> bool:
+        """Does each consecutive block of stored channels hold exactly one conv group, in group order?"""
+        per = len(rep.order) // groups
+        group_of = rep.order // (cin // groups)
+        return all((group_of[q * per:(q + 1) * per] == q).all() for q in range(groups))
+
+    def _grouped_pointwise(self, unit: _Unit, w_in: Tensor, b: Tensor, rep: Rep, g: int) -> tuple[nn.Module, Rep]:
+        """Rewrite 6: a grouped 1×1 conv, natural output order; with Shift-Max, x~ is the conv with rows
+        rotated inside each group, rotated by one group."""
+        cout = w_in.shape[0]
+        og, per = cout // g, len(rep.order) // g
+        blocks_w = torch.stack([w_in[q * og:(q + 1) * og, q * per:(q + 1) * per] for q in range(g)])  # (g, og, per)
+        weight = blocks_w.reshape(cout, per)
+        sm = unit.act
+        natural = np.arange(cout)
+        if not isinstance(sm, DynamicShiftMax):
+            return Conv(_conv(weight[:, :, None, None], b, groups=g), relu6=isinstance(sm, nn.ReLU6)), Rep(natural, rep.hw)
+        c, k = sm.channels, sm.branches
+        inner = np.array([q * og + (j + 1) % og for q in range(g) for j in range(og)])  # (q, j) ← (q, j+1)
+        producer = _conv(weight[:, :, None, None], b, groups=g)
+        partner = _conv(weight[torch.as_tensor(inner)][:, :, None, None], b[torch.as_tensor(inner)], groups=g)
+        blocks = [[(2 * e, natural, None), (2 * e + 1, natural, None)] for e in range(k)]
+        coef = _coefficients(sm, blocks, torch.eye(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64))
+        return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=(og,)), Rep(natural, rep.hw)
 
 
-def _build_stem(stem, hw: tuple[int, int]) -> tuple[nn.Module, np.ndarray, tuple[int, int]]:
-    """3×1 (stride 2,1) then 1×3 grouped (stride 1,2) → one dense 3×3 stride 2 conv, shuffled order emitted."""
-    (conv_a, bn_a), (conv_b, bn_b) = stem.conv[0], stem.conv[1]
-    wa, ba = _folded(conv_a, bn_a)  # (g1, 3, 3, 1)
-    wb, bb = _folded(conv_b, bn_b)  # (g1*g2, 1, 1, 3)
-    g1 = conv_a.out_channels
-    cout = conv_b.out_channels
-    g2 = cout // g1
-    # logical order after the shuffle: out[j] = conv_b[src[j]]
-    src = np.asarray(shuffle_permutation(cout, g1))
-    mids = src // g2
-    w = wa[mids][:, :, :, 0][:, :, :, None] * wb[src][:, :, :, :]  # (cout, 3, 3, 3): [o, ci, kh, kw]
-    h, wd = hw
-    ho, wo = (h + 2 - 3) // 2 + 1, (wd + 2 - 3) // 2 + 1
-    cols = torch.arange(wo) * 2 - 1
-    inside = ((cols[:, None] + torch.arange(3)[None, :]) >= 0) & ((cols[:, None] + torch.arange(3)[None, :]) < wd)
-    bias_full = bb[src][:, None] + ba[mids][:, None] * (wb[src][:, 0, 0, :] @ inside.double().T)
-    interior = bias_full[:, 1]
-    conv = _conv(w, interior, stride=2, padding=1)
-    border = bias_full - interior[:, None]
-    border_t = border[None, :, None, :].expand(1, cout, ho, wo).clone() if border.abs().max() > 0 else None
-    return Depthwise(conv, border_t, relu6=True), np.arange(cout), (ho, wo)
+def _coefficients(sm: DynamicShiftMax, blocks: list[list[tuple]], pool_w: Tensor, pool_b: Tensor,
+                  flat: bool = False) -> Coefficients:
+    """Coefficients in stored layout. ``blocks[k]`` lists branch k's operand blocks as (coefficient index e
+    in a1, b1, a2, b2 = 0..3, stored order, mask or None); with ``flat`` a block gives e per position.
+    ``pool_w/pool_b`` map the pooled tensor to the logical x (C)."""
+    c = sm.channels
+    w1 = sm.fc1.weight.double() @ pool_w
+    b1 = sm.fc1.weight.double() @ pool_b + sm.fc1.bias.double()
+    offsets = np.array([sm.init_a[0], sm.init_b[0], sm.init_a[1], sm.init_b[1]])
+    rows, biases, scales, shifts = [], [], [], []
+    for branch in blocks:
+        for e, order, mask in branch:
+            e_pos = np.asarray(e) if flat else np.full(len(order), e)
+            idx = torch.as_tensor(e_pos * c + order)
+            rows.append(sm.fc2.weight.double()[idx])
+            biases.append(sm.fc2.bias.double()[idx] + 3.0)
+            scale = torch.full((len(order),), ACT_MAX / 3.0, dtype=torch.float64)
+            shift = torch.as_tensor(offsets[e_pos] - ACT_MAX, dtype=torch.float64)
+            if mask is not None:  # masked coefficient: exactly 0
+                m = torch.as_tensor(mask)
+                scale[~m] = 0.0
+                shift[~m] = 0.0
+            scales.append(scale)
+            shifts.append(shift)
+    return Coefficients(w1, b1, torch.cat(rows), torch.cat(biases), torch.cat(scales), torch.cat(shifts))
 
 
 def to_fast_deploy(model: MicroNet) -> FastMicroNet:
     """A fast, eval-mode deploy form of ``model`` (training form) computing the same logits."""
     model = copy.deepcopy(model).eval()
-    size = model.input_size
     with torch.no_grad():
-        stem, order, hw = _build_stem(model.stem, (size, size))
-        blocks = []
-        n = len(model.blocks)
-        for idx, block in enumerate(model.blocks):
-            nxt = model.blocks[idx + 1] if idx + 1 < n else None
-            # A following type-A block (depthwise first) wants natural order; dense consumers take anything.
-            want = np.arange(_out_channels(block)) if nxt is not None and nxt.kind == "A" else None
-            fast, order, hw = _build_block(block, order, hw, want)
-            blocks.append(fast)
-        head = model.head
-        w1, b1 = _fold_linear(head.fc1)
-        w1 = w1[:, torch.as_tensor(order)]
-        w2, b2 = _fold_linear(head.fc2)
-        fast_head = FastHead(_linear(w1, b1), _linear(w2, b2))
-    fast = FastMicroNet(stem, blocks, fast_head, size, model.num_classes)
-    for p in fast.parameters():
-        p.requires_grad_(False)
-    return fast.eval()
-
-
-def _out_channels(block) -> int:
-    for layer in reversed(list(block.layers)):
-        if isinstance(layer, nn.Sequential) and isinstance(layer[0], nn.Conv2d):
-            return layer[0].out_channels
-    raise ValueError("block without a pointwise conv")
-
-
-def _fold_linear(unit) -> tuple[Tensor, Tensor]:
-    lin, bn = unit[0], unit[1]
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return lin.weight.double() * scale[:, None], (lin.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()
+        return _Builder(model).build()

@@ -28,9 +28,11 @@ ALL_TARGETS: tuple[tuple[str, str], ...] = (("onnx", "float32"),) + tuple(("tfli
 #: and the folded Shift-Max constants re-associate float32 sums (measured 3e-6 on recalibrated m0).
 DEPLOY_LIMIT = 1e-4
 
-#: Graphs TFLite can be converted from. "fast" folds every channel permutation into weights (no 5-D
-#: reshapes, which onnx2tf mis-tracks at sizes such as 32/64/128); "reference" is export/deploy.py.
+#: Graphs TFLite can be built from. "fast" is export/fast.py lowered op for op to TensorFlow in NHWC
+#: (export/tf_graph.py; no onnx2tf); "reference" is the ONNX artifact (export/deploy.py) through onnx2tf.
 TFLITE_GRAPHS = ("fast", "reference")
+#: Bumped whenever a graph rewrite changes what an export produces, so cached exports are rebuilt.
+GRAPH_REVISION = 2
 
 Progress = Callable[[str], None]
 
@@ -200,7 +202,7 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
     staging = Path(tempfile.mkdtemp(dir=request.output_dir, prefix=".micronet-export-"))
     try:
         staged: list[tuple[Path, dict]] = []
-        # 2. ONNX, always: it is the input of the TFLite converter.
+        # 2. ONNX, always: the TFLite float32 rung is judged against it (and onnx2tf converts it for --graph reference).
         say("exporting ONNX")
         onnx_path = staging / artifact_name(variant, request.input_size, "onnx", "float32")
         example = torch.zeros(1, 3, request.input_size, request.input_size)
@@ -217,25 +219,13 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
 
         quantizations = [q for f, q in request.targets if f == "tflite"]
         if quantizations:
-            tflite_source, source_record = onnx_path, onnx_record
             if request.graph == "fast":
-                from .fast import to_fast_deploy
-
-                say("building the fast deploy graph for TFLite (permutations folded into weights)")
-                with torch.no_grad():
-                    fast = to_fast_deploy(model)
-                    fast_logits = fast(holdout).numpy()
-                metrics = parity.compare(reference, fast_logits)
-                rungs.append({"rung": "deploy_fast", "reference": "pytorch training form",
-                              "passed": metrics["rel_max_abs_err"] <= DEPLOY_LIMIT, "metric": "rel_max_abs_err",
-                              "value": metrics["rel_max_abs_err"], "limit": DEPLOY_LIMIT, **metrics})
-                if not rungs[-1]["passed"]:
-                    raise ParityFailure(f"parity rung 'deploy_fast' broke: rel_max_abs_err "
-                                        f"{metrics['rel_max_abs_err']:.3g} > {DEPLOY_LIMIT:g}", rungs)
-                tflite_source = staging / "fast-graph.onnx"
-                source_record = onnx_stage.export_onnx(fast, example, tflite_source)
-            staged += _tflite(request, variant, quantizations, tflite_source, source_record, onnx_logits, data,
-                              preprocessing, base, staging, judge, say, timings)
+                source = _fast_saved_models(model, reference, holdout, example, quantizations, onnx_record, staging,
+                                            rungs, say, timings)
+            else:
+                source = _onnx2tf_saved_model(onnx_path, onnx_record, staging, say, timings)
+            staged += _tflite(request, variant, quantizations, source, onnx_logits, data, preprocessing, base,
+                              staging, judge, say, timings)
 
         # 3. Everything passed: write manifests, then move artifacts into place, manifest first.
         written, manifests = [], []
@@ -262,15 +252,66 @@ def _ladder_for(record: dict) -> set[str]:
     return rungs
 
 
-def _tflite(request, variant, quantizations, onnx_path, onnx_record, onnx_logits, data, preprocessing, base,
+@dataclass
+class _TfliteSource:
+    """Where the TFLite files come from: a SavedModel per quantization and the records of its making."""
+
+    saved_models: dict[str, Path]  # quantization → SavedModel (int8 may use its own lowering)
+    stages: dict[str, Any]  # manifest "stages" entries (onnx, onnx2tf or tf_graph records)
+    input_layout: str
+
+
+def _fast_saved_models(model, reference, holdout, example, quantizations, onnx_record, staging, rungs, say,
+                       timings) -> _TfliteSource:
+    """The fast deploy graph (rung ``deploy_fast`` against the training form), lowered to TensorFlow.
+
+    Float formats come from one lowering; int8 from a second one that writes max(a, b) as b + relu(a - b),
+    because XNNPACK runs int8 MAXIMUM in its slow built-in kernel (measured in export/tf_graph.py)."""
+    import torch
+
+    from . import parity, tf_graph
+    from .fast import to_fast_deploy
+
+    say("building the fast deploy graph (permutations folded into weights) and lowering it to TensorFlow")
+    start = time.perf_counter()
+    with torch.no_grad():
+        fast = to_fast_deploy(model)
+        fast_logits = fast(holdout).numpy()
+    metrics = parity.compare(reference, fast_logits)
+    rungs.append({"rung": "deploy_fast", "reference": "pytorch training form",
+                  "passed": metrics["rel_max_abs_err"] <= DEPLOY_LIMIT, "metric": "rel_max_abs_err",
+                  "value": metrics["rel_max_abs_err"], "limit": DEPLOY_LIMIT, **metrics})
+    if not rungs[-1]["passed"]:
+        raise ParityFailure(f"parity rung 'deploy_fast' broke: rel_max_abs_err "
+                            f"{metrics['rel_max_abs_err']:.3g} > {DEPLOY_LIMIT:g}", rungs)
+    float_model = staging / "tf_graph"
+    record = tf_graph.export_saved_model(fast, example, float_model)
+    saved = {"float32": float_model, "float16": float_model, "dynamic": float_model}
+    stages: dict[str, Any] = {"onnx": onnx_record, "tf_graph": record}
+    if "int8" in quantizations:
+        int8_model = staging / "tf_graph_int8"
+        stages["tf_graph_int8"] = tf_graph.export_saved_model(fast, example, int8_model, max_via_relu=True)
+        saved["int8"] = int8_model
+    timings["tf_graph_s"] = time.perf_counter() - start
+    return _TfliteSource(saved, stages, record["input_layout"])
+
+
+def _onnx2tf_saved_model(onnx_path, onnx_record, staging, say, timings) -> _TfliteSource:
+    from . import tflite as tflite_stage
+
+    say("converting ONNX → TensorFlow SavedModel with onnx2tf (the slow step)")
+    saved_model, convert_record = tflite_stage.onnx_to_saved_model(onnx_path, staging / "onnx2tf")
+    timings["onnx2tf_s"] = convert_record.get("wall_s", 0.0)
+    return _TfliteSource({q: saved_model for q in QUANTIZATIONS}, {"onnx": onnx_record, "onnx2tf": convert_record},
+                         convert_record.get("input_layout", "NHWC"))
+
+
+def _tflite(request, variant, quantizations, source: _TfliteSource, onnx_logits, data, preprocessing, base,
             staging, judge, say, timings) -> list[tuple[Path, dict]]:
     from . import inspect as tfl_inspect
     from . import tflite as tflite_stage
     from .calibration import nhwc
 
-    say("converting ONNX → TensorFlow SavedModel with onnx2tf (the slow step)")
-    saved_model, convert_record = tflite_stage.onnx_to_saved_model(onnx_path, staging / "onnx2tf")
-    timings["onnx2tf_s"] = convert_record.get("wall_s", 0.0)
     # float32 is always built: it is the reference of the quantized rungs.
     order = ["float32"] + [q for q in QUANTIZATIONS if q in quantizations and q != "float32"]
     calibration_nhwc = nhwc(data.calibration)
@@ -280,7 +321,7 @@ def _tflite(request, variant, quantizations, onnx_path, onnx_record, onnx_logits
         say(f"building TFLite {quantize}")
         path = staging / artifact_name(variant, request.input_size, "tflite", quantize)
         start = time.perf_counter()
-        record = tflite_stage.saved_model_to_tflite(saved_model, path, quantize,
+        record = tflite_stage.saved_model_to_tflite(source.saved_models[quantize], path, quantize,
                                                     calibration_nhwc if quantize == "int8" else None,
                                                     io_dtype=request.io_dtype, per_channel=request.per_channel)
         timings[f"tflite_{quantize}_s"] = time.perf_counter() - start
@@ -298,10 +339,10 @@ def _tflite(request, variant, quantizations, onnx_path, onnx_record, onnx_logits
         io = tfl_inspect.tflite_io_spec(path)
         staged.append((path, {**base, "format": "tflite", "quantize": quantize,
                               "per_channel": request.per_channel if quantize in ("int8", "dynamic") else None,
-                              "input": _io_spec({**io["input"], "layout": convert_record.get("input_layout", "NHWC")},
-                                                preprocessing),
+                              "input": _io_spec({**io["input"], "layout": source.input_layout}, preprocessing),
                               "output": _io_spec(io["output"]),
                               "ops": {"total": sum(inventory.values()), "by_op": inventory},
                               "graph": request.graph,
-                              "stages": {"onnx": onnx_record, "onnx2tf": convert_record, "tflite": record}}))
+                              "graph_revision": GRAPH_REVISION,
+                              "stages": {**source.stages, "tflite": record}}))
     return staged

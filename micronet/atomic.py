@@ -48,3 +48,22 @@ def remove_leftovers(folder: str | os.PathLike, names: list[str]) -> list[Path]:
             leftover.unlink(missing_ok=True)
             removed.append(leftover)
     return removed
+
+
+@contextlib.contextmanager
+def replacing_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """``replacing`` for a folder (a SavedModel): yield an empty temporary folder beside ``path``; when the
+    block completes, the old folder is removed and the new one renamed into place. On failure the
+    temporary folder is removed and ``path`` is left as it was."""
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

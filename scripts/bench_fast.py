@@ -1,18 +1,39 @@
-"""Naive (export.deploy.to_deploy) vs fast (export.fast.to_fast_deploy) exports, timed in one interleaved run.
+"""The fast-export benchmark: naive vs fast MicroNet exports and the peers, timed in one interleaved run.
 
-    python scripts/bench_fast.py --variants m0 m1 m2 m3 --out reports/fast_deploy.md [--peer-onnx name=path ...]
+    python scripts/bench_fast.py --variants m0 m1 m2 m3 --out reports/fast_deploy.md \\
+        --peer-onnx mnv3s-0.50=reports/peers/mnv3s-0.50.onnx ...   # from scripts/build_peers.py
 
-Per variant and graph: ONNX (the pipeline's export_onnx), onnx2tf → SavedModel, TFLite float32 and int8 (the
-pipeline's converter, calibrated on the bundled photographs after ``recalibrate_batchnorm``), TFLite op counts,
-parity (ONNX vs PyTorch, TFLite fp32 vs ONNX, int8 cosine vs fp32). Latency: 1 thread, ai-edge-litert (XNNPACK
-default) and onnxruntime; every model is timed in rounds, round-robin, so drift hits all alike; p50/p90 over all
-rounds. Peer models (timm MobileNetV3-Small / LCNet, built by ``scripts/build_peers.py`` in a separate venv)
-are given as ONNX files and go through the same conversion and timing. Medians only; no assertion on timings.
+Per variant, from one set of weights:
+
+* **naive**: the reference deploy graph (``export.deploy.to_deploy``) → ONNX (the pipeline's ONNX stage) →
+  onnx2tf → TFLite float32 and int8: the export as it was before the fast graph (issue "Make the exported
+  MicroNet fast").
+* **fast**: ``export.fast.to_fast_deploy`` → ``export.tf_graph`` → TFLite float32 and int8 (int8 from the
+  lowering that writes max(a, b) as b + relu(a - b)), exactly what ``micronet export`` now ships. ONNX
+  Runtime runs both the reference ONNX (the ``micronet export --format onnx`` artifact) and the fast graph's
+  ONNX.
+* **peers** (``--peer-onnx NAME=PATH``): timm MobileNetV3-Small / LCNet ONNX files through the same onnx2tf
+  conversion and the same timing.
+
+Weights: untrained MicroNets have Shift-Max hyper-functions initialised at N(0, 0.01), so every coefficient
+sits at its offset and int8 calibration sees products that are nearly zero (XNNPACK then refuses int8 ADDs
+whose input scales differ by more than its limit, and timings say nothing about a trained model). The
+benchmark therefore gives the hyper-function Linears PyTorch's default initialisation and the BatchNorm
+affine parameters random values (``trained_like``), then re-estimates BatchNorm statistics on the
+calibration images (toolchain P15). Latency does not depend on the weights beyond that; accuracy is
+checked on trained weights by the digits gate (tests/test_e2e_digits.py).
+
+Timing: 1 thread, ai-edge-litert with its default XNNPACK delegate, ONNX Runtime CPU; every session is
+warmed up, then timed ``--rounds`` times round-robin, ``--per-round`` invocations each, so drift and
+background load hit all models alike; p50 / p90 in ms over all rounds. Figures depend on the machine and
+are not assertions (see the README); the script writes a Markdown table and a JSON file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import time
 from pathlib import Path
 
@@ -20,22 +41,47 @@ import numpy as np
 import torch
 
 from micronet.export import onnx as onnx_stage
-from micronet.export import parity, tflite as tflite_stage
+from micronet.export import parity, tf_graph, tflite as tflite_stage
 from micronet.export.calibration import build_calibration, nhwc
 from micronet.export.deploy import recalibrate_batchnorm, to_deploy
 from micronet.export.fast import to_fast_deploy
-from micronet.export.inspect import run_tflite, tflite_op_inventory
+from micronet.export.inspect import run_tflite, tflite_op_inventory, xnnpack_coverage
+from micronet.layers import DynamicShiftMax
 from micronet.model import build_model
 from micronet.preprocess import Preprocessing
 
 
-def _convert(onnx_path: Path, work: Path, calib_nhwc: np.ndarray) -> dict[str, Path]:
+def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Hyper-function Linears at PyTorch's default init (U(±1/sqrt(fan_in))), BatchNorm affine random."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, DynamicShiftMax):
+                for linear in (module.fc1, module.fc2):
+                    bound = linear.in_features ** -0.5
+                    linear.weight.uniform_(-bound, bound, generator=gen)
+                    linear.bias.uniform_(-bound, bound, generator=gen)
+            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+                module.bias.normal_(0.0, 0.1, generator=gen)
+    return model
+
+
+def _onnx2tf(onnx_path: Path, work: Path, calib_nhwc: np.ndarray) -> dict[str, Path]:
     saved, _ = tflite_stage.onnx_to_saved_model(onnx_path, work / "onnx2tf")
-    out = {"onnx": onnx_path}
+    out = {}
     for q in ("float32", "int8"):
-        path = work / f"{onnx_path.stem}.{q}.tflite"
-        tflite_stage.saved_model_to_tflite(saved, path, q, calib_nhwc if q == "int8" else None)
-        out[q] = path
+        out[q] = work / f"{onnx_path.stem}.{q}.tflite"
+        tflite_stage.saved_model_to_tflite(saved, out[q], q, calib_nhwc if q == "int8" else None)
+    return out
+
+
+def _fast_tflite(fast: torch.nn.Module, example: torch.Tensor, work: Path, calib_nhwc: np.ndarray) -> dict[str, Path]:
+    out = {"float32": work / "fast.float32.tflite", "int8": work / "fast.int8.tflite"}
+    tf_graph.export_saved_model(fast, example, work / "tf_graph")
+    tflite_stage.saved_model_to_tflite(work / "tf_graph", out["float32"], "float32")
+    tf_graph.export_saved_model(fast, example, work / "tf_graph_int8", max_via_relu=True)
+    tflite_stage.saved_model_to_tflite(work / "tf_graph_int8", out["int8"], "int8", calib_nhwc)
     return out
 
 
@@ -67,7 +113,7 @@ class _Ort:
         self.s.run(None, self.feed)
 
 
-def _interleaved(runners: dict[str, object], rounds: int, per_round: int, warmup: int = 20) -> dict[str, tuple]:
+def _interleaved(runners: dict, rounds: int, per_round: int, warmup: int = 30) -> dict:
     samples = {k: [] for k in runners}
     for r in runners.values():
         for _ in range(warmup):
@@ -81,10 +127,14 @@ def _interleaved(runners: dict[str, object], rounds: int, per_round: int, warmup
     return {k: (1e3 * float(np.percentile(v, 50)), 1e3 * float(np.percentile(v, 90))) for k, v in samples.items()}
 
 
+def _tfl_info(path: Path) -> dict:
+    ops = tflite_op_inventory(path)
+    return {"ops": sum(ops.values()), "by_op": ops, "xnnpack": xnnpack_coverage(path)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=["m0", "m1", "m2", "m3"])
-    ap.add_argument("--graphs", nargs="+", default=["naive", "fast"], choices=["naive", "fast"])
     ap.add_argument("--peer-onnx", nargs="*", default=[], metavar="NAME=PATH")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--calib", type=int, default=64)
@@ -97,59 +147,79 @@ def main(argv=None) -> int:
     size = args.input_size
     data = build_calibration(None, count=args.calib, seed=0, preprocessing=Preprocessing(input_size=size), holdout=16)
     calib_nhwc = nhwc(data.calibration)
-    models: dict[str, dict] = {}
+    example = torch.zeros(1, 3, size, size)
+    rows: dict[str, dict] = {}
     for variant in args.variants:
         torch.manual_seed(0)
-        model = build_model(variant, input_size=size).eval()
+        model = trained_like(build_model(variant, input_size=size).eval())
         recalibrate_batchnorm(model, [torch.from_numpy(data.calibration[i:i + 32])
                                       for i in range(0, len(data.calibration), 32)])
         with torch.no_grad():
             ref = model(torch.from_numpy(data.holdout)).numpy()
-        for graph in args.graphs:
-            name = f"{variant}/{graph}"
-            deployed = to_deploy(model) if graph == "naive" else to_fast_deploy(model)
-            work = args.work / variant / graph
-            onnx_path = work / f"{variant}-{graph}.onnx"
-            print(f"[{name}] export + convert", flush=True)
-            onnx_stage.export_onnx(deployed, torch.zeros(1, 3, size, size), onnx_path)
-            onnx_logits = onnx_stage.run_onnx(onnx_path, data.holdout)
-            files = _convert(onnx_path, work, calib_nhwc)
-            f32 = run_tflite(files["float32"], data.holdout)
-            i8 = run_tflite(files["int8"], data.holdout)
-            models[name] = {"files": files, "ops": tflite_op_inventory(files["float32"]),
-                            "onnx_rel": parity.compare(ref, onnx_logits)["rel_max_abs_err"],
-                            "tfl_rel": parity.compare(ref, f32)["rel_max_abs_err"],
-                            "int8_cos": parity.compare(f32, i8)["cosine"]}
+            fast = to_fast_deploy(model)
+            fast_ref = fast(torch.from_numpy(data.holdout)).numpy()
+        work = args.work / variant
+        print(f"[{variant}] naive: reference graph → ONNX → onnx2tf", flush=True)
+        naive_onnx = work / "naive" / f"{variant}-reference.onnx"
+        onnx_stage.export_onnx(to_deploy(model), example, naive_onnx)
+        naive = _onnx2tf(naive_onnx, work / "naive", calib_nhwc)
+        print(f"[{variant}] fast: fast graph → tf_graph (and ONNX for ONNX Runtime)", flush=True)
+        fast_onnx = work / "fast" / f"{variant}-fast.onnx"
+        onnx_stage.export_onnx(fast, example, fast_onnx)
+        fast_files = _fast_tflite(fast, example, work / "fast", calib_nhwc)
+        naive32, fast32 = run_tflite(naive["float32"], data.holdout), run_tflite(fast_files["float32"], data.holdout)
+        rows[f"{variant}/naive"] = {"kind": "naive", "files": {**naive, "onnx": naive_onnx},
+                                    "tflite": _tfl_info(naive["float32"]), "tflite_int8": _tfl_info(naive["int8"]),
+                                    "rel_err_f32": parity.compare(ref, naive32)["rel_max_abs_err"],
+                                    "int8_cosine": parity.compare(naive32, run_tflite(naive["int8"], data.holdout))["cosine"]}
+        rows[f"{variant}/fast"] = {"kind": "fast", "files": {**fast_files, "onnx": fast_onnx},
+                                   "tflite": _tfl_info(fast_files["float32"]),
+                                   "tflite_int8": _tfl_info(fast_files["int8"]),
+                                   "rel_err_f32": parity.compare(ref, fast32)["rel_max_abs_err"],
+                                   "rel_err_fast_vs_pytorch": parity.compare(ref, fast_ref)["rel_max_abs_err"],
+                                   "int8_cosine": parity.compare(fast32, run_tflite(fast_files["int8"], data.holdout))["cosine"]}
     for spec in args.peer_onnx:
         name, path = spec.split("=", 1)
-        work = args.work / "peers" / name
-        files = _convert(Path(path), work, calib_nhwc)
-        models[f"peer/{name}"] = {"files": files, "ops": tflite_op_inventory(files["float32"])}
+        print(f"[{name}] onnx2tf", flush=True)
+        files = _onnx2tf(Path(path), args.work / "peers" / name, calib_nhwc)
+        rows[f"peer/{name}"] = {"kind": "peer", "files": {**files, "onnx": Path(path)},
+                                "tflite": _tfl_info(files["float32"]), "tflite_int8": _tfl_info(files["int8"])}
 
     runners = {}
-    for name, m in models.items():
-        runners[(name, "tfl_f32")] = _Tfl(m["files"]["float32"])
-        runners[(name, "tfl_int8")] = _Tfl(m["files"]["int8"])
-        runners[(name, "ort_f32")] = _Ort(m["files"]["onnx"])
-    print(f"timing {len(runners)} sessions, {args.rounds} interleaved rounds × {args.per_round}", flush=True)
+    for name, row in rows.items():
+        runners[(name, "tfl_f32")] = _Tfl(row["files"]["float32"])
+        runners[(name, "tfl_int8")] = _Tfl(row["files"]["int8"])
+        runners[(name, "ort_f32")] = _Ort(row["files"]["onnx"])
+    print(f"timing {len(runners)} sessions: {args.rounds} interleaved rounds × {args.per_round}", flush=True)
     times = _interleaved(runners, args.rounds, args.per_round)
 
-    lines = ["| model | TFLite ops | DEPTHWISE_CONV_2D | TRANSPOSE | GATHER | TFLite fp32 p50 / p90 ms "
-             "| TFLite int8 p50 / p90 ms | ORT fp32 p50 / p90 ms | rel err ONNX / TFLite vs PyTorch | int8 cos |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in models.items():
-        t = {k: times[(name, k)] for k in ("tfl_f32", "tfl_int8", "ort_f32")}
-        fmt = lambda p: f"{p[0]:.2f} / {p[1]:.2f}"  # noqa: E731
-        err = f"{m['onnx_rel']:.1e} / {m['tfl_rel']:.1e}" if "onnx_rel" in m else "—"
-        cos = f"{m['int8_cos']:.4f}" if "int8_cos" in m else "—"
-        lines.append(f"| {name} | {sum(m['ops'].values())} | {m['ops'].get('DEPTHWISE_CONV_2D', 0)} | "
-                     f"{m['ops'].get('TRANSPOSE', 0)} | {m['ops'].get('GATHER', 0)} | {fmt(t['tfl_f32'])} | "
-                     f"{fmt(t['tfl_int8'])} | {fmt(t['ort_f32'])} | {err} | {cos} |")
+    fmt = lambda p: f"{p[0]:.3f} / {p[1]:.3f}"  # noqa: E731
+    lines = [f"Machine: {platform.processor() or platform.machine()}, {size}×{size}, 1 thread, "
+             f"p50 / p90 ms over {args.rounds}×{args.per_round} interleaved runs.", "",
+             "| model | TFLite ops | DEPTHWISE_CONV_2D | TRANSPOSE | GATHER | not delegated (f32 / int8) "
+             "| TFLite fp32 | TFLite int8 | ORT fp32 | rel err fp32 vs PyTorch | int8 cosine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        ops = row["tflite"]["by_op"]
+        nd = lambda info: sum(info["xnnpack"]["not_delegated"].values())  # noqa: E731
+        err = f"{row['rel_err_f32']:.1e}" if "rel_err_f32" in row else "—"
+        cos = f"{row['int8_cosine']:.4f}" if "int8_cosine" in row else "—"
+        lines.append(f"| {name} | {row['tflite']['ops']} | {ops.get('DEPTHWISE_CONV_2D', 0)} | {ops.get('TRANSPOSE', 0)} "
+                     f"| {ops.get('GATHER', 0) + ops.get('GATHER_ND', 0)} | {nd(row['tflite'])} / {nd(row['tflite_int8'])} "
+                     f"| {fmt(times[(name, 'tfl_f32')])} | {fmt(times[(name, 'tfl_int8')])} "
+                     f"| {fmt(times[(name, 'ort_f32')])} | {err} | {cos} |")
     lines.append("")
-    for name, m in models.items():
-        lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(m["ops"].items(), key=lambda kv: -kv[1])))
+    for name, row in rows.items():
+        lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["tflite"]["by_op"].items(),
+                                                                              key=lambda kv: -kv[1]))
+                     + f"; int8 not delegated: {row['tflite_int8']['xnnpack']['not_delegated'] or 'none'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    report = {"settings": vars(args) | {"work": str(args.work), "out": str(args.out)},
+              "rows": {name: {k: v for k, v in row.items() if k != "files"} | {"files": {k: str(p) for k, p in row["files"].items()}}
+                       for name, row in rows.items()},
+              "latency_ms": {f"{n}|{k}": {"p50": p[0], "p90": p[1]} for (n, k), p in times.items()}}
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print("\n".join(lines))
     return 0
 

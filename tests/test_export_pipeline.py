@@ -172,3 +172,26 @@ def test_bad_inputs_are_one_line_and_leave_no_artifact(tmp_path):
             "export", *args, *extra)
         assert_one_line_error(result, message)
         assert not out.exists() or list(out.iterdir()) == [], args
+
+
+@pytest.mark.slow
+def test_tflite_comes_from_the_fast_graph_lowering(exported_all):
+    """The default TFLite path: fast deploy graph → export/tf_graph.py → TFLite (no onnx2tf, no TRANSPOSE),
+    int8 from the lowering without MAXIMUM; the parity ladder has the deploy_fast rung."""
+    for q in ("float32", "int8"):
+        m = _manifest(exported_all / f"micronet-m0-{SIZE}.{q}.tflite")
+        assert m["graph"] == "fast" and m["graph_revision"] >= 2
+        assert "onnx2tf" not in m["stages"] and m["stages"]["tf_graph"]["input_layout"] == "NHWC"
+        assert "TRANSPOSE" not in m["ops"]["by_op"] and "GATHER" not in m["ops"]["by_op"]
+        assert "deploy_fast" in {r["rung"] for r in m["parity"]}
+    int8 = _manifest(exported_all / f"micronet-m0-{SIZE}.int8.tflite")
+    assert int8["stages"]["tf_graph_int8"]["max_via_relu"] is True and "MAXIMUM" not in int8["ops"]["by_op"]
+
+
+@pytest.mark.slow
+def test_reference_graph_still_converts_through_onnx2tf(tmp_path):
+    result = export(ExportRequest(variant="m0", targets=[("tflite", "float32")], input_size=SIZE, calib_count=16,
+                                  holdout=4, output_dir=tmp_path, graph="reference"))
+    m = _manifest(result.artifacts[0])
+    assert m["graph"] == "reference" and m["stages"]["onnx2tf"]["input_layout"] == "NHWC"
+    assert all(r["passed"] for r in m["parity"]) and "deploy_fast" not in {r["rung"] for r in m["parity"]}

@@ -76,3 +76,81 @@ def test_shuffle_relabelling_roundtrip():
     stored = logical[order]
     shuffled = logical[np.asarray(shuffle_permutation(24, 4))]
     assert np.array_equal(stored, shuffled[_through_shuffle(order, 4)])
+
+
+# --- the rewrites, one by one (export/fast.py docstring numbers) ----------------------------------------
+from micronet.export.fast import Coefficients, ShiftMax, _coefficients  # noqa: E402
+from micronet.layers import DynamicShiftMax  # noqa: E402
+
+
+def _shift_maxes(fast):
+    return [m for m in fast.modules() if isinstance(m, ShiftMax)]
+
+
+def test_block_a_shift_after_depthwise_is_one_rotation_by_the_multiplier():
+    """Rewrite 2, diagonal taps: m0 blocks 2 and 3 (8 and 16 input channels, multiplier 4)."""
+    fast = to_fast_deploy(_recalibrated("m0"))
+    for block in (fast.blocks[1], fast.blocks[2]):
+        dw_then_sm = block.steps[0]
+        sm = dw_then_sm[1]
+        assert sm.producer is None and sm.permutation is None and sm.rotations == (4,)
+
+
+def test_block_bc_shift_after_depthwise_is_one_rotation():
+    fast = to_fast_deploy(_recalibrated("m0"))
+    for block in fast.blocks[3:6]:
+        sm = block.steps[1][1]
+        assert len(sm.rotations) == 1 and sm.permutation is None
+
+
+def test_pending_shift_max_feeds_a_grouped_depthwise_with_two_inputs_per_group():
+    """Rewrite 5: block 1's K=1 Shift-Max is a product only; block 2's depthwise sums its two parts."""
+    fast = to_fast_deploy(_recalibrated("m0"))
+    pending = fast.blocks[0].steps[1]
+    assert isinstance(pending, ShiftMax) and pending.pending and pending.producer.out_channels == 16
+    dw = fast.blocks[1].steps[0][0].conv
+    assert dw.groups == 8 and dw.in_channels == 16 and dw.weight.shape[1] == 2
+
+
+def test_final_block_stays_grouped():
+    """Rewrite 6: m0's last 1×1 conv (96→576, 12 groups) is a grouped conv, x~ one rotation by a group."""
+    fast = to_fast_deploy(_recalibrated("m0"))
+    sm = fast.blocks[-1].steps[0]
+    assert sm.producer.groups == 12 and sm.partner.groups == 12 and sm.rotations == (48,)
+
+
+def test_no_gather_no_5d_reshape_in_the_exported_graph():
+    fast = to_fast_deploy(_recalibrated("m0"))
+    ops = {str(n.target) for n in torch.export.export(fast, (torch.zeros(1, 3, 96, 96),)).graph.nodes
+           if n.op == "call_function"}
+    assert not any("index" in op or "gather" in op or "view" in op or "permute" in op for op in ops), ops
+
+
+def test_masked_coefficient_is_exactly_zero():
+    sm = DynamicShiftMax(8, 2, 4, branches=1)
+    with torch.no_grad():
+        sm.fc2.weight.normal_()
+        sm.fc2.bias.normal_()
+    order = np.arange(8)
+    mask = np.array([True, False] * 4)
+    coef = _coefficients(sm, [[(0, order, None), (1, order, mask)]], torch.eye(8, dtype=torch.float64),
+                         torch.zeros(8, dtype=torch.float64))
+    assert isinstance(coef, Coefficients)
+    theta = coef(torch.randn(3, 8, 1, 1))
+    assert torch.all(theta[:, 8:][:, ~torch.as_tensor(mask)] == 0)
+    assert torch.all(theta[:, 8:][:, torch.as_tensor(mask)] != 0)
+
+
+@pytest.mark.parametrize("variant", ["m0", "m3"])
+def test_fast_graph_in_onnx_runtime(variant, tmp_path):
+    """The fast graph also exports to ONNX and runs in ONNX Runtime with the same logits."""
+    from micronet.export.onnx import export_onnx, run_onnx
+
+    model = _recalibrated(variant)
+    fast = to_fast_deploy(model)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    export_onnx(fast, torch.zeros(1, 3, 96, 96), tmp_path / "fast.onnx")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = run_onnx(tmp_path / "fast.onnx", x.numpy())
+    assert float(np.abs(out - ref).max() / np.abs(ref).max()) <= 1e-4

@@ -1,0 +1,331 @@
+"""A deploy graph (PyTorch, NCHW) lowered op for op to TensorFlow in NHWC, saved as a SavedModel.
+
+Why not onnx2tf for the fast graph: onnx2tf guesses which axis is the channel axis from tensor sizes and
+wraps every op it is unsure of in a TRANSPOSE pair (measured on m0: 15 TRANSPOSE and 22 STRIDED_SLICE
+in NCHW around each channel rotation, and depthwise convs behind a broadcast ADD lowered to grouped
+CONV_2D). The deploy graphs only ever hold 4-D feature maps whose channel axis is dim 1, or 2-D
+(batch, features) vectors after the global pool, so the layout question has one answer: NCHW dim
+``d`` is NHWC dim ``NHWC_AXIS[d]``. Lowering the ``torch.export`` graph with that rule gives exactly the
+ops the deploy graph asks for, and nothing else.
+
+The graph is taken from ``torch.export`` (ATen ops, static shapes, weights as lifted constants), so any
+rewrite of the deploy graph flows to TFLite without touching this file, as long as it stays inside the
+small op set below; anything else is a ``MicronetError`` naming the op. The SavedModel's signature is
+``input`` (NHWC float32) → ``logits``, like onnx2tf's, and ``tflite.saved_model_to_tflite`` converts it.
+Parity is checked by the pipeline's ladder (TFLite float32 against ONNX Runtime) and by
+``tests/test_tf_graph.py`` op by op.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from micronet.atomic import replacing_dir
+from micronet.errors import MicronetError
+
+#: NCHW axis → NHWC axis, for 4-D feature maps.
+NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
+#: The longest CONCATENATION the XNNPACK delegate of ai-edge-litert 2.1.0 takes (measured: 4 yes, 6 no).
+MAX_CONCAT = 4
+#: The most outputs of a SPLIT it takes (measured: 4 yes, 6 no).
+MAX_SPLIT = 4
+
+
+def _nhwc_const(value: np.ndarray, rank: int) -> np.ndarray:
+    """A constant used beside a 4-D NCHW tensor, re-laid out for NHWC (broadcast shape kept)."""
+    value = np.asarray(value, dtype=np.float32)
+    if rank != 4 or value.ndim == 0:
+        return value
+    value = value.reshape((1,) * (4 - value.ndim) + value.shape)
+    return np.ascontiguousarray(value.transpose(0, 2, 3, 1))
+
+
+class _Lowering:
+    """Walks a ``torch.export`` graph and builds the same computation with ``tf`` ops (NHWC)."""
+
+    def __init__(self, tf, exported, max_via_relu: bool = False) -> None:
+        self.tf = tf
+        self.ep = exported
+        self.consts: dict[str, np.ndarray] = {}
+        state = exported.state_dict
+        for spec in exported.graph_signature.input_specs:
+            if spec.kind.name in ("PARAMETER", "BUFFER"):
+                self.consts[spec.arg.name] = state[spec.target].detach().double().numpy()
+            elif spec.kind.name == "CONSTANT_TENSOR":
+                self.consts[spec.arg.name] = exported.constants[spec.target].detach().double().numpy()
+        self.user_inputs = [s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        self.handlers: dict[str, Callable] = {
+            "aten.conv2d.default": self._conv2d,
+            "aten.linear.default": self._linear,
+            "aten.add.Tensor": self._binary(lambda a, b: a + b),
+            "aten.sub.Tensor": self._binary(lambda a, b: a - b),
+            "aten.mul.Tensor": self._binary(lambda a, b: a * b),
+            "aten.div.Tensor": self._binary(lambda a, b: a / b),
+            "aten.maximum.default": self._binary(self._maximum_via_relu if max_via_relu else self.tf.maximum),
+            "aten.minimum.default": self._binary(lambda a, b: self.tf.minimum(a, b)),
+            "aten.relu.default": lambda x: self.tf.nn.relu(x),
+            "aten.relu6.default": lambda x: self.tf.nn.relu6(x),
+            "aten.hardtanh.default": self._hardtanh,
+            "aten.clamp.default": self._clamp,
+            "aten.hardswish.default": lambda x: x * self.tf.nn.relu6(x + 3.0) * (1.0 / 6.0),
+            "aten.hardsigmoid.default": lambda x: self.tf.nn.relu6(x + 3.0) * (1.0 / 6.0),
+            "aten.avg_pool2d.default": self._avg_pool2d,
+            "aten.mean.dim": self._mean,
+            "aten.cat.default": self._cat,
+            "aten.slice.Tensor": self._slice,
+            "aten.split.Tensor": self._split,
+            "aten.split_with_sizes.default": self._split_sizes,
+            "aten.flatten.using_ints": self._flatten,
+            "aten.view.default": self._view,
+            "aten.reshape.default": self._view,
+            "aten.dropout.default": lambda x, p=0.0, train=False: x,
+        }
+
+    # -------------------------------------------------------------------------------------------- helpers
+    def _rank(self, node) -> int:
+        return len(node.meta["val"].shape)
+
+    def _value(self, env: dict, arg):
+        if hasattr(arg, "name") and hasattr(arg, "op"):
+            return env[arg.name]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self._value(env, a) for a in arg)
+        return arg
+
+    def _axis(self, node, dim: int) -> int:
+        rank = self._rank(node)
+        dim = dim % rank
+        return NHWC_AXIS[dim] if rank == 4 else dim
+
+    # ----------------------------------------------------------------------------------------------- ops
+    def _conv2d(self, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+        tf = self.tf
+        if not isinstance(w, np.ndarray) or (b is not None and not isinstance(b, np.ndarray)):
+            raise MicronetError("conv2d with a computed (non-constant) weight cannot be lowered")
+        if isinstance(padding, str) or tuple(dilation) != (1, 1):
+            raise MicronetError(f"conv2d with padding={padding!r} dilation={dilation!r} is not supported")
+        cout, cin_g, kh, kw = w.shape
+        cin = cin_g * groups
+        sh, sw = stride
+        ph, pw = padding
+        if (sh, sw) == (1, 1) and kh == 2 * ph + 1 and kw == 2 * pw + 1:
+            pad: Any = "SAME"  # symmetric, as PyTorch pads
+        elif (ph, pw) == (0, 0):
+            pad = "VALID"
+        else:
+            pad = [[0, 0], [ph, ph], [pw, pw], [0, 0]]
+        if groups == 1:
+            y = tf.nn.conv2d(x, w.transpose(2, 3, 1, 0).astype(np.float32), (1, sh, sw, 1), pad)
+        elif groups == cin and cin_g == 1 and sh == sw:
+            mult = cout // cin  # output channel c·mult + m comes from input channel c, in both frameworks
+            f = w[:, 0].reshape(cin, mult, kh, kw).transpose(2, 3, 0, 1).astype(np.float32)
+            if not isinstance(pad, str):
+                x = tf.pad(x, pad)
+                pad = "VALID"
+            y = tf.nn.depthwise_conv2d(x, f, (1, sh, sw, 1), pad)
+        else:  # grouped: TensorFlow infers the groups from the filter's input depth (TFLite: grouped CONV_2D)
+            y = tf.nn.conv2d(x, w.transpose(2, 3, 1, 0).astype(np.float32), (1, sh, sw, 1), pad)
+        return y if b is None else tf.nn.bias_add(y, b.astype(np.float32))
+
+    def _linear(self, x, w, b=None):
+        y = self.tf.matmul(x, w.T.astype(np.float32))
+        return y if b is None else y + b.astype(np.float32)
+
+    def _binary(self, fn):
+        def lower(a, b, alpha=1):
+            if alpha != 1:
+                raise MicronetError("add/sub with alpha != 1 is not supported")
+            return fn(a, b)
+        return lower
+
+    def _maximum_via_relu(self, a, b):
+        """max(a, b) = b + relu(a - b): SUB with a fused RELU and an ADD, both taken by XNNPACK in int8,
+        where MAXIMUM runs in the slow built-in kernel and splits the delegated graph. Equal up to one
+        rounding of the sum."""
+        return b + self.tf.nn.relu(a - b)
+
+    def _hardtanh(self, x, lo=-1.0, hi=1.0):
+        if (lo, hi) == (0.0, 6.0):
+            return self.tf.nn.relu6(x)
+        return self.tf.clip_by_value(x, lo, hi)
+
+    def _clamp(self, x, lo=None, hi=None):
+        tf = self.tf
+        if lo == 0.0 and hi == 6.0:
+            return tf.nn.relu6(x)
+        if lo == 0.0 and hi is None:
+            return tf.nn.relu(x)
+        if lo is not None:
+            x = tf.maximum(x, np.float32(lo))
+        if hi is not None:
+            x = tf.minimum(x, np.float32(hi))
+        return x
+
+    def _avg_pool2d(self, x, kernel, stride=None, padding=(0, 0), ceil_mode=False, count_include_pad=True,
+                    divisor_override=None):
+        h, w = int(x.shape[1]), int(x.shape[2])
+        if tuple(kernel) != (h, w) or tuple(padding) not in ((0, 0), (0,), 0):
+            raise MicronetError(f"avg_pool2d with kernel {kernel} on a {h}×{w} map: only global pooling is supported")
+        return self.tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+
+    # Structural ops need the node (for its rank), so they are dispatched with it.
+    def _mean(self, node, x, dims, keepdim=False):
+        return self.tf.reduce_mean(x, axis=[self._axis(node.args[0], d) for d in dims], keepdims=keepdim)
+
+    def _cat(self, node, tensors, dim=0):
+        # XNNPACK takes CONCATENATION of at most MAX_CONCAT inputs; a longer one would run in the slow
+        # built-in kernel and cut the delegated graph in two, so it becomes a tree of short ones.
+        parts, axis = list(tensors), self._axis(node, dim)
+        while len(parts) > MAX_CONCAT:
+            parts = [self.tf.concat(parts[i:i + MAX_CONCAT], axis=axis) if len(parts[i:i + MAX_CONCAT]) > 1
+                     else parts[i] for i in range(0, len(parts), MAX_CONCAT)]
+        return self.tf.concat(parts, axis=axis) if len(parts) > 1 else parts[0]
+
+    def _slice(self, node, x, dim=0, start=None, end=None, step=1):
+        axis = self._axis(node, dim)
+        size = int(x.shape[axis])
+        start = 0 if start is None else max(0, start + size if start < 0 else start)
+        end = size if end is None else min(size, end + size if end < 0 else end)
+        if start == 0 and end == size and step == 1:
+            return x
+        index = [slice(None)] * len(x.shape)
+        index[axis] = slice(start, end, step)
+        return x[tuple(index)]
+
+    def _split(self, node, x, split_size, dim=0):
+        axis = self._axis(node.args[0], dim)
+        size = int(x.shape[axis])
+        sizes = [split_size] * (size // split_size) + ([size % split_size] if size % split_size else [])
+        return self._split_sizes(node, x, sizes, dim)
+
+    def _split_sizes(self, node, x, sizes, dim=0):
+        # Equal parts become SPLIT, which XNNPACK takes; SPLIT_V (unequal parts) runs in the built-in kernel.
+        axis = self._axis(node.args[0], dim)
+        return self._split_tree(x, [int(n) for n in sizes], axis)
+
+    def _split_tree(self, x, sizes: list[int], axis: int) -> list:
+        """Equal parts become SPLIT, which XNNPACK takes (SPLIT_V, for unequal parts, runs in the built-in
+        kernel); more than ``MAX_SPLIT`` parts become a tree of splits."""
+        if len(sizes) == 1:
+            return [x]
+        if len(set(sizes)) > 1:
+            return self.tf.split(x, sizes, axis=axis)
+        if len(sizes) <= MAX_SPLIT:
+            return self.tf.split(x, len(sizes), axis=axis)
+        for ways in range(MAX_SPLIT, 1, -1):
+            if len(sizes) % ways == 0:
+                step = len(sizes) // ways
+                return [part for chunk in self.tf.split(x, ways, axis=axis)
+                        for part in self._split_tree(chunk, sizes[:step], axis)]
+        return self.tf.split(x, sizes, axis=axis)
+
+    def _flatten(self, node, x, start=0, end=-1):
+        shape = tuple(node.args[0].meta["val"].shape)
+        if len(shape) == 4 and shape[2:] == (1, 1):  # (B, C, 1, 1): the NHWC order is the same
+            return self.tf.reshape(x, [int(d) for d in node.meta["val"].shape])
+        raise MicronetError(f"flatten of a {tuple(shape)} feature map is not supported (only after a global pool)")
+
+    def _view(self, node, x, shape):
+        src = tuple(node.args[0].meta["val"].shape)
+        dst = tuple(int(d) for d in node.meta["val"].shape)
+        if (len(src) == 4 and src[2:] == (1, 1) and len(dst) == 2) or (len(src) != 4 and len(dst) != 4):
+            return self.tf.reshape(x, list(dst))
+        if len(src) == 2 and len(dst) == 4 and dst[2:] == (1, 1):  # (B, C) → (B, C, 1, 1) = NHWC (B, 1, 1, C)
+            return self.tf.reshape(x, [dst[0], 1, 1, dst[1]])
+        raise MicronetError(f"view {src} → {dst} mixes the channel and spatial axes; not supported")
+
+    _STRUCTURAL = {"aten.mean.dim", "aten.cat.default", "aten.slice.Tensor", "aten.split.Tensor",
+                   "aten.split_with_sizes.default", "aten.flatten.using_ints", "aten.view.default",
+                   "aten.reshape.default"}
+
+    # ------------------------------------------------------------------------------------------- driver
+    def run(self, x):
+        """The lowered computation on the NHWC input ``x``; returns the output tensors."""
+        env: dict[str, Any] = {self.user_inputs[0]: x}
+        for name, value in self.consts.items():
+            env[name] = value
+        outputs = None
+        for node in self.ep.graph.nodes:
+            if node.op == "placeholder":
+                continue
+            if node.op == "output":
+                outputs = [self._value(env, a) for a in node.args[0]]
+                break
+            if node.target is operator.getitem:
+                env[node.name] = env[node.args[0].name][node.args[1]]
+                continue
+            key = str(node.target)
+            handler = self.handlers.get(key)
+            if handler is None:
+                raise MicronetError(f"the TensorFlow lowering has no rule for {key} (node {node.name})")
+            args = [self._value(env, a) for a in node.args]
+            kwargs = {k: self._value(env, v) for k, v in node.kwargs.items()}
+            args = [self._const_for(node, a) for a in args]
+            env[node.name] = handler(node, *args, **kwargs) if key in self._STRUCTURAL else handler(*args, **kwargs)
+        return outputs
+
+    def _const_for(self, node, arg):
+        """Constants beside a 4-D operand of an elementwise op are re-laid out; weights are left alone."""
+        if isinstance(arg, np.ndarray) and str(node.target) not in ("aten.conv2d.default", "aten.linear.default"):
+            return _nhwc_const(arg, self._rank(node))
+        return arg
+
+
+def export_saved_model(module, example_nchw, saved_model_dir: str | os.PathLike, *,
+                       max_via_relu: bool = False) -> dict[str, Any]:
+    """Lower ``module`` (an eval-mode deploy graph, NCHW float32 input) to a TensorFlow SavedModel at
+    ``saved_model_dir`` (replaced), signature ``serving_default``: ``input`` (NHWC) → ``logits``.
+
+    Returns a record with the input/output shapes, ``input_layout`` "NHWC" and wall times. The folder
+    appears only when complete."""
+    import torch
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        exported = torch.export.export(module.eval(), (example_nchw,))
+    export_s = time.perf_counter() - start
+    import tensorflow as tf
+
+    b, c, h, w = (int(d) for d in example_nchw.shape)
+    lowering = _Lowering(tf, exported, max_via_relu=max_via_relu)
+    spec = tf.TensorSpec([b, h, w, c], tf.float32, name="input")
+
+    class _Graph(tf.Module):
+        @tf.function(input_signature=[spec], autograph=False)
+        def serve(self, input):  # noqa: A002 - the signature's input name
+            (logits,) = lowering.run(input)
+            return {"logits": logits}
+
+    graph = _Graph()
+    concrete = graph.serve.get_concrete_function()
+    out_shape = [int(d) for d in concrete.structured_outputs["logits"].shape]
+    target = Path(saved_model_dir)
+    with replacing_dir(target) as tmp:
+        tf.saved_model.save(graph, str(tmp), signatures={"serving_default": concrete})
+    return {
+        "stage": "tf_graph",
+        "tool": "micronet.export.tf_graph (torch.export → TensorFlow NHWC)",
+        "tensorflow": tf.__version__,
+        "wall_s": round(time.perf_counter() - start, 3),
+        "torch_export_s": round(export_s, 3),
+        "inputs": [{"name": "input", "shape": [b, h, w, c]}],
+        "outputs": [{"name": "logits", "shape": out_shape}],
+        "input_layout": "NHWC",
+        "max_via_relu": max_via_relu,
+        "aten_ops": _op_counts(exported),
+    }
+
+
+def _op_counts(exported) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in exported.graph.nodes:
+        if node.op == "call_function" and node.target is not operator.getitem:
+            counts[str(node.target)] = counts.get(str(node.target), 0) + 1
+    return dict(sorted(counts.items()))
