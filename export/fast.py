@@ -39,7 +39,6 @@ measured effect of each rewrite is in the README's benchmark section):
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from micronet.config import ACT_MAX
-from micronet.layers import ChannelShuffle, DynamicShiftMax, MicroFactorizedDepthwise, shift_permutation, shuffle_permutation
+from micronet.layers import (ChannelShuffle, DynamicShiftMax, MicroFactorizedDepthwise, shift_permutation,
+                             shuffle_permutation)
 from micronet.model import MicroNet
 
 __all__ = ["to_fast_deploy", "FastMicroNet"]
@@ -78,7 +78,8 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
 def _fold_linear(unit) -> tuple[Tensor, Tensor]:
     lin, bn = unit[0], unit[1]
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return lin.weight.double() * scale[:, None], (lin.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()
+    bias = (lin.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()
+    return lin.weight.double() * scale[:, None], bias
 
 
 def _conv(w: Tensor, b: Tensor | None, stride=1, padding=0, groups=1) -> nn.Conv2d:
@@ -90,6 +91,12 @@ def _conv(w: Tensor, b: Tensor | None, stride=1, padding=0, groups=1) -> nn.Conv
             conv.bias.copy_(b.float())
     conv.requires_grad_(False)
     return conv
+
+
+def _rows(w: Tensor, b: Tensor, rows: np.ndarray) -> nn.Conv2d:
+    """A 1×1 conv computing the (out, in) matrix ``w`` and bias ``b``'s ``rows``, in that order."""
+    index = torch.as_tensor(rows)
+    return _conv(w[index][:, :, None, None], b[index])
 
 
 # ------------------------------------------------------------------------------------------ permutations
@@ -582,17 +589,14 @@ class _Builder:
             return self._grouped_pointwise(unit, w_in, b, rep, g)
         if not isinstance(sm, DynamicShiftMax):
             out_order = np.arange(cout) if need is None else need
-            rows = torch.as_tensor(out_order)
-            module = Conv(_conv(w_in[rows][:, :, None, None], b[rows]), relu6=isinstance(sm, nn.ReLU6))
-            return module, Rep(out_order, hw)
+            return Conv(_rows(w_in, b, out_order), relu6=isinstance(sm, nn.ReLU6)), Rep(out_order, hw)
         c, k = sm.channels, sm.branches
         shift = np.asarray(shift_permutation(c, sm.groups))
         out_order = np.arange(c) if need is None else need
         pool_input = len(rep.order) < c
         if k == 1 and pending_ok and self._pending_pays(pos, c):
             # Rewrite 5: emit [x_c, x~_c] pairs and their products with [a_c, b_c]; the consumer sums them.
-            rows = np.stack([out_order, shift[out_order]], axis=1).reshape(-1)
-            producer = _conv(w_in[torch.as_tensor(rows)][:, :, None, None], b[torch.as_tensor(rows)])
+            producer = _rows(w_in, b, np.stack([out_order, shift[out_order]], axis=1).reshape(-1))
             pairs = np.repeat(out_order, 2)
             coef_e = np.tile([0, 1], c)
             if pool_input:
@@ -607,16 +611,14 @@ class _Builder:
         if need is None:  # any order will do: store x cycle-interleaved, x~ is one rotation (no second conv)
             out_order, d = _interleaved_cycles(shift)
             rotations = (d,)
-        rows = torch.as_tensor(out_order)
-        producer = _conv(w_in[rows][:, :, None, None], b[rows])
-        partner = None
-        if not rotations:
-            partner = _conv(w_in[torch.as_tensor(shift[out_order])][:, :, None, None], b[torch.as_tensor(shift[out_order])])
+        producer = _rows(w_in, b, out_order)
+        partner = None if rotations else _rows(w_in, b, shift[out_order])
         blocks = [[(2 * e, out_order, None), (2 * e + 1, out_order, None)] for e in range(k)]
         if pool_input:
             coef = _coefficients(sm, blocks, w_in, b)
         else:
-            coef = _coefficients(sm, blocks, torch.eye(c, dtype=torch.float64)[:, rows], torch.zeros(c, dtype=torch.float64))
+            select = torch.eye(c, dtype=torch.float64)[:, torch.as_tensor(out_order)]
+            coef = _coefficients(sm, blocks, select, torch.zeros(c, dtype=torch.float64))
         return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=rotations, pool_input=pool_input), \
             Rep(out_order, hw)
 
@@ -651,7 +653,8 @@ class _Builder:
         sm = unit.act
         natural = np.arange(cout)
         if not isinstance(sm, DynamicShiftMax):
-            return Conv(_conv(weight[:, :, None, None], b, groups=g), relu6=isinstance(sm, nn.ReLU6)), Rep(natural, rep.hw)
+            conv = _conv(weight[:, :, None, None], b, groups=g)
+            return Conv(conv, relu6=isinstance(sm, nn.ReLU6)), Rep(natural, rep.hw)
         c, k = sm.channels, sm.branches
         inner = np.array([q * og + (j + 1) % og for q in range(g) for j in range(og)])  # (q, j) ← (q, j+1)
         producer = _conv(weight[:, :, None, None], b, groups=g)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import operator
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable

@@ -168,16 +168,17 @@ def main(argv=None) -> int:
         onnx_stage.export_onnx(fast, example, fast_onnx)
         fast_files = _fast_tflite(fast, example, work / "fast", calib_nhwc)
         naive32, fast32 = run_tflite(naive["float32"], data.holdout), run_tflite(fast_files["float32"], data.holdout)
+        naive8, fast8 = run_tflite(naive["int8"], data.holdout), run_tflite(fast_files["int8"], data.holdout)
         rows[f"{variant}/naive"] = {"kind": "naive", "files": {**naive, "onnx": naive_onnx},
                                     "tflite": _tfl_info(naive["float32"]), "tflite_int8": _tfl_info(naive["int8"]),
                                     "rel_err_f32": parity.compare(ref, naive32)["rel_max_abs_err"],
-                                    "int8_cosine": parity.compare(naive32, run_tflite(naive["int8"], data.holdout))["cosine"]}
+                                    "int8_cosine": parity.compare(naive32, naive8)["cosine"]}
         rows[f"{variant}/fast"] = {"kind": "fast", "files": {**fast_files, "onnx": fast_onnx},
                                    "tflite": _tfl_info(fast_files["float32"]),
                                    "tflite_int8": _tfl_info(fast_files["int8"]),
                                    "rel_err_f32": parity.compare(ref, fast32)["rel_max_abs_err"],
                                    "rel_err_fast_vs_pytorch": parity.compare(ref, fast_ref)["rel_max_abs_err"],
-                                   "int8_cosine": parity.compare(fast32, run_tflite(fast_files["int8"], data.holdout))["cosine"]}
+                                   "int8_cosine": parity.compare(fast32, fast8)["cosine"]}
     for spec in args.peer_onnx:
         name, path = spec.split("=", 1)
         print(f"[{name}] onnx2tf", flush=True)
@@ -204,8 +205,9 @@ def main(argv=None) -> int:
         nd = lambda info: sum(info["xnnpack"]["not_delegated"].values())  # noqa: E731
         err = f"{row['rel_err_f32']:.1e}" if "rel_err_f32" in row else "—"
         cos = f"{row['int8_cosine']:.4f}" if "int8_cosine" in row else "—"
+        gathers = ops.get("GATHER", 0) + ops.get("GATHER_ND", 0)
         lines.append(f"| {name} | {row['tflite']['ops']} | {ops.get('DEPTHWISE_CONV_2D', 0)} | {ops.get('TRANSPOSE', 0)} "
-                     f"| {ops.get('GATHER', 0) + ops.get('GATHER_ND', 0)} | {nd(row['tflite'])} / {nd(row['tflite_int8'])} "
+                     f"| {gathers} | {nd(row['tflite'])} / {nd(row['tflite_int8'])} "
                      f"| {fmt(times[(name, 'tfl_f32')])} | {fmt(times[(name, 'tfl_int8')])} "
                      f"| {fmt(times[(name, 'ort_f32')])} | {err} | {cos} |")
     lines.append("")
@@ -216,8 +218,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     report = {"settings": vars(args) | {"work": str(args.work), "out": str(args.out)},
-              "rows": {name: {k: v for k, v in row.items() if k != "files"} | {"files": {k: str(p) for k, p in row["files"].items()}}
-                       for name, row in rows.items()},
+              "rows": {name: {**{k: v for k, v in row.items() if k != "files"},
+                              "files": {k: str(p) for k, p in row["files"].items()}} for name, row in rows.items()},
               "latency_ms": {f"{n}|{k}": {"p50": p[0], "p90": p[1]} for (n, k), p in times.items()}}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print("\n".join(lines))
