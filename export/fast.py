@@ -168,10 +168,6 @@ class Rep:
     hw: tuple[int, int]
     pending: bool = False
 
-    @property
-    def channels(self) -> int:
-        return _channels(self.order)
-
     def distinct(self) -> np.ndarray:
         """Logical channels in stored order, each once (copies are adjacent for a pending tensor)."""
         return self.order[::2] if self.pending else self.order
@@ -357,6 +353,7 @@ class _Builder:
         self.units = [(bi, _units(block)) for bi, block in enumerate(model.blocks)]
         # Flat list of (block index, unit) to look one unit ahead across block boundaries.
         self.flat = [(bi, u) for bi, units in self.units for u in units]
+        self._hw_at = self._spatial_sizes(model.input_size)  # map size at each unit's input
         self._block_input: dict[int, Rep] = {}
 
     # ------------------------------------------------------------------------- what a consumer needs
@@ -368,39 +365,34 @@ class _Builder:
         and whether it accepts a pending (sum-form) input."""
         bi, unit = self.flat[pos]
         block = self.model.blocks[bi]
-        first_of_block = self.units[bi][1][0] is unit
-        residual_input = first_of_block and block.residual  # the residual adds the materialised input
+        # The residual adds the block's materialised input, so a residual block takes no pending input.
+        pending_ok = not (block.residual and self.units[bi][1][0] is unit)
         if unit.kind == "dw":
-            cin = _dw_shape(unit)[0]
+            cin, mult, _, _ = _dw_shape(unit)
             if isinstance(unit.act, DynamicShiftMax):
                 if _diagonal_ok(unit):
-                    return np.arange(cin), not residual_input
-                if _dw_shape(unit)[1] == 1:
+                    return np.arange(cin), pending_ok
+                if mult == 1:
                     order, _ = _interleaved_cycles(np.asarray(shift_permutation(unit.act.channels, unit.act.groups)))
-                    return order, not residual_input
-            return None, not residual_input
-        conv = unit.layer[0]
+                    return order, pending_ok
+            return None, pending_ok
         if self._pw_grouped(pos):
-            return np.arange(conv.in_channels), not residual_input
-        return None, not residual_input
+            return np.arange(unit.layer[0].in_channels), pending_ok
+        return None, pending_ok
 
     def _output_need(self, pos: int) -> tuple[np.ndarray | None, bool]:
         """What the output of unit ``pos`` must look like *before* its shuffles: (order or None, pending ok)."""
         bi, unit = self.flat[pos]
         if self.model.blocks[bi].residual and self.units[bi][1][-1] is unit:
             # A residual block ends in the order it started with, materialised.
-            need = self._block_input[bi].order
-            for g in reversed(unit.shuffles):
-                need = _before_shuffle(need, g)
-            return need, False
-        nxt = self._next(pos)
-        if nxt is None:  # the head: any order, materialised (ReLU6 first)
+            need, pending_ok = self._block_input[bi].order, False
+        elif self._next(pos) is None:  # the head: any order, materialised (ReLU6 first)
             return None, False
-        need, pending_ok = self._input_need(pos + 1)
+        else:
+            need, pending_ok = self._input_need(pos + 1)
         if need is not None:
             for g in reversed(unit.shuffles):
                 need = _before_shuffle(need, g)
-        # A residual block must end in the order it started with; that is checked where the block is built.
         return need, pending_ok
 
     def _pw_grouped(self, pos: int) -> bool:
@@ -447,7 +439,6 @@ class _Builder:
     def build(self) -> FastMicroNet:
         model = self.model
         size = model.input_size
-        self._hw_at = self._spatial_sizes(size)
         stem, rep = self._stem((size, size))
         blocks: list[nn.Module] = []
         pos = 0

@@ -120,16 +120,14 @@ class _Lowering:
             pad = "VALID"
         else:
             pad = [[0, 0], [ph, ph], [pw, pw], [0, 0]]
-        if groups == 1:
-            y = tf.nn.conv2d(x, w.transpose(2, 3, 1, 0).astype(np.float32), (1, sh, sw, 1), pad)
-        elif groups == cin and cin_g == 1 and sh == sw:
+        if groups > 1 and groups == cin and cin_g == 1 and sh == sw:
             mult = cout // cin  # output channel c·mult + m comes from input channel c, in both frameworks
             f = w[:, 0].reshape(cin, mult, kh, kw).transpose(2, 3, 0, 1).astype(np.float32)
             if not isinstance(pad, str):
                 x = tf.pad(x, pad)
                 pad = "VALID"
             y = tf.nn.depthwise_conv2d(x, f, (1, sh, sw, 1), pad)
-        else:  # grouped: TensorFlow infers the groups from the filter's input depth (TFLite: grouped CONV_2D)
+        else:  # dense or grouped: TensorFlow infers the groups from the filter's input depth
             y = tf.nn.conv2d(x, w.transpose(2, 3, 1, 0).astype(np.float32), (1, sh, sw, 1), pad)
         return y if b is None else tf.nn.bias_add(y, b.astype(np.float32))
 
@@ -205,7 +203,6 @@ class _Lowering:
         return self._split_sizes(node, x, sizes, dim)
 
     def _split_sizes(self, node, x, sizes, dim=0):
-        # Equal parts become SPLIT, which XNNPACK takes; SPLIT_V (unequal parts) runs in the built-in kernel.
         axis = self._axis(node.args[0], dim)
         return self._split_tree(x, [int(n) for n in sizes], axis)
 
