@@ -34,11 +34,27 @@ measured effect of each rewrite is in the README's benchmark section):
    (exact). The stem's 3×1 conv and 1×3 grouped conv become one dense 3×3 conv the same way.
 8. **Head as 1×1 convs on the pooled map**: the TFLite converter folds h_swish's ``+3`` into a *copy* of
    a FULLY_CONNECTED (its weights read twice); CONV_2D + HARD_SWISH stays one op each.
+9. **Grouped k×k convs with few outputs per group are merged** into as few groups as keep at most one
+   GEMM tile (16) of outputs each, with zero weights between (Micro-Block A's depthwise with a channel
+   multiplier, and a depthwise taking a pending input): XNNPACK pads each group's outputs to the tile
+   anyway, so the merge costs no MACs and gives the kernel a longer inner loop (1.2-1.5× faster).
+10. **Shift-Max after a B/C depthwise as one 2-D roll.** A grouped expanding conv emits its natural
+    order; after the shuffle, the depthwise Shift-Max shift is one roll of the channels viewed as
+    (groups, C/groups): two slice+concat pairs on a 5-D view, no masked products.
+11. **Grouped 1×1 convs behind channel transposes.** MicroNet's shuffles leave a squeezing conv's groups
+    strided in any order the depthwise Shift-Max can use; when the stored order is one transpose of a
+    mixed-radix view of the channels away from group-contiguous (or from the order the consumer needs),
+    a TRANSPOSE (delegated; it copies runs) lets the conv stay grouped. A small cost model (tile-padded
+    MACs against values moved, fitted to single-op timings) decides where this pays: at 7×7 to 28×28
+    it does (m3's squeezes: 4-8× fewer MACs), at 56×56 a transpose of short runs costs more than the
+    dense conv it saves.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +80,23 @@ GROUPED_EXPAND_MIN_DENSE_MACS = 3_000_000
 #: costs fewer extra MACs than this (materialising costs one conv and two elementwise ops).
 PENDING_MAX_EXTRA_MACS = 400_000
 PENDING_INTO_DEPTHWISE = True
+#: XNNPACK's widest GEMM tile in output channels (nr: 16 for f32 and int8 on AVX-512, 8 or 16 on NEON). A
+#: grouped conv costs about groups × ceil(outputs per group / nr) × nr × inputs per group MACs per pixel, so
+#: merging groups while each keeps at most this many outputs costs no extra MACs and gives the kernel a
+#: longer inner loop: a depthwise with a channel multiplier (Micro-Block A) runs 1.2-1.5× faster.
+GEMM_TILE_OUTPUTS = 16
+#: A rough cost model of XNNPACK's f32 kernels, in MAC-equivalents, fitted to single-op timings on an AVX-512
+#: CPU (scripts/bench_fast.py measures the result): a 1×1 conv group costs its tile-padded outputs times
+#: (its inputs + ``CONV_TILE_OVERHEAD``); a channel transpose or slice+concat costs ``COPY_COST_BASE +
+#: COPY_COST_PER_RUN / run`` per value moved, ``run`` being its contiguous run length (a transpose that
+#: moves 2-float runs costs 10× one that moves 24-float runs). It decides where a channel transpose that
+#: lets a 1×1 conv stay grouped pays, by ``TRANSPOSE_MARGIN`` (the model is rough): at 7×7 to 28×28
+#: it mostly does, at 56×56 not.
+CONV_TILE_OVERHEAD = 25
+COPY_COST_BASE, COPY_COST_PER_RUN = 8.0, 60.0
+TRANSPOSE_MARGIN = 2.0
+#: The most axes a channel transpose may view the channels as (XNNPACK takes up to 6-D; one is the pixels).
+MAX_TRANSPOSE_AXES = 4
 
 
 # ----------------------------------------------------------------------------------------------- folding
@@ -153,6 +186,128 @@ def _rotations(pi: np.ndarray) -> dict[int, np.ndarray] | None:
     return {int(d): deltas == d for d in uniq}
 
 
+def _roll2d(pi: np.ndarray) -> tuple[int, int, int, int] | None:
+    """pi as one roll of the stored channels viewed as (outer, inner): x~[o, i] = z[(o + so) % outer,
+    (i + si) % inner], returned as (outer, inner, so, si); None if no such view exists."""
+    c = len(pi)
+    for inner in range(2, c):
+        if c % inner:
+            continue
+        outer = c // inner
+        so, si = divmod(int(pi[0]), inner)
+        o, i = np.divmod(np.arange(c), inner)
+        if np.array_equal(pi, ((o + so) % outer) * inner + (i + si) % inner):
+            return outer, inner, so, si
+    return None
+
+
+def _roll(x: Tensor, outer: int, inner: int, so: int, si: int) -> Tensor:
+    """Stored channel (o, i) takes (o + so, i + si) of the (outer, inner) view: channel slices and concats
+    on a 5-D view (XNNPACK copies each slice once)."""
+    b, c, h, w = x.shape
+    v = x.view(b, outer, inner, h, w)
+    if si:
+        v = torch.cat([v[:, :, si:], v[:, :, :si]], dim=2)
+    if so:
+        v = torch.cat([v[:, so:], v[:, :so]], dim=1)
+    return v.reshape(b, c, h, w)
+
+
+def _factorizations(n: int, parts: int) -> list[tuple[int, ...]]:
+    """Ordered factorizations of n into exactly ``parts`` factors, each > 1."""
+    if parts == 1:
+        return [(n,)] if n > 1 else []
+    out = []
+    for f in range(2, n):
+        if n % f == 0:
+            out += [(f,) + rest for rest in _factorizations(n // f, parts - 1)]
+    return out
+
+
+def _conv_cost(pixels: int, cin: int, cout: int, groups: int = 1) -> float:
+    """Cost of a 1×1 conv (MAC-equivalents): tile-padded MACs plus a per-output term."""
+    tiles = -(-(cout // groups) // GEMM_TILE_OUTPUTS) * GEMM_TILE_OUTPUTS
+    return pixels * groups * tiles * (cin // groups + CONV_TILE_OVERHEAD)
+
+
+def _copy_cost(pixels: int, channels: int, run: int) -> float:
+    return pixels * channels * (COPY_COST_BASE + COPY_COST_PER_RUN / max(run, 1))
+
+
+def _transpose_cost(pixels: int, plan: tuple[tuple[int, ...], tuple[int, ...]]) -> float:
+    dims, perm = plan
+    run = dims[-1] if perm[-1] == len(dims) - 1 else min(dims[-1], dims[perm[-1]])
+    return TRANSPOSE_MARGIN * _copy_cost(pixels, int(np.prod(dims)), run)
+
+
+def _grouping_saves(pixels: int, cin: int, cout: int, groups: int, convs: int = 2) -> float:
+    """What keeping ``convs`` 1×1 convs grouped saves over dense (x and its partner x~: two)."""
+    return convs * (_conv_cost(pixels, cin, cout) - _conv_cost(pixels, cin, cout, groups))
+
+
+def _transposed_index(dims: tuple[int, ...], perm: tuple[int, ...]) -> np.ndarray:
+    """Stored channel p after the transpose holds stored channel index[p] before it."""
+    return np.arange(int(np.prod(dims))).reshape(dims).transpose(perm).reshape(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _transpose_search(order: bytes, channels: int, group_size: int, target: bytes | None):
+    """A transpose of stored channels (viewed as ``dims``, axes permuted by ``perm``) that makes the stored
+    order ``target`` exactly, or (target None) makes every consecutive block of ``group_size`` stored
+    channels one conv group, in group order. Returns (dims, perm) or None. Preferred: a transpose that
+    keeps the innermost axis (it copies runs; moving it copies element by element, measured 6× slower on
+    a 7×7×384 map), then the longest innermost run, then the fewest axes."""
+    current = np.frombuffer(order, dtype=np.int64)
+    want = None if target is None else np.frombuffer(target, dtype=np.int64)
+    groups_in_order = np.repeat(np.arange(channels // group_size), group_size)
+    best, best_key = None, None
+    for parts in range(2, MAX_TRANSPOSE_AXES + 1):
+        for dims in _factorizations(channels, parts):
+            base = np.arange(channels).reshape(dims)
+            for perm in itertools.permutations(range(parts)):
+                if perm == tuple(range(parts)):
+                    continue
+                key = (perm[-1] != parts - 1, -dims[perm[-1]] if perm[-1] == parts - 1 else 0, parts)
+                if best_key is not None and key >= best_key:
+                    continue
+                moved = current[base.transpose(perm).reshape(-1)]
+                ok = (np.array_equal(moved, want) if want is not None
+                      else np.array_equal(moved // group_size, groups_in_order))
+                if ok:
+                    best, best_key = (dims, perm), key
+    return best
+
+
+def _transpose_to(order: np.ndarray, target: np.ndarray):
+    """(dims, perm) of one transpose taking stored ``order`` to stored ``target``, or None."""
+    order, target = np.asarray(order, np.int64), np.asarray(target, np.int64)
+    return _transpose_search(order.tobytes(), len(order), 1, target.tobytes())
+
+
+def _transpose_to_groups(order: np.ndarray, groups: int, channels: int):
+    """(dims, perm) of one transpose making ``order`` group-contiguous for a conv with ``groups``."""
+    order = np.asarray(order, np.int64)
+    return _transpose_search(order.tobytes(), channels, channels // groups, None)
+
+
+class ChannelTranspose(nn.Module):
+    """A channel permutation that is one transpose of the channels viewed as ``dims`` (TFLite: RESHAPE,
+    TRANSPOSE, RESHAPE, all delegated; the innermost axis usually stays, so it copies runs)."""
+
+    def __init__(self, dims: tuple[int, ...], perm: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims, self.perm = tuple(dims), tuple(perm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        k = len(self.dims)
+        v = x.view(b, *self.dims, h, w).permute(0, *(p + 1 for p in self.perm), k + 1, k + 2)
+        return v.reshape(b, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, perm={self.perm}"
+
+
 def _rotate(x: Tensor, d: int) -> Tensor:
     """Stored channel c takes channel (c + d) mod C: one concat of two channel slices."""
     return torch.cat([x[:, d:], x[:, :d]], dim=1)
@@ -237,17 +392,19 @@ class ShiftMax(nn.Module):
 
     ``partner`` makes the source of x~ from the block input (a second conv) or, when None, x~ comes from
     x; ``rotations`` then rotate that source (one operand per rotation, masks folded into the
-    coefficients). ``pool_input`` pools the producer's input instead of its output. ``pending``: K=1 only,
+    coefficients), or ``roll`` rolls it on a two-axis view of the channels. ``pool_input`` pools the producer's input instead of its output. ``pending``: K=1 only,
     the producer emits ``[x, x~]`` pairs and the output is their product with the coefficient pairs,
     summed later by the consumer's weights."""
 
     def __init__(self, coef: Coefficients, channels: int, branches: int, producer: nn.Module | None = None,
                  partner: nn.Module | None = None, rotations: tuple[int, ...] = (), pool_input: bool = False,
-                 pending: bool = False, permutation: nn.Module | None = None) -> None:
+                 pending: bool = False, permutation: nn.Module | None = None,
+                 roll: tuple[int, int, int, int] | None = None) -> None:
         super().__init__()
         self.coef, self.channels, self.branches = coef, channels, branches
         self.producer, self.partner, self.permutation = producer, partner, permutation
         self.rotations, self.pool_input, self.pending = tuple(rotations), pool_input, pending
+        self.roll = roll
 
     def forward(self, u: Tensor) -> Tensor:
         x = self.producer(u) if self.producer is not None else u
@@ -257,6 +414,8 @@ class ShiftMax(nn.Module):
         source = self.partner(u) if self.partner is not None else x
         if self.permutation is not None:
             operands = [x, self.permutation(source)]
+        elif self.roll is not None:
+            operands = [x, _roll(source, *self.roll)]
         elif self.rotations:
             operands = [x] + [_rotate(source, d) for d in self.rotations]
         else:
@@ -373,6 +532,9 @@ class _Builder:
                 if _diagonal_ok(unit):
                     return np.arange(cin), pending_ok
                 if mult == 1:
+                    natural = self._natural_roll_order(pos)
+                    if natural is not None:
+                        return natural, pending_ok
                     order, _ = _interleaved_cycles(np.asarray(shift_permutation(unit.act.channels, unit.act.groups)))
                     return order, pending_ok
             return None, pending_ok
@@ -395,6 +557,45 @@ class _Builder:
                 need = _before_shuffle(need, g)
         return need, pending_ok
 
+    def _natural_roll_order(self, pos: int) -> np.ndarray | None:
+        """For the multiplier-1 depthwise + Shift-Max at ``pos`` between two grouped 1×1 convs (Micro-Block
+        B/C): the order the expanding conv emits when grouped, if in it the Shift-Max shift is one 2-D roll
+        and the squeezing conv's input is one transpose from group-contiguous. Then both 1×1 convs stay
+        grouped; otherwise the depthwise takes the cycle-interleaved order (one rotation) and the squeeze
+        runs dense, absorbing the order."""
+        bi, unit = self.flat[pos]
+        prev, nxt = self.flat[pos - 1] if pos else None, self._next(pos)
+        if prev is None or prev[0] != bi or prev[1].kind != "pw" or nxt is None or nxt[1].kind != "pw":
+            return None
+        squeeze, expand = nxt[1].layer[0], prev[1].layer[0]
+        if squeeze.groups == 1:
+            return None
+        order = np.arange(expand.out_channels)
+        for g in prev[1].shuffles:
+            order = _through_shuffle(order, g)
+        sm = unit.act
+        shift = np.asarray(shift_permutation(sm.channels, sm.groups))
+        roll = _roll2d(_inv(order)[shift[order]])
+        if roll is None:
+            return None
+        after = order
+        for g in unit.shuffles:
+            after = _through_shuffle(after, g)
+        plan = _transpose_to_groups(after, squeeze.groups, squeeze.in_channels)
+        if plan is None:
+            return None
+        sq_px = int(np.prod(self._hw_at[pos + 1]))
+        exp_px = int(np.prod(self._hw_at[pos - 1]))
+        c = len(order)
+        saves = _grouping_saves(sq_px, squeeze.in_channels, squeeze.out_channels, squeeze.groups)
+        saves -= _transpose_cost(sq_px, plan)
+        # The roll's inner slices move short runs twice (slice, concat); the rotation it replaces, long ones.
+        _, inner, _, si = roll
+        saves -= 2 * (_copy_cost(sq_px, c, min(si, inner - si) if si else c) - _copy_cost(sq_px, c, c // 2))
+        if expand.groups > 1 and isinstance(prev[1].act, DynamicShiftMax) and prev[1].act.groups == expand.groups:
+            saves += _grouping_saves(exp_px, expand.in_channels, expand.out_channels, expand.groups)
+        return order if saves > 0 else None
+
     def _pw_grouped(self, pos: int) -> bool:
         """Keep this 1×1 conv grouped? Only where dense would be costly, the Shift-Max after it shifts
         across the conv's own groups, and its natural output order suits its consumer."""
@@ -409,18 +610,33 @@ class _Builder:
         sm = unit.act
         if isinstance(sm, DynamicShiftMax) and sm.groups != g:
             return False
-        if self.model.blocks[bi].residual and self.units[bi][1][-1] is unit:
-            return False  # the residual needs the block's input order back; a dense conv can emit it
+        residual_end = self.model.blocks[bi].residual and self.units[bi][1][-1] is unit
+        if residual_end and bi not in self._block_input:
+            return False  # asked before the block's input order is known
         need, _ = self._output_need(pos)
         if need is None:
             return True
-        natural = np.arange(conv.out_channels)
-        for gs in unit.shuffles:
-            natural = _through_shuffle(natural, gs)
+        natural = np.arange(conv.out_channels)  # stored order of a grouped conv's output, before its shuffles
         if np.array_equal(natural, need):
             return True
+        if self._output_transpose(pos, natural, need) is not None:
+            return True  # the output is transposed into the order its consumer needs
+        if residual_end:
+            return False  # the residual needs the block's input order back; a dense conv can emit it
+        for gs in unit.shuffles:
+            natural = _through_shuffle(natural, gs)
         pair_macs = 2 * conv.in_channels * conv.out_channels * hw[0] * hw[1]  # dense x and x~ convs
         return pair_macs >= GROUPED_EXPAND_MIN_DENSE_MACS and self._rotations_downstream(pos, natural)
+
+    def _output_transpose(self, pos: int, natural: np.ndarray, need: np.ndarray):
+        """The transpose taking a grouped 1×1 conv's natural output to ``need``, if one exists and pays."""
+        conv = self.flat[pos][1].layer[0]
+        plan = _transpose_to(natural, need)
+        pixels = int(np.prod(self._hw_at[pos]))
+        if plan is None or _grouping_saves(pixels, conv.in_channels, conv.out_channels, conv.groups) \
+                <= _transpose_cost(pixels, plan):
+            return None
+        return plan
 
     def _rotations_downstream(self, pos: int, order: np.ndarray) -> bool:
         """Is the next unit a multiplier-1 depthwise pair whose Shift-Max shift, in ``order``, is at most two
@@ -534,7 +750,7 @@ class _Builder:
         interior = bias_full[:, p] if wo > 2 * p else bias_full[:, 0]
         border = bias_full - interior[:, None]
         border_t = border[None, :, None, :].clone() if border.abs().max() > 0 else None
-        conv = _conv(w, interior, stride=s, padding=p, groups=cin)
+        conv = _grouped_taps(w, interior, s, p, cin)
         out = Rep(out_order, (ho, wo))
         sm = unit.act
         dw = Conv(conv, border_t, relu6=isinstance(sm, nn.ReLU6))
@@ -552,6 +768,10 @@ class _Builder:
         eye = torch.eye(c, dtype=torch.float64)[:, torch.as_tensor(order)]
         zero = torch.zeros(c, dtype=torch.float64)
         rot = _rotations(pi)
+        roll = _roll2d(pi) if rot is None or len(rot) > 1 else None
+        if roll is not None:  # one roll on a 2-D view: no masked products
+            blocks = [[(2 * e, order, None), (2 * e + 1, order, None)] for e in range(k)]
+            return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, roll=roll)
         if rot is not None and 0 not in rot:
             ds = sorted(rot)
             masks = [rot[d] if len(ds) > 1 else None for d in ds]
@@ -576,8 +796,10 @@ class _Builder:
         need, pending_ok = self._output_need(pos)
         sm = unit.act
         hw = rep.hw
-        if self._pw_grouped(pos) and self._group_contiguous(rep, g, cin):
-            return self._grouped_pointwise(unit, w_in, b, rep, g)
+        if self._pw_grouped(pos):
+            grouped = self._grouped_with_transposes(pos, unit, dense, b, rep, g, need)
+            if grouped is not None:
+                return grouped
         if not isinstance(sm, DynamicShiftMax):
             out_order = np.arange(cout) if need is None else need
             return Conv(_rows(w_in, b, out_order), relu6=isinstance(sm, nn.ReLU6)), Rep(out_order, hw)
@@ -634,6 +856,38 @@ class _Builder:
         group_of = rep.order // (cin // groups)
         return all((group_of[q * per:(q + 1) * per] == q).all() for q in range(groups))
 
+    def _grouped_with_transposes(self, pos: int, unit: _Unit, dense: Tensor, b: Tensor, rep: Rep, g: int,
+                                 need: np.ndarray | None) -> tuple[nn.Module, Rep] | None:
+        """The grouped conv, with a channel transpose before it when its input is one transpose from
+        group-contiguous and one after it when its consumer needs an order one transpose from its natural
+        output; None when the input cannot be made group-contiguous (the caller goes dense)."""
+        cout, cin = dense.shape
+        hw = rep.hw
+        steps: list[nn.Module] = []
+        pixels = hw[0] * hw[1]
+        before = after = None
+        if not self._group_contiguous(rep, g, cin):
+            before = None if rep.pending else _transpose_to_groups(rep.order, g, cin)
+            if before is None:
+                return None
+        natural = np.arange(cout)
+        if need is not None and not np.array_equal(natural, need):
+            # Without a transpose the consumer takes the natural order (an expanding conv whose depthwise
+            # Shift-Max then uses masked rotations; see _pw_grouped).
+            after = self._output_transpose(pos, natural, need)
+        cost = sum(_transpose_cost(pixels, plan) for plan in (before, after) if plan is not None)
+        if cost and _grouping_saves(pixels, cin, cout, g) <= cost:
+            return None
+        if before is not None:
+            steps.append(ChannelTranspose(*before))
+            rep = Rep(rep.order[_transposed_index(*before)], hw)
+        module, out = self._grouped_pointwise(unit, dense[:, torch.as_tensor(rep.order)], b, rep, g)
+        steps.append(module)
+        if after is not None:
+            steps.append(ChannelTranspose(*after))
+            out = Rep(out.order[_transposed_index(*after)], hw)
+        return (steps[0] if len(steps) == 1 else nn.Sequential(*steps)), out
+
     def _grouped_pointwise(self, unit: _Unit, w_in: Tensor, b: Tensor, rep: Rep, g: int) -> tuple[nn.Module, Rep]:
         """Rewrite 6: a grouped 1×1 conv, natural output order; with Shift-Max, x~ is the conv with rows
         rotated inside each group, rotated by one group."""
@@ -653,6 +907,24 @@ class _Builder:
         blocks = [[(2 * e, natural, None), (2 * e + 1, natural, None)] for e in range(k)]
         coef = _coefficients(sm, blocks, torch.eye(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64))
         return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=(og,)), Rep(natural, rep.hw)
+
+
+def _grouped_taps(w: Tensor, bias: Tensor, stride: int, padding: int, groups: int) -> nn.Conv2d:
+    """A k×k conv with ``groups`` groups (weight (out, in per group, k, k)). A true depthwise (one input, one
+    output per group) stays one; otherwise the groups are merged into as few as keep at most
+    ``GEMM_TILE_OUTPUTS`` outputs each, with zero weights between the merged groups (exact)."""
+    cout, per_in, k, _ = w.shape
+    per_out = cout // groups
+    if per_in == 1 and per_out == 1:
+        return _conv(w, bias, stride=stride, padding=padding, groups=groups)
+    coarse = next(c for c in range(1, groups + 1)
+                  if groups % c == 0 and (cout // c <= GEMM_TILE_OUTPUTS or c == groups))
+    merged = groups // coarse  # original groups per coarse group
+    wide = torch.zeros(cout, per_in * merged, k, k, dtype=w.dtype)
+    for o in range(cout):
+        t = (o // per_out) % merged  # position of the original group inside its coarse group
+        wide[o, t * per_in:(t + 1) * per_in] = w[o]
+    return _conv(wide, bias, stride=stride, padding=padding, groups=coarse)
 
 
 def _coefficients(sm: DynamicShiftMax, blocks: list[list[tuple]], pool_w: Tensor, pool_b: Tensor,

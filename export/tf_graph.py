@@ -35,6 +35,8 @@ NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 MAX_CONCAT = 4
 #: The most outputs of a SPLIT it takes (measured: 4 yes, 6 no).
 MAX_SPLIT = 4
+#: XNNPACK's largest tensor rank (XNN_MAX_TENSOR_DIMS): a channel-split view is (B·H·W, c1..ck).
+MAX_TRANSPOSE_RANK = 6
 
 
 def _nhwc_const(value: np.ndarray, rank: int) -> np.ndarray:
@@ -84,6 +86,7 @@ class _Lowering:
             "aten.flatten.using_ints": self._flatten,
             "aten.view.default": self._view,
             "aten.reshape.default": self._view,
+            "aten.permute.default": self._permute,
             "aten.dropout.default": lambda x, p=0.0, train=False: x,
         }
 
@@ -101,6 +104,10 @@ class _Lowering:
     def _axis(self, node, dim: int) -> int:
         rank = self._rank(node)
         dim = dim % rank
+        if rank >= 5:  # a channel-split view (B, c1..ck, H, W), held as (B·H·W, c1..ck)
+            if not 1 <= dim <= rank - 3:
+                raise MicronetError(f"an op on axis {dim} of a channel-split {rank}-D view is not supported")
+            return dim
         return NHWC_AXIS[dim] if rank == 4 else dim
 
     # ----------------------------------------------------------------------------------------------- ops
@@ -231,13 +238,30 @@ class _Lowering:
     def _view(self, node, x, shape):
         src = tuple(node.args[0].meta["val"].shape)
         dst = tuple(int(d) for d in node.meta["val"].shape)
-        if (len(src) == 4 and src[2:] == (1, 1) and len(dst) == 2) or (len(src) != 4 and len(dst) != 4):
+        if (len(src) == 4 and src[2:] == (1, 1) and len(dst) == 2) or (len(src) < 4 and len(dst) < 4):
             return self.tf.reshape(x, list(dst))
         if len(src) == 2 and len(dst) == 4 and dst[2:] == (1, 1):  # (B, C) → (B, C, 1, 1) = NHWC (B, 1, 1, C)
             return self.tf.reshape(x, [dst[0], 1, 1, dst[1]])
+        # Channel-split views: (B, C, H, W) ↔ (B, c1..ck, H, W), held in TensorFlow as (B·H·W, c1..ck), so
+        # that NHWC's channel-last memory order is kept and a transpose of the channel axes is one TRANSPOSE.
+        if len(src) == 4 and len(dst) >= 5 and dst[0] == src[0] and dst[-2:] == src[2:] \
+                and int(np.prod(dst[1:-2])) == src[1]:
+            if len(dst) - 2 > MAX_TRANSPOSE_RANK:
+                raise MicronetError(f"view {src} → {dst}: more than {MAX_TRANSPOSE_RANK - 1} channel axes")
+            return self.tf.reshape(x, [src[0] * src[2] * src[3], *dst[1:-2]])
+        if len(src) >= 5 and len(dst) == 4 and dst[0] == src[0] and dst[2:] == src[-2:] \
+                and int(np.prod(src[1:-2])) == dst[1]:
+            return self.tf.reshape(x, [dst[0], dst[2], dst[3], dst[1]])
         raise MicronetError(f"view {src} → {dst} mixes the channel and spatial axes; not supported")
 
-    _STRUCTURAL = {"aten.mean.dim", "aten.cat.default", "aten.slice.Tensor", "aten.split.Tensor",
+    def _permute(self, node, x, dims):
+        rank = self._rank(node.args[0])
+        dims = [d % rank for d in dims]
+        if rank < 5 or dims[0] != 0 or dims[-2:] != [rank - 2, rank - 1]:
+            raise MicronetError(f"permute {dims} of a {rank}-D tensor: only channel axes of a channel-split view")
+        return self.tf.transpose(x, dims[:-2])
+
+    _STRUCTURAL = {"aten.permute.default", "aten.mean.dim", "aten.cat.default", "aten.slice.Tensor", "aten.split.Tensor",
                    "aten.split_with_sizes.default", "aten.flatten.using_ints", "aten.view.default",
                    "aten.reshape.default"}
 

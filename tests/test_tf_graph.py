@@ -11,7 +11,7 @@ from torch import nn
 from micronet.errors import MicronetError
 from micronet.export import tf_graph, tflite as tflite_stage
 from micronet.export.deploy import recalibrate_batchnorm
-from micronet.export.fast import to_fast_deploy
+from micronet.export.fast import ChannelTranspose, _roll, to_fast_deploy
 from micronet.export.inspect import run_tflite, tflite_op_inventory, xnnpack_coverage
 from micronet.model import build_model
 
@@ -137,5 +137,33 @@ def test_fast_m0_converts_exactly_at_sizes_onnx2tf_failed(size, tmp_path):
     out = run_tflite(path, x.numpy())
     assert float(np.abs(out - ref).max() / np.abs(ref).max()) <= 1e-4
     ops = tflite_op_inventory(path)
-    assert not {"GATHER", "GATHER_ND", "TRANSPOSE"} & set(ops)
+    assert not {"GATHER", "GATHER_ND"} & set(ops)
+    # TRANSPOSE only for the fast graph's own channel transposes, never a layout transpose.
+    assert ops.get("TRANSPOSE", 0) == sum(isinstance(m, ChannelTranspose) for m in fast.modules())
     assert xnnpack_coverage(path) == {"partitions": 1, "not_delegated": {}}
+
+
+class _ChannelViews(nn.Module):
+    """A roll of the channels viewed as (4, 6) and a transpose of them viewed as (2, 3, 4): the
+    channel-split views the fast graph uses, held as (B·H·W, c1..ck) in TensorFlow."""
+
+    def forward(self, x):
+        y = _roll(x, 4, 6, 1, 2) * 2.0
+        return ChannelTranspose((2, 3, 4), (1, 0, 2))(y) + ChannelTranspose((4, 6), (1, 0))(x)
+
+
+def test_channel_split_views_match_pytorch(tmp_path):
+    path = _assert_same(_ChannelViews(), (1, 24, 5, 7), tmp_path)
+    ops = tflite_op_inventory(path)
+    assert ops.get("TRANSPOSE") == 2
+    assert xnnpack_coverage(path) == {"partitions": 1, "not_delegated": {}}
+
+
+def test_a_permute_that_moves_spatial_axes_is_one_line(tmp_path):
+    class _Spatial(nn.Module):
+        def forward(self, x):
+            return x.view(1, 2, 3, 4, 5).permute(0, 1, 2, 4, 3).reshape(1, 6, 5, 4)
+
+    with pytest.raises(MicronetError, match="permute"):
+        tf_graph.export_saved_model(_Spatial(), torch.zeros(1, 6, 4, 5), tmp_path / "sm")
+    assert not (tmp_path / "sm").exists()
