@@ -79,7 +79,6 @@ GROUPED_EXPAND_MIN_DENSE_MACS = 3_000_000
 #: A K=1 Shift-Max is left as a pending product for a 1×1 consumer only when the consumer's doubled input
 #: costs fewer extra MACs than this (materialising costs one conv and two elementwise ops).
 PENDING_MAX_EXTRA_MACS = 400_000
-PENDING_INTO_DEPTHWISE = True
 #: XNNPACK's widest GEMM tile in output channels (nr: 16 for f32 and int8 on AVX-512, 8 or 16 on NEON). A
 #: grouped conv costs about groups × ceil(outputs per group / nr) × nr × inputs per group MACs per pixel, so
 #: merging groups while each keeps at most this many outputs costs no extra MACs and gives the kernel a
@@ -94,6 +93,10 @@ GEMM_TILE_OUTPUTS = 16
 #: it mostly does, at 56×56 not.
 CONV_TILE_OVERHEAD = 25
 COPY_COST_BASE, COPY_COST_PER_RUN = 8.0, 60.0
+#: An elementwise MUL/ADD per value, same units.
+ELEMENTWISE_COST = 8.0
+#: Per-channel coefficients narrower than this are widened along W before they multiply a map.
+WIDEN_BELOW_CHANNELS = 64
 TRANSPOSE_MARGIN = 2.0
 #: The most axes a channel transpose may view the channels as (XNNPACK takes up to 6-D; one is the pixels).
 MAX_TRANSPOSE_AXES = 4
@@ -399,16 +402,26 @@ class ShiftMax(nn.Module):
     def __init__(self, coef: Coefficients, channels: int, branches: int, producer: nn.Module | None = None,
                  partner: nn.Module | None = None, rotations: tuple[int, ...] = (), pool_input: bool = False,
                  pending: bool = False, permutation: nn.Module | None = None,
-                 roll: tuple[int, int, int, int] | None = None) -> None:
+                 roll: tuple[int, int, int, int] | None = None, width: int = 1) -> None:
         super().__init__()
         self.coef, self.channels, self.branches = coef, channels, branches
         self.producer, self.partner, self.permutation = producer, partner, permutation
         self.rotations, self.pool_input, self.pending = tuple(rotations), pool_input, pending
         self.roll = roll
+        # Rewrite 12: narrow per-channel coefficients (B, C, 1, 1) are widened to (B, C, 1, W) by a MUL with
+        # ones (exact, on the small coefficient tensor). XNNPACK's broadcast MUL loops over the pixels with
+        # a C-wide inner kernel, so a 56×56×16 map made 3136 tiny calls; against (1, W, C) it makes H calls
+        # of W·C values (2.5× faster there).
+        if channels < WIDEN_BELOW_CHANNELS and width > 1:
+            self.register_buffer("widen", torch.ones(1, 1, 1, width))
+        else:
+            self.widen = None
 
     def forward(self, u: Tensor) -> Tensor:
         x = self.producer(u) if self.producer is not None else u
         theta = self.coef(_pool(u if self.pool_input else x))
+        if self.widen is not None:
+            theta = theta * self.widen
         if self.pending:
             return x * theta
         source = self.partner(u) if self.partner is not None else x
@@ -771,17 +784,18 @@ class _Builder:
         roll = _roll2d(pi) if rot is None or len(rot) > 1 else None
         if roll is not None:  # one roll on a 2-D view: no masked products
             blocks = [[(2 * e, order, None), (2 * e + 1, order, None)] for e in range(k)]
-            return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, roll=roll)
+            return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, roll=roll, width=rep.hw[1])
         if rot is not None and 0 not in rot:
             ds = sorted(rot)
             masks = [rot[d] if len(ds) > 1 else None for d in ds]
             blocks = [[(2 * e, order, None)] + [(2 * e + 1, order, m) for m in masks] for e in range(k)]
             coef = _coefficients(sm, blocks, eye, zero)
-            return ShiftMax(coef, c, k, rotations=tuple(ds))
+            return ShiftMax(coef, c, k, rotations=tuple(ds), width=rep.hw[1])
         perm = torch.zeros(c, c, dtype=torch.float64)
         perm[torch.arange(c), torch.as_tensor(pi)] = 1.0
         blocks = [[(2 * e, order, None), (2 * e + 1, order, None)] for e in range(k)]
-        return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, permutation=_conv(perm[:, :, None, None], None))
+        return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, permutation=_conv(perm[:, :, None, None], None),
+                        width=rep.hw[1])
 
     # -------------------------------------------------------------------------------- 1×1 convs
     def _pointwise(self, pos: int, unit: _Unit, rep: Rep) -> tuple[nn.Module, Rep]:
@@ -818,7 +832,7 @@ class _Builder:
                 sel = torch.zeros(c, 2 * c, dtype=torch.float64)
                 sel[torch.as_tensor(out_order), torch.arange(0, 2 * c, 2)] = 1.0
                 coef = _coefficients(sm, [[(coef_e, pairs, None)]], sel, torch.zeros(c, dtype=torch.float64), flat=True)
-            return ShiftMax(coef, c, k, producer=producer, pool_input=pool_input, pending=True), \
+            return ShiftMax(coef, c, k, producer=producer, pool_input=pool_input, pending=True, width=hw[1]), \
                 Rep(pairs, hw, pending=True)
         rotations: tuple[int, ...] = ()
         if need is None:  # any order will do: store x cycle-interleaved, x~ is one rotation (no second conv)
@@ -832,7 +846,8 @@ class _Builder:
         else:
             select = torch.eye(c, dtype=torch.float64)[:, torch.as_tensor(out_order)]
             coef = _coefficients(sm, blocks, select, torch.zeros(c, dtype=torch.float64))
-        return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=rotations, pool_input=pool_input), \
+        return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=rotations, pool_input=pool_input,
+                        width=hw[1]), \
             Rep(out_order, hw)
 
     def _pending_pays(self, pos: int, channels: int) -> bool:
@@ -841,13 +856,30 @@ class _Builder:
             return False
         _, unit = nxt
         if unit.kind == "dw":
-            return PENDING_INTO_DEPTHWISE
+            return self._pending_into_depthwise_pays(pos, channels)
         conv = unit.layer[0]
         hw = self._hw_at[pos + 1]
         if self._pw_grouped(pos + 1):
             return True
         rows = conv.out_channels * (2 if isinstance(unit.act, DynamicShiftMax) else 1)
         return channels * rows * hw[0] * hw[1] < PENDING_MAX_EXTRA_MACS
+
+    def _pending_into_depthwise_pays(self, pos: int, channels: int) -> bool:
+        """A pending product doubles the (merged-group) depthwise's inner loop; materialising it costs a
+        partner conv and a MUL and an ADD on the 1×1 conv's map. The first wins at 56×56 (m0's block 2),
+        the second at 28×28 (block 3), by the cost model."""
+        _, unit = self.flat[pos + 1]
+        cin, mult, k, s = _dw_shape(unit)
+        h, w = self._hw_at[pos + 1]
+        out_px = ((h + 2 * (k // 2) - k) // s + 1) * ((w + 2 * (k // 2) - k) // s + 1)
+        coarse = next(c for c in range(1, cin + 1) if cin % c == 0 and cin * mult // c <= GEMM_TILE_OUTPUTS) \
+            if mult > 1 else cin
+        tiles = -(-(cin * mult // coarse) // GEMM_TILE_OUTPUTS) * GEMM_TILE_OUTPUTS
+        doubled_k = out_px * coarse * tiles * k * k * (cin // coarse)
+        pw = self.flat[pos][1].layer[0]
+        in_px = int(np.prod(self._hw_at[pos]))
+        materialise = _conv_cost(in_px, pw.in_channels, channels) + 2 * in_px * channels * ELEMENTWISE_COST
+        return doubled_k < materialise
 
     @staticmethod
     def _group_contiguous(rep: Rep, groups: int, cin: int) -> bool:
@@ -906,7 +938,8 @@ class _Builder:
         partner = _conv(weight[torch.as_tensor(inner)][:, :, None, None], b[torch.as_tensor(inner)], groups=g)
         blocks = [[(2 * e, natural, None), (2 * e + 1, natural, None)] for e in range(k)]
         coef = _coefficients(sm, blocks, torch.eye(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64))
-        return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=(og,)), Rep(natural, rep.hw)
+        return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=(og,), width=rep.hw[1]), \
+            Rep(natural, rep.hw)
 
 
 def _grouped_taps(w: Tensor, bias: Tensor, stride: int, padding: int, groups: int) -> nn.Conv2d:

@@ -173,6 +173,29 @@ def test_channel_transpose_plans_reach_their_target():
     assert _transpose_to(base, np.random.default_rng(1).permutation(channels)) is None
 
 
+def test_narrow_coefficients_are_widened_along_w():
+    """Rewrite 12: coefficients narrower than 64 channels multiply a map as (B, C, 1, W), by ones (exact)."""
+    fast = to_fast_deploy(_recalibrated("m0", 224))
+    seen = 0
+    for sm in (m for m in fast.modules() if isinstance(m, ShiftMax)):
+        if sm.channels < 64:
+            assert sm.widen is not None and torch.all(sm.widen == 1) and sm.widen.shape[:3] == (1, 1, 1)
+            seen += 1
+        else:
+            assert sm.widen is None
+    assert seen >= 3
+
+
+def test_pending_into_a_depthwise_only_where_the_cost_model_says_so():
+    """At 224 px block 1's K=1 Shift-Max stays a product for block 2's depthwise (56×56: materialising
+    needs a partner conv there), block 2's is materialised for block 3's (a 5×5 with a doubled inner loop
+    costs more at 28×28)."""
+    fast = to_fast_deploy(_recalibrated("m0", 224))
+    assert fast.blocks[0].steps[1].pending
+    assert not fast.blocks[1].steps[-1].pending and fast.blocks[1].steps[-1].partner is not None
+    assert fast.blocks[2].steps[0][0].conv.weight.shape[1] * fast.blocks[2].steps[0][0].conv.groups == 16
+
+
 def test_m3_squeezes_stay_grouped_behind_transposes_where_they_pay():
     """At 224 px the cost model transposes for grouped 1×1 convs at 28×28 and below, not at 56×56 (where
     a transpose of short runs costs more than the dense conv it saves, measured)."""

@@ -167,3 +167,16 @@ def test_a_permute_that_moves_spatial_axes_is_one_line(tmp_path):
     with pytest.raises(MicronetError, match="permute"):
         tf_graph.export_saved_model(_Spatial(), torch.zeros(1, 6, 4, 5), tmp_path / "sm")
     assert not (tmp_path / "sm").exists()
+
+
+def test_a_large_float_depthwise_is_lowered_in_channel_parts(tmp_path):
+    """384 channels × 25 taps exceed F32_DEPTHWISE_MAX_WEIGHTS: the float lowering splits it in two
+    (same function), the int8 lowering (max_via_relu) keeps it whole."""
+    dw = nn.Conv2d(384, 384, 5, 1, 2, groups=384).eval()
+    path = _assert_same(dw, (1, 384, 9, 9), tmp_path / "f32")
+    ops = tflite_op_inventory(path)
+    assert ops.get("DEPTHWISE_CONV_2D") == 2 and ops.get("SPLIT") == 1 and ops.get("CONCATENATION") == 1
+    record = tf_graph.export_saved_model(dw, torch.zeros(1, 384, 9, 9), tmp_path / "i8", max_via_relu=True)
+    assert record["split_depthwise"] is False
+    small = _to_tflite(nn.Conv2d(256, 256, 5, 1, 2, groups=256), (1, 256, 9, 9), tmp_path / "small")
+    assert tflite_op_inventory(small).get("DEPTHWISE_CONV_2D") == 1
