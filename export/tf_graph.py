@@ -61,6 +61,7 @@ class _Lowering:
         self.tf = tf
         self.ep = exported
         self.split_depthwise = split_depthwise
+        self._nhwc_ready: set[str] = set()
         self.consts: dict[str, np.ndarray] = {}
         state = exported.state_dict
         for spec in exported.graph_signature.input_specs:
@@ -261,6 +262,8 @@ class _Lowering:
     def _view(self, node, x, shape):
         src = tuple(node.args[0].meta["val"].shape)
         dst = tuple(int(d) for d in node.meta["val"].shape)
+        if node.args[0].name in self._nhwc_ready:  # already laid out as this 4-D map (_pixels_from_channels)
+            return x
         if (len(src) == 4 and src[2:] == (1, 1) and len(dst) == 2) or (len(src) < 4 and len(dst) < 4):
             return self.tf.reshape(x, list(dst))
         if len(src) == 2 and len(dst) == 4 and dst[2:] == (1, 1):  # (B, C) → (B, C, 1, 1) = NHWC (B, 1, 1, C)
@@ -280,9 +283,23 @@ class _Lowering:
     def _permute(self, node, x, dims):
         rank = self._rank(node.args[0])
         dims = [d % rank for d in dims]
+        if rank == 5 and dims == [0, 2, 3, 4, 1]:
+            return self._pixels_from_channels(node, x)
         if rank < 5 or dims[0] != 0 or dims[-2:] != [rank - 2, rank - 1]:
             raise MicronetError(f"permute {dims} of a {rank}-D tensor: only channel axes of a channel-split view")
         return self.tf.transpose(x, dims[:-2])
+
+    def _pixels_from_channels(self, node, x):
+        """(B, p, C, H, W) → (B, C, H, W, p), then viewed as (B, C, H, W·p): channels (r·C + c) that hold
+        pixel p·j + r (export.fast.PixelPairs). In NHWC memory the source, held as (B·H·W, p, C), already is
+        (B, H, W·p, C): one RESHAPE, and the 4-D view after it is that tensor."""
+        b, p, c, h, w = (int(d) for d in node.args[0].meta["val"].shape)
+        users = list(node.users)
+        if not users or any(str(u.target) not in ("aten.view.default", "aten.reshape.default")
+                            or tuple(int(d) for d in u.meta["val"].shape) != (b, c, h, w * p) for u in users):
+            raise MicronetError("a permute moving a channel axis behind W must be viewed as (B, C, H, W·p)")
+        self._nhwc_ready.add(node.name)
+        return self.tf.reshape(x, [b, h, w * p, c])
 
     _STRUCTURAL = {"aten.permute.default", "aten.mean.dim", "aten.cat.default", "aten.slice.Tensor", "aten.split.Tensor",
                    "aten.split_with_sizes.default", "aten.flatten.using_ints", "aten.view.default",

@@ -9,7 +9,7 @@ import torch
 from micronet.export.deploy import recalibrate_batchnorm
 import torch.nn.functional as F
 
-from micronet.export.fast import (ChannelTranspose, _grouped_taps, _roll, _roll2d, _transpose_to,
+from micronet.export.fast import (ChannelTranspose, PixelPairs, _grouped_taps, _roll, _roll2d, _transpose_to,
                                   _transpose_to_groups, _transposed_index)
 from micronet.export.fast import (_interleaved_cycles, _inv, _rotations, _through_shuffle, _before_shuffle,
                          to_fast_deploy)
@@ -196,6 +196,18 @@ def test_pending_into_a_depthwise_only_where_the_cost_model_says_so():
     assert fast.blocks[2].steps[0][0].conv.weight.shape[1] * fast.blocks[2].steps[0][0].conv.groups == 16
 
 
+def test_narrow_stem_computes_two_pixels_per_row():
+    """Rewrite 13: m0's 6-channel stem is a 12-output 3×5 conv at stride (2, 4) and PixelPairs (exactness:
+    the variant tests); m3's 16-channel stem, a full tile already, stays a 3×3 conv."""
+    for size in (32, 96, 224):
+        stem = to_fast_deploy(_recalibrated("m0", size)).stem
+        assert isinstance(stem[1], PixelPairs)
+        conv = stem[0].conv
+        assert conv.out_channels == 12 and conv.kernel_size == (3, 5) and conv.stride == (2, 4)
+    stem = to_fast_deploy(_recalibrated("m3")).stem
+    assert isinstance(stem.conv, torch.nn.Conv2d) and stem.conv.kernel_size == (3, 3)
+
+
 def test_m3_squeezes_stay_grouped_behind_transposes_where_they_pay():
     """At 224 px the cost model transposes for grouped 1×1 convs at 28×28 and below, not at 56×56 (where
     a transpose of short runs costs more than the dense conv it saves, measured)."""
@@ -241,10 +253,12 @@ def test_no_gather_and_only_channel_axis_permutes_in_the_exported_graph(variant)
              if n.op == "call_function"]
     assert not any("index" in str(n.target) or "gather" in str(n.target) for n in nodes)
     permutes = [n for n in nodes if "permute" in str(n.target)]
-    assert len(permutes) == sum(isinstance(m, ChannelTranspose) for m in fast.modules())
+    pairs = sum(isinstance(m, PixelPairs) for m in fast.modules())
+    assert len(permutes) == sum(isinstance(m, ChannelTranspose) for m in fast.modules()) + pairs
     for n in permutes:
         dims = list(n.args[1])
-        assert dims[0] == 0 and dims[-2:] == [len(dims) - 2, len(dims) - 1]
+        pixel_pairs = dims == [0, 2, 3, 4, 1]  # PixelPairs: free in NHWC (tests/test_tf_graph.py)
+        assert pixel_pairs or (dims[0] == 0 and dims[-2:] == [len(dims) - 2, len(dims) - 1])
 
 
 def test_masked_coefficient_is_exactly_zero():

@@ -11,7 +11,7 @@ from torch import nn
 from micronet.errors import MicronetError
 from micronet.export import tf_graph, tflite as tflite_stage
 from micronet.export.deploy import recalibrate_batchnorm
-from micronet.export.fast import ChannelTranspose, _roll, to_fast_deploy
+from micronet.export.fast import ChannelTranspose, PixelPairs, _roll, to_fast_deploy
 from micronet.export.inspect import run_tflite, tflite_op_inventory, xnnpack_coverage
 from micronet.model import build_model
 
@@ -180,3 +180,19 @@ def test_a_large_float_depthwise_is_lowered_in_channel_parts(tmp_path):
     assert record["split_depthwise"] is False
     small = _to_tflite(nn.Conv2d(256, 256, 5, 1, 2, groups=256), (1, 256, 9, 9), tmp_path / "small")
     assert tflite_op_inventory(small).get("DEPTHWISE_CONV_2D") == 1
+
+
+def test_pixel_pairs_are_one_reshape(tmp_path):
+    """PixelPairs' view/permute/reshape (channels r·C + c holding pixel 2j + r) is the NHWC memory layout
+    already: the lowering emits one RESHAPE, no TRANSPOSE; a permute of that form used otherwise is one
+    line."""
+    module = nn.Sequential(nn.Conv2d(3, 12, (3, 5), (2, 4), 1), PixelPairs(), nn.Conv2d(6, 4, 3, 1, 1)).eval()
+    path = _assert_same(module, (1, 3, 32, 32), tmp_path / "ok")
+    assert "TRANSPOSE" not in tflite_op_inventory(path)
+
+    class _Misused(nn.Module):
+        def forward(self, x):
+            return x.view(1, 2, 3, 4, 5).permute(0, 2, 3, 4, 1) * 2.0
+
+    with pytest.raises(MicronetError, match="behind W"):
+        tf_graph.export_saved_model(_Misused(), torch.zeros(1, 6, 4, 5), tmp_path / "bad")
