@@ -32,7 +32,7 @@ DEPLOY_LIMIT = 1e-4
 #: (export/tf_graph.py; no onnx2tf); "reference" is the ONNX artifact (export/deploy.py) through onnx2tf.
 TFLITE_GRAPHS = ("fast", "reference")
 #: Bumped whenever a graph rewrite changes what an export produces, so cached exports are rebuilt.
-GRAPH_REVISION = 3
+GRAPH_REVISION = 4
 
 Progress = Callable[[str], None]
 
