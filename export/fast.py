@@ -49,6 +49,7 @@ measured effect of each rewrite is in the README's benchmark section):
     it does (m3's squeezes: 4-8× fewer MACs), at 56×56 a transpose of short runs costs more than the
     dense conv it saves.
 12. **Narrow Shift-Max coefficients widened along W** (see ``ShiftMax``).
+14. **For int8, max(p, q) as q + relu(p - q) with p - q formed on the coefficients** (``relu_max``).
 13. **A stem with at most 8 output channels computes two output pixels per GEMM row**: a 3×5 conv at
     stride (2, 4) with 2C outputs fills the 16-wide tile that C outputs left two-thirds empty; in NHWC
     the (H, W/2, 2C) result is the (H, W, C) map byte for byte (``PixelPairs``). m0: 0.069 → 0.060 ms.
@@ -390,10 +391,21 @@ def _pool(x: Tensor) -> Tensor:
     return x.mean(dim=(2, 3), keepdim=True)
 
 
-def _combine(operands: list[Tensor], theta: Tensor, channels: int, branches: int) -> Tensor:
-    """max over branches k of sum_i theta[k, i]·operands[i]; each operand and coefficient block C wide."""
+def _combine(operands: list[Tensor], theta: Tensor, channels: int, branches: int, relu_max: bool = False) -> Tensor:
+    """max over branches k of sum_i theta[k, i]·operands[i]; each operand and coefficient block C wide.
+
+    ``relu_max`` (two branches): q + relu(p - q), with p - q = sum_i (theta[0, i] - theta[1, i])·operands[i]
+    formed on the coefficients: one full-size op fewer than max(p, q) written as q + relu(p - q) (rewrite 14,
+    for int8, where XNNPACK's int8 MUL/ADD run 1.7× slower than float and MAXIMUM is not delegated)."""
     parts = torch.split(theta, channels, dim=1)
     per_branch = len(operands)
+    if relu_max and branches == 2:
+        q = operands[0] * parts[per_branch]
+        d = operands[0] * (parts[0] - parts[per_branch])
+        for i in range(1, per_branch):
+            q = q + operands[i] * parts[per_branch + i]
+            d = d + operands[i] * (parts[i] - parts[per_branch + i])
+        return q + F.relu(d)
     out = None
     for k in range(branches):
         s = operands[0] * parts[k * per_branch]
@@ -421,6 +433,7 @@ class ShiftMax(nn.Module):
         self.producer, self.partner, self.permutation = producer, partner, permutation
         self.rotations, self.pool_input, self.pending = tuple(rotations), pool_input, pending
         self.roll = roll
+        self.relu_max = False  # set by to_fast_deploy(relu_max=True)
         # Rewrite 12: narrow per-channel coefficients (B, C, 1, 1) are widened to (B, C, 1, W) by a MUL with
         # ones (exact, on the small coefficient tensor). XNNPACK's broadcast MUL loops over the pixels with
         # a C-wide inner kernel, so a 56×56×16 map made 3136 tiny calls; against (1, W, C) it makes H calls
@@ -446,7 +459,7 @@ class ShiftMax(nn.Module):
             operands = [x] + [_rotate(source, d) for d in self.rotations]
         else:
             operands = [x, source]
-        return _combine(operands, theta, self.channels, self.branches)
+        return _combine(operands, theta, self.channels, self.branches, self.relu_max)
 
 
 class FastBlock(nn.Module):
@@ -1010,8 +1023,14 @@ def _coefficients(sm: DynamicShiftMax, blocks: list[list[tuple]], pool_w: Tensor
     return Coefficients(w1, b1, torch.cat(rows), torch.cat(biases), torch.cat(scales), torch.cat(shifts))
 
 
-def to_fast_deploy(model: MicroNet) -> FastMicroNet:
-    """A fast, eval-mode deploy form of ``model`` (training form) computing the same logits."""
+def to_fast_deploy(model: MicroNet, relu_max: bool = False) -> FastMicroNet:
+    """A fast, eval-mode deploy form of ``model`` (training form) computing the same logits.
+
+    ``relu_max``: every two-branch Shift-Max takes its max as q + relu(p - q) (the form for int8 TFLite)."""
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
-        return _Builder(model).build()
+        fast = _Builder(model).build()
+    for module in fast.modules():
+        if isinstance(module, ShiftMax):
+            module.relu_max = relu_max
+    return fast

@@ -265,8 +265,10 @@ def _fast_saved_models(model, reference, holdout, example, quantizations, onnx_r
                        timings) -> _TfliteSource:
     """The fast deploy graph (rung ``deploy_fast`` against the training form), lowered to TensorFlow.
 
-    Float formats come from one lowering; int8 from a second one that writes max(a, b) as b + relu(a - b),
-    because XNNPACK runs int8 MAXIMUM in its slow built-in kernel (measured in export/tf_graph.py)."""
+    Float formats come from one lowering; int8 from the fast graph's ``relu_max`` form (max(p, q) as
+    q + relu(p - q), p - q formed on the coefficients) lowered with max(a, b) written as b + relu(a - b),
+    because XNNPACK runs int8 MAXIMUM in its slow built-in kernel (measured in export/tf_graph.py) and its
+    int8 MUL/ADD are slower than float ones."""
     import torch
 
     from . import parity, tf_graph
@@ -290,7 +292,10 @@ def _fast_saved_models(model, reference, holdout, example, quantizations, onnx_r
     stages: dict[str, Any] = {"onnx": onnx_record, "tf_graph": record}
     if "int8" in quantizations:
         int8_model = staging / "tf_graph_int8"
-        stages["tf_graph_int8"] = tf_graph.export_saved_model(fast, example, int8_model, max_via_relu=True)
+        with torch.no_grad():
+            fast_int8 = to_fast_deploy(model, relu_max=True)
+        stages["tf_graph_int8"] = tf_graph.export_saved_model(fast_int8, example, int8_model, max_via_relu=True)
+        stages["tf_graph_int8"]["relu_max"] = True
         saved["int8"] = int8_model
     timings["tf_graph_s"] = time.perf_counter() - start
     return _TfliteSource(saved, stages, record["input_layout"])

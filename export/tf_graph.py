@@ -62,6 +62,7 @@ class _Lowering:
         self.ep = exported
         self.split_depthwise = split_depthwise
         self._nhwc_ready: set[str] = set()
+        self.channel_transposes = 0  # TRANSPOSE ops emitted, all of them permutes of channel axes
         self.consts: dict[str, np.ndarray] = {}
         state = exported.state_dict
         for spec in exported.graph_signature.input_specs:
@@ -287,6 +288,7 @@ class _Lowering:
             return self._pixels_from_channels(node, x)
         if rank < 5 or dims[0] != 0 or dims[-2:] != [rank - 2, rank - 1]:
             raise MicronetError(f"permute {dims} of a {rank}-D tensor: only channel axes of a channel-split view")
+        self.channel_transposes += 1
         return self.tf.transpose(x, dims[:-2])
 
     def _pixels_from_channels(self, node, x):
@@ -308,6 +310,7 @@ class _Lowering:
     # ------------------------------------------------------------------------------------------- driver
     def run(self, x):
         """The lowered computation on the NHWC input ``x``; returns the output tensors."""
+        self.channel_transposes, self._nhwc_ready = 0, set()  # per trace (TensorFlow may trace twice)
         env: dict[str, Any] = {self.user_inputs[0]: x}
         for name, value in self.consts.items():
             env[name] = value
@@ -384,6 +387,7 @@ def export_saved_model(module, example_nchw, saved_model_dir: str | os.PathLike,
         "input_layout": "NHWC",
         "max_via_relu": max_via_relu,
         "split_depthwise": split_depthwise,
+        "channel_transposes": lowering.channel_transposes,
         "aten_ops": _op_counts(exported),
     }
 

@@ -173,6 +173,21 @@ def test_channel_transpose_plans_reach_their_target():
     assert _transpose_to(base, np.random.default_rng(1).permutation(channels)) is None
 
 
+@pytest.mark.parametrize("variant", ["m0", "m3", "release-m3"])
+def test_relu_max_form_matches_and_has_no_maximum(variant):
+    """Rewrite 14 (the int8 graph): max(p, q) as q + relu(p - q) is the same function, and no MAXIMUM is
+    left for the int8 lowering (XNNPACK does not delegate int8 MAXIMUM)."""
+    model = _recalibrated(variant)
+    x = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(8))
+    fast8 = to_fast_deploy(model, relu_max=True)
+    with torch.no_grad():
+        ref, out = model(x).double(), fast8(x).double()
+    assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
+    ops = {str(n.target) for n in torch.export.export(fast8, (torch.zeros(1, 3, 96, 96),)).graph.nodes}
+    assert "aten.maximum.default" not in ops and "aten.relu.default" in ops
+    assert not any(m.relu_max for m in to_fast_deploy(model).modules() if isinstance(m, ShiftMax))
+
+
 def test_narrow_coefficients_are_widened_along_w():
     """Rewrite 12: coefficients narrower than 64 channels multiply a map as (B, C, 1, W), by ones (exact)."""
     fast = to_fast_deploy(_recalibrated("m0", 224))
