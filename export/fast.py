@@ -49,10 +49,10 @@ measured effect of each rewrite is in the README's benchmark section):
     it does (m3's squeezes: 4-8× fewer MACs), at 56×56 a transpose of short runs costs more than the
     dense conv it saves.
 12. **Narrow Shift-Max coefficients widened along W** (see ``ShiftMax``).
-14. **For int8, max(p, q) as q + relu(p - q) with p - q formed on the coefficients** (``relu_max``).
 13. **A stem with at most 8 output channels computes two output pixels per GEMM row**: a 3×5 conv at
     stride (2, 4) with 2C outputs fills the 16-wide tile that C outputs left two-thirds empty; in NHWC
     the (H, W/2, 2C) result is the (H, W, C) map byte for byte (``PixelPairs``). m0: 0.069 → 0.060 ms.
+14. **For int8, max(p, q) as q + relu(p - q) with p - q formed on the coefficients** (``relu_max_form``).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ from micronet.layers import (ChannelShuffle, DynamicShiftMax, MicroFactorizedDep
                              shuffle_permutation)
 from micronet.model import MicroNet
 
-__all__ = ["to_fast_deploy", "FastMicroNet"]
+__all__ = ["to_fast_deploy", "relu_max_form", "FastMicroNet"]
 
 #: A grouped 1×1 conv is kept grouped when its dense form would cost more than this many MACs; below it
 #: the dense conv is as fast (one GEMM tile) and frees the stored order.
@@ -98,11 +98,11 @@ GEMM_TILE_OUTPUTS = 16
 #: it mostly does, at 56×56 not.
 CONV_TILE_OVERHEAD = 25
 COPY_COST_BASE, COPY_COST_PER_RUN = 8.0, 60.0
+TRANSPOSE_MARGIN = 2.0
 #: An elementwise MUL/ADD per value, same units.
 ELEMENTWISE_COST = 8.0
 #: Per-channel coefficients narrower than this are widened along W before they multiply a map.
 WIDEN_BELOW_CHANNELS = 64
-TRANSPOSE_MARGIN = 2.0
 #: The most axes a channel transpose may view the channels as (XNNPACK takes up to 6-D; one is the pixels).
 MAX_TRANSPOSE_AXES = 4
 
@@ -232,10 +232,23 @@ def _factorizations(n: int, parts: int) -> list[tuple[int, ...]]:
     return out
 
 
+def _tile_padded(outputs: int) -> int:
+    """Outputs rounded up to whole GEMM tiles: what XNNPACK computes for a group of ``outputs``."""
+    return -(-outputs // GEMM_TILE_OUTPUTS) * GEMM_TILE_OUTPUTS
+
+
+def _merged_groups(groups: int, per_in: int, cout: int) -> int:
+    """The groups a k×k conv runs with (rewrite 9): a true depthwise (one input and one output per group)
+    keeps its groups; otherwise as few as keep at most ``GEMM_TILE_OUTPUTS`` outputs each."""
+    if per_in == 1 and cout == groups:
+        return groups
+    return next(c for c in range(1, groups + 1)
+                if groups % c == 0 and (cout // c <= GEMM_TILE_OUTPUTS or c == groups))
+
+
 def _conv_cost(pixels: int, cin: int, cout: int, groups: int = 1) -> float:
-    """Cost of a 1×1 conv (MAC-equivalents): tile-padded MACs plus a per-output term."""
-    tiles = -(-(cout // groups) // GEMM_TILE_OUTPUTS) * GEMM_TILE_OUTPUTS
-    return pixels * groups * tiles * (cin // groups + CONV_TILE_OVERHEAD)
+    """Cost of a 1×1 conv (MAC-equivalents): per group, tile-padded outputs × (inputs + tile overhead)."""
+    return pixels * groups * _tile_padded(cout // groups) * (cin // groups + CONV_TILE_OVERHEAD)
 
 
 def _copy_cost(pixels: int, channels: int, run: int) -> float:
@@ -420,9 +433,10 @@ class ShiftMax(nn.Module):
 
     ``partner`` makes the source of x~ from the block input (a second conv) or, when None, x~ comes from
     x; ``rotations`` then rotate that source (one operand per rotation, masks folded into the
-    coefficients), or ``roll`` rolls it on a two-axis view of the channels. ``pool_input`` pools the producer's input instead of its output. ``pending``: K=1 only,
-    the producer emits ``[x, x~]`` pairs and the output is their product with the coefficient pairs,
-    summed later by the consumer's weights."""
+    coefficients), or ``roll`` rolls it on a two-axis view of the channels. ``pool_input`` pools the
+    producer's input instead of its output. ``pending``: K=1 only, the producer emits ``[x, x~]`` pairs
+    and the output is their product with the coefficient pairs, summed later by the consumer's weights.
+    ``relu_max`` (set by ``relu_max_form``) takes a two-branch max as q + relu(p - q)."""
 
     def __init__(self, coef: Coefficients, channels: int, branches: int, producer: nn.Module | None = None,
                  partner: nn.Module | None = None, rotations: tuple[int, ...] = (), pool_input: bool = False,
@@ -433,7 +447,7 @@ class ShiftMax(nn.Module):
         self.producer, self.partner, self.permutation = producer, partner, permutation
         self.rotations, self.pool_input, self.pending = tuple(rotations), pool_input, pending
         self.roll = roll
-        self.relu_max = False  # set by to_fast_deploy(relu_max=True)
+        self.relu_max = False
         # Rewrite 12: narrow per-channel coefficients (B, C, 1, 1) are widened to (B, C, 1, W) by a MUL with
         # ones (exact, on the small coefficient tensor). XNNPACK's broadcast MUL loops over the pixels with
         # a C-wide inner kernel, so a 56×56×16 map made 3136 tiny calls; against (1, W, C) it makes H calls
@@ -908,10 +922,8 @@ class _Builder:
         cin, mult, k, s = _dw_shape(unit)
         h, w = self._hw_at[pos + 1]
         out_px = ((h + 2 * (k // 2) - k) // s + 1) * ((w + 2 * (k // 2) - k) // s + 1)
-        coarse = next(c for c in range(1, cin + 1) if cin % c == 0 and cin * mult // c <= GEMM_TILE_OUTPUTS) \
-            if mult > 1 else cin
-        tiles = -(-(cin * mult // coarse) // GEMM_TILE_OUTPUTS) * GEMM_TILE_OUTPUTS
-        doubled_k = out_px * coarse * tiles * k * k * (cin // coarse)
+        coarse = _merged_groups(cin, 2, cin * mult)  # the conv taking the pending input: two inputs a group
+        doubled_k = out_px * coarse * _tile_padded(cin * mult // coarse) * k * k * (cin // coarse)
         pw = self.flat[pos][1].layer[0]
         in_px = int(np.prod(self._hw_at[pos]))
         materialise = _conv_cost(in_px, pw.in_channels, channels) + 2 * in_px * channels * ELEMENTWISE_COST
@@ -979,15 +991,13 @@ class _Builder:
 
 
 def _grouped_taps(w: Tensor, bias: Tensor, stride: int, padding: int, groups: int) -> nn.Conv2d:
-    """A k×k conv with ``groups`` groups (weight (out, in per group, k, k)). A true depthwise (one input, one
-    output per group) stays one; otherwise the groups are merged into as few as keep at most
-    ``GEMM_TILE_OUTPUTS`` outputs each, with zero weights between the merged groups (exact)."""
+    """A k×k conv with ``groups`` groups (weight (out, in per group, k, k)), run with ``_merged_groups``:
+    zero weights between the merged groups (exact)."""
     cout, per_in, k, _ = w.shape
     per_out = cout // groups
-    if per_in == 1 and per_out == 1:
+    coarse = _merged_groups(groups, per_in, cout)
+    if coarse == groups:
         return _conv(w, bias, stride=stride, padding=padding, groups=groups)
-    coarse = next(c for c in range(1, groups + 1)
-                  if groups % c == 0 and (cout // c <= GEMM_TILE_OUTPUTS or c == groups))
     merged = groups // coarse  # original groups per coarse group
     wide = torch.zeros(cout, per_in * merged, k, k, dtype=w.dtype)
     for o in range(cout):
@@ -1023,14 +1033,20 @@ def _coefficients(sm: DynamicShiftMax, blocks: list[list[tuple]], pool_w: Tensor
     return Coefficients(w1, b1, torch.cat(rows), torch.cat(biases), torch.cat(scales), torch.cat(shifts))
 
 
-def to_fast_deploy(model: MicroNet, relu_max: bool = False) -> FastMicroNet:
-    """A fast, eval-mode deploy form of ``model`` (training form) computing the same logits.
+def relu_max_form(fast: FastMicroNet) -> FastMicroNet:
+    """A copy of the fast graph whose two-branch Shift-Maxes take their max as q + relu(p - q) (rewrite 14,
+    the form lowered for int8 TFLite); the same weights, so nothing is built twice."""
+    copied = copy.deepcopy(fast)
+    for module in copied.modules():
+        if isinstance(module, ShiftMax):
+            module.relu_max = True
+    return copied
 
-    ``relu_max``: every two-branch Shift-Max takes its max as q + relu(p - q) (the form for int8 TFLite)."""
+
+def to_fast_deploy(model: MicroNet, relu_max: bool = False) -> FastMicroNet:
+    """A fast, eval-mode deploy form of ``model`` (training form) computing the same logits; with
+    ``relu_max``, its ``relu_max_form``."""
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
         fast = _Builder(model).build()
-    for module in fast.modules():
-        if isinstance(module, ShiftMax):
-            module.relu_max = relu_max
-    return fast
+    return relu_max_form(fast) if relu_max else fast

@@ -271,7 +271,7 @@ def _fast_saved_models(model, reference, holdout, example, quantizations, onnx_r
     int8 MUL/ADD are slower than float ones."""
     import torch
 
-    from . import parity, tf_graph
+    from . import parity
     from .fast import to_fast_deploy
 
     say("building the fast deploy graph (permutations folded into weights) and lowering it to TensorFlow")
@@ -286,19 +286,29 @@ def _fast_saved_models(model, reference, holdout, example, quantizations, onnx_r
     if not rungs[-1]["passed"]:
         raise ParityFailure(f"parity rung 'deploy_fast' broke: rel_max_abs_err "
                             f"{metrics['rel_max_abs_err']:.3g} > {DEPLOY_LIMIT:g}", rungs)
-    float_model = staging / "tf_graph"
-    record = tf_graph.export_saved_model(fast, example, float_model)
-    saved = {"float32": float_model, "float16": float_model, "dynamic": float_model}
-    stages: dict[str, Any] = {"onnx": onnx_record, "tf_graph": record}
-    if "int8" in quantizations:
-        int8_model = staging / "tf_graph_int8"
-        with torch.no_grad():
-            fast_int8 = to_fast_deploy(model, relu_max=True)
-        stages["tf_graph_int8"] = tf_graph.export_saved_model(fast_int8, example, int8_model, max_via_relu=True)
-        stages["tf_graph_int8"]["relu_max"] = True
-        saved["int8"] = int8_model
+    folders, records = lower_fast_graph(fast, example, staging, int8="int8" in quantizations)
+    saved = {"float32": folders["float"], "float16": folders["float"], "dynamic": folders["float"]}
+    if "int8" in folders:
+        saved["int8"] = folders["int8"]
     timings["tf_graph_s"] = time.perf_counter() - start
-    return _TfliteSource(saved, stages, record["input_layout"])
+    return _TfliteSource(saved, {"onnx": onnx_record, **records}, records["tf_graph"]["input_layout"])
+
+
+def lower_fast_graph(fast, example, folder: Path, int8: bool = True) -> tuple[dict[str, Path], dict[str, dict]]:
+    """The fast graph lowered to TensorFlow SavedModels in ``folder``: ``float`` (for float32, float16 and
+    dynamic TFLite) and, with ``int8``, the ``relu_max`` form lowered with max(a, b) as b + relu(a - b).
+    Returns the SavedModel folders and their manifest stage records (``tf_graph``, ``tf_graph_int8``).
+    scripts/bench_fast.py calls this too, so it times exactly what the export ships."""
+    from . import tf_graph
+    from .fast import relu_max_form
+
+    folders = {"float": folder / "tf_graph"}
+    records = {"tf_graph": tf_graph.export_saved_model(fast, example, folders["float"])}
+    if int8:
+        folders["int8"] = folder / "tf_graph_int8"
+        records["tf_graph_int8"] = {**tf_graph.export_saved_model(relu_max_form(fast), example, folders["int8"],
+                                                                  max_via_relu=True), "relu_max": True}
+    return folders, records
 
 
 def _onnx2tf_saved_model(onnx_path, onnx_record, staging, say, timings) -> _TfliteSource:

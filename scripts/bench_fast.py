@@ -41,11 +41,12 @@ import numpy as np
 import torch
 
 from micronet.export import onnx as onnx_stage
-from micronet.export import parity, tf_graph, tflite as tflite_stage
+from micronet.export import parity, tflite as tflite_stage
 from micronet.export.calibration import build_calibration, nhwc
 from micronet.export.deploy import recalibrate_batchnorm, to_deploy
 from micronet.export.fast import to_fast_deploy
 from micronet.export.inspect import run_tflite, tflite_op_inventory, xnnpack_coverage
+from micronet.export.pipeline import lower_fast_graph
 from micronet.layers import DynamicShiftMax
 from micronet.model import build_model
 from micronet.preprocess import Preprocessing
@@ -76,15 +77,12 @@ def _onnx2tf(onnx_path: Path, work: Path, calib_nhwc: np.ndarray) -> dict[str, P
     return out
 
 
-def _fast_tflite(model: torch.nn.Module, example: torch.Tensor, work: Path, calib_nhwc: np.ndarray) -> dict[str, Path]:
+def _fast_tflite(fast: torch.nn.Module, example: torch.Tensor, work: Path, calib_nhwc: np.ndarray) -> dict[str, Path]:
     """What the pipeline ships: the fast graph for float32, its relu_max form for int8."""
     out = {"float32": work / "fast.float32.tflite", "int8": work / "fast.int8.tflite"}
-    with torch.no_grad():
-        fast, fast_int8 = to_fast_deploy(model), to_fast_deploy(model, relu_max=True)
-    tf_graph.export_saved_model(fast, example, work / "tf_graph")
-    tflite_stage.saved_model_to_tflite(work / "tf_graph", out["float32"], "float32")
-    tf_graph.export_saved_model(fast_int8, example, work / "tf_graph_int8", max_via_relu=True)
-    tflite_stage.saved_model_to_tflite(work / "tf_graph_int8", out["int8"], "int8", calib_nhwc)
+    folders, _ = lower_fast_graph(fast, example, work)
+    tflite_stage.saved_model_to_tflite(folders["float"], out["float32"], "float32")
+    tflite_stage.saved_model_to_tflite(folders["int8"], out["int8"], "int8", calib_nhwc)
     return out
 
 
@@ -169,7 +167,7 @@ def main(argv=None) -> int:
         print(f"[{variant}] fast: fast graph → tf_graph (and ONNX for ONNX Runtime)", flush=True)
         fast_onnx = work / "fast" / f"{variant}-fast.onnx"
         onnx_stage.export_onnx(fast, example, fast_onnx)
-        fast_files = _fast_tflite(model, example, work / "fast", calib_nhwc)
+        fast_files = _fast_tflite(fast, example, work / "fast", calib_nhwc)
         naive32, fast32 = run_tflite(naive["float32"], data.holdout), run_tflite(fast_files["float32"], data.holdout)
         naive8, fast8 = run_tflite(naive["int8"], data.holdout), run_tflite(fast_files["int8"], data.holdout)
         rows[f"{variant}/naive"] = {"kind": "naive", "files": {**naive, "onnx": naive_onnx},

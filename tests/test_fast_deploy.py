@@ -10,7 +10,7 @@ from micronet.export.deploy import recalibrate_batchnorm
 import torch.nn.functional as F
 
 from micronet.export.fast import (ChannelTranspose, PixelPairs, _grouped_taps, _roll, _roll2d, _transpose_to,
-                                  _transpose_to_groups, _transposed_index)
+                                  _transpose_to_groups, _transposed_index, relu_max_form)
 from micronet.export.fast import (_interleaved_cycles, _inv, _rotations, _through_shuffle, _before_shuffle,
                          to_fast_deploy)
 from micronet.layers import shift_permutation, shuffle_permutation
@@ -29,15 +29,20 @@ def _recalibrated(variant: str, size: int = 96):
     return model
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_fast_matches_training_form(variant):
-    model = _recalibrated(variant)
-    x = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+# At 224 px the cost model keeps more 1×1 convs grouped behind channel transposes than at 96 px. There m2's
+# fast graph in float32 is 1.6e-5 from the float64 model (the reference form in float32: 2.5e-6), as it was
+# before the channel transposes and merged groups, so the bound is looser.
+@pytest.mark.parametrize("variant,size,batch,seed,limit",
+                         [(v, 96, 4, 2, LIMIT) for v in VARIANTS]
+                         + [(v, 224, 2, 5, 3 * LIMIT) for v in ["m1", "m2", "m3", "release-m3"]])
+def test_fast_matches_training_form(variant, size, batch, seed, limit):
+    model = _recalibrated(variant, size)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ref = model(x).double()
         out = to_fast_deploy(model)(x).double()
     assert out.shape == ref.shape
-    assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
+    assert float((out - ref).abs().max() / ref.abs().max()) <= limit
 
 
 def test_fast_at_224_and_model_untouched():
@@ -110,19 +115,6 @@ def test_block_bc_shift_after_depthwise_is_one_rotation_or_one_roll():
             assert (len(sm.rotations) == 1) != (sm.roll is not None)
 
 
-@pytest.mark.parametrize("variant", ["m1", "m2", "m3", "release-m3"])
-def test_fast_matches_training_form_at_224(variant):
-    """At 224 px the cost model keeps more 1×1 convs grouped behind channel transposes than at 96 px."""
-    model = _recalibrated(variant, 224)
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        ref = model(x).double()
-        out = to_fast_deploy(model)(x).double()
-    # At 224 px m2's fast graph in float32 is 1.6e-5 from the float64 model (the reference form in float32:
-    # 2.5e-6); the same before the channel transposes and merged groups, so the bound is looser here.
-    assert float((out - ref).abs().max() / ref.abs().max()) <= 3 * LIMIT
-
-
 def test_grouped_taps_merge_groups_exactly():
     """Rewrite 9: a depthwise with a channel multiplier (6 groups of 1→4) runs as 2 groups of 3→12."""
     gen = torch.Generator().manual_seed(6)
@@ -182,7 +174,9 @@ def test_relu_max_form_matches_and_has_no_maximum(variant):
     fast8 = to_fast_deploy(model, relu_max=True)
     with torch.no_grad():
         ref, out = model(x).double(), fast8(x).double()
+        derived = relu_max_form(to_fast_deploy(model))(x).double()
     assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
+    assert torch.equal(derived, out)
     ops = {str(n.target) for n in torch.export.export(fast8, (torch.zeros(1, 3, 96, 96),)).graph.nodes}
     assert "aten.maximum.default" not in ops and "aten.relu.default" in ops
     assert not any(m.relu_max for m in to_fast_deploy(model).modules() if isinstance(m, ShiftMax))
