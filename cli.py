@@ -113,8 +113,9 @@ def export_cmd(
     io_dtype: str = typer.Option("int8", "--io-dtype", help="int8 model input/output type: int8 or uint8"),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="int8 weights per tensor instead of per channel"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX with a symbolic batch dimension"),
-    graph: str = typer.Option("fast", "--graph", help="TFLite source: fast (the fast deploy graph, lowered to "
-                              "TensorFlow) or reference (the ONNX artifact, through onnx2tf)"),
+    graph: str = typer.Option("fast", "--graph", help="fast (the fast deploy graph: ONNX built for ONNX Runtime, "
+                              "TFLite built for XNNPACK and lowered to TensorFlow) or reference (the reference "
+                              "deploy form; TFLite through onnx2tf)"),
 ) -> None:
     """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
     from micronet.console import console, export_summary, parity_table

@@ -53,6 +53,21 @@ measured effect of each rewrite is in the README's benchmark section):
     stride (2, 4) with 2C outputs fills the 16-wide tile that C outputs left two-thirds empty; in NHWC
     the (H, W/2, 2C) result is the (H, W, C) map byte for byte (``PixelPairs``). m0: 0.069 → 0.060 ms.
 14. **For int8, max(p, q) as q + relu(p - q) with p - q formed on the coefficients** (``relu_max_form``).
+
+**Targets.** Rewrites 1-14 are what XNNPACK (TFLite, NHWC) runs fast. ONNX Runtime (NCHW, MLAS) differs,
+so ``to_fast_deploy(model, target="onnxruntime")`` (the ``micronet export --format onnx`` graph) keeps rewrites
+1-6, 8, 9 and 11 and, per ``TARGETS``:
+
+15. **depthwise pairs stay two convs** (no rewrite 7 in the blocks): MLAS broadcasts a (1, C, 1, W) border
+    add at ~10 ns per W-long span, more than the second conv costs;
+16. **every Shift-Max shift is one channel GATHER** (an H·W run copied per channel), replacing rotations,
+    rolls, masked pairs and partner convs; XNNPACK does not delegate GATHER, so the TFLite graph never has one;
+17. **hyper-functions as Gemms on the flat pooled vector** (``LinearCoefficients``), the rescale folded into
+    fc2: as 1×1 convs on (1, C, 1, 1) each became an NCHWc conv with a reorder on either side;
+18. **no widened coefficients, no pixel pairs, no pending product into a depthwise** (NHWC layouts, and a
+    two-input grouped conv that MLAS runs per group through im2col).
+
+m0 at 224 px in ONNX Runtime, 1 thread: reference ONNX 0.836 ms, the XNNPACK fast graph 0.933, this one 0.670.
 """
 
 from __future__ import annotations
@@ -72,7 +87,7 @@ from micronet.layers import (ChannelShuffle, DynamicShiftMax, MicroFactorizedDep
                              shuffle_permutation)
 from micronet.model import MicroNet
 
-__all__ = ["to_fast_deploy", "relu_max_form", "FastMicroNet"]
+__all__ = ["to_fast_deploy", "relu_max_form", "FastMicroNet", "TARGETS", "Target"]
 
 #: A grouped 1×1 conv is kept grouped when its dense form would cost more than this many MACs; below it
 #: the dense conv is as fast (one GEMM tile) and frees the stored order.
@@ -105,6 +120,36 @@ ELEMENTWISE_COST = 8.0
 WIDEN_BELOW_CHANNELS = 64
 #: The most axes a channel transpose may view the channels as (XNNPACK takes up to 6-D; one is the pixels).
 MAX_TRANSPOSE_AXES = 4
+
+
+@dataclass(frozen=True)
+class Target:
+    """The runtime a fast graph is built for: the rewrites whose worth depends on it.
+
+    XNNPACK (TFLite, NHWC) and ONNX Runtime's MLAS (NCHW) disagree on three things, each measured per op:
+    a k×k depthwise conv plus a constant border add beats the (k,1)+(1,k) pair in XNNPACK, while ONNX
+    Runtime broadcasts a (1, C, 1, W) border add at ~10 ns per W-long span (a 7×7×384 add: 27 µs, the
+    pair's second conv: 4 µs); widened coefficients and pixel pairs are NHWC layouts, a per-row
+    broadcast and a TRANSPOSE in NCHW; a pending product feeding a depthwise makes it a two-input grouped
+    conv, which MLAS runs per group through im2col. And a channel shift: XNNPACK does not delegate GATHER
+    (slices and concats it does), ONNX Runtime's GATHER along channels copies one H·W run per channel,
+    one copy where a rotation is two (Split, Concat) and a masked pair of rotations four."""
+
+    name: str
+    merged_depthwise: bool  # rewrite 7 for the blocks (the stem's pair is always merged)
+    widen: bool  # rewrite 12
+    pixel_pairs: bool  # rewrite 13
+    pending_into_depthwise: bool  # rewrite 5 with a depthwise consumer, where the cost model says it pays
+    gather_shift: bool  # the Shift-Max partner x~ as one channel GATHER instead of rotations or a roll
+    linear_coefficients: bool  # the hyper-functions as Gemms on flat vectors (LinearCoefficients)
+
+
+TARGETS: dict[str, Target] = {
+    "xnnpack": Target("xnnpack", merged_depthwise=True, widen=True, pixel_pairs=True, pending_into_depthwise=True,
+                      gather_shift=False, linear_coefficients=False),
+    "onnxruntime": Target("onnxruntime", merged_depthwise=False, widen=False, pixel_pairs=False,
+                          pending_into_depthwise=False, gather_shift=True, linear_coefficients=True),
+}
 
 
 # ----------------------------------------------------------------------------------------------- folding
@@ -398,6 +443,46 @@ class Coefficients(nn.Module):
     def forward(self, pooled: Tensor) -> Tensor:
         return self.affine(F.relu6(self.fc2(F.relu(self.fc1(pooled)))))
 
+    def from_map(self, x: Tensor) -> Tensor:
+        return self(_pool(x))
+
+    def linear_form(self) -> "LinearCoefficients | None":
+        """The same coefficients from Linears on the flat pooled vector (``Target.linear_coefficients``);
+        None when a coefficient is masked (its scale 0: the clamp bounds would differ per channel)."""
+        scale = self.affine.weight.detach().double().flatten()
+        if not bool((scale > 0).all()) or not bool((scale == scale[0]).all()):
+            return None
+        return LinearCoefficients(self.fc1.weight.detach().double().flatten(1), self.fc1.bias.detach().double(),
+                                  self.fc2.weight.detach().double().flatten(1), self.fc2.bias.detach().double(),
+                                  float(scale[0]), self.affine.bias.detach().double())
+
+
+class LinearCoefficients(nn.Module):
+    """``Coefficients`` as Gemms on the flat (B, C) pooled vector, the rescale folded into fc2:
+    s·relu6(z) + t = clamp(s·z, 0, 6s) + t for s > 0. ONNX Runtime runs the 4-D form's 1×1 convs as
+    NCHWc convs with a reorder on each side, about 8 µs per Shift-Max on (1, C, 1, 1) tensors."""
+
+    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, scale: float, shift: Tensor) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(w1.shape[1], w1.shape[0])
+        self.fc2 = nn.Linear(w2.shape[1], w2.shape[0])
+        with torch.no_grad():
+            self.fc1.weight.copy_(w1.float())
+            self.fc1.bias.copy_(b1.float())
+            self.fc2.weight.copy_((w2 * scale).float())
+            self.fc2.bias.copy_((b2 * scale).float())
+        self.register_buffer("shift", shift.float())
+        self.upper = 6.0 * scale
+        self.requires_grad_(False)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """(B, C) pooled → (B, n·C, 1, 1)."""
+        z = self.fc2(F.relu(self.fc1(pooled)))
+        return (torch.clamp(z, 0.0, self.upper) + self.shift).view(pooled.shape[0], -1, 1, 1)
+
+    def from_map(self, x: Tensor) -> Tensor:
+        return self(x.mean(dim=(2, 3)))
+
 
 def _pool(x: Tensor) -> Tensor:
     """Global average pool, keeping the 4-D (B, C, 1, 1) shape (a MEAN over H, W in TFLite)."""
@@ -436,17 +521,23 @@ class ShiftMax(nn.Module):
     coefficients), or ``roll`` rolls it on a two-axis view of the channels. ``pool_input`` pools the
     producer's input instead of its output. ``pending``: K=1 only, the producer emits ``[x, x~]`` pairs
     and the output is their product with the coefficient pairs, summed later by the consumer's weights.
-    ``relu_max`` (set by ``relu_max_form``) takes a two-branch max as q + relu(p - q)."""
+    ``gather`` takes x~ as one channel gather of that source instead. ``relu_max`` (set by
+    ``relu_max_form``) takes a two-branch max as q + relu(p - q)."""
 
     def __init__(self, coef: Coefficients, channels: int, branches: int, producer: nn.Module | None = None,
                  partner: nn.Module | None = None, rotations: tuple[int, ...] = (), pool_input: bool = False,
                  pending: bool = False, permutation: nn.Module | None = None,
-                 roll: tuple[int, int, int, int] | None = None, width: int = 1) -> None:
+                 roll: tuple[int, int, int, int] | None = None, width: int = 1,
+                 gather: np.ndarray | None = None) -> None:
         super().__init__()
         self.coef, self.channels, self.branches = coef, channels, branches
         self.producer, self.partner, self.permutation = producer, partner, permutation
         self.rotations, self.pool_input, self.pending = tuple(rotations), pool_input, pending
         self.roll = roll
+        if gather is not None:  # x~ = source[:, gather] (Target.gather_shift)
+            self.register_buffer("gather", torch.as_tensor(np.asarray(gather), dtype=torch.long))
+        else:
+            self.gather = None
         self.relu_max = False
         # Rewrite 12: narrow per-channel coefficients (B, C, 1, 1) are widened to (B, C, 1, W) by a MUL with
         # ones (exact, on the small coefficient tensor). XNNPACK's broadcast MUL loops over the pixels with
@@ -459,7 +550,7 @@ class ShiftMax(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         x = self.producer(u) if self.producer is not None else u
-        theta = self.coef(_pool(u if self.pool_input else x))
+        theta = self.coef.from_map(u if self.pool_input else x)
         if self.widen is not None:
             theta = theta * self.widen
         if self.pending:
@@ -467,6 +558,8 @@ class ShiftMax(nn.Module):
         source = self.partner(u) if self.partner is not None else x
         if self.permutation is not None:
             operands = [x, self.permutation(source)]
+        elif self.gather is not None:
+            operands = [x, source.index_select(1, self.gather)]
         elif self.roll is not None:
             operands = [x, _roll(source, *self.roll)]
         elif self.rotations:
@@ -560,8 +653,8 @@ def _diagonal_ok(unit: _Unit) -> bool:
 class _Builder:
     """Turns the training form into fast modules, block by block, tracking every tensor's ``Rep``."""
 
-    def __init__(self, model: MicroNet) -> None:
-        self.model = model
+    def __init__(self, model: MicroNet, target: Target) -> None:
+        self.model, self.target = model, target
         self.units = [(bi, _units(block)) for bi, block in enumerate(model.blocks)]
         # Flat list of (block index, unit) to look one unit ahead across block boundaries.
         self.flat = [(bi, u) for bi, units in self.units for u in units]
@@ -732,6 +825,10 @@ class _Builder:
         w2, b2 = _fold_linear(model.head.fc2)
         head = FastHead(w1[:, torch.as_tensor(rep.order)], b1, w2, b2)
         fast = FastMicroNet(stem, blocks, head, size, model.num_classes)
+        if self.target.linear_coefficients:
+            for module in fast.modules():
+                if isinstance(module, ShiftMax):
+                    module.coef = module.coef.linear_form() or module.coef
         fast.requires_grad_(False)
         return fast.eval()
 
@@ -744,6 +841,16 @@ class _Builder:
                 _, _, k, s = _dw_shape(unit)
                 hw = tuple((n + 2 * (k // 2) - k) // s + 1 for n in hw)
         return sizes
+
+    def _rotation(self, d: int, channels: int) -> dict:
+        """ShiftMax arguments for x~ = the source rotated by ``d`` channels."""
+        if self.target.gather_shift:
+            return {"gather": (np.arange(channels) + d) % channels}
+        return {"rotations": (d,)}
+
+    def _width(self, hw: tuple[int, int]) -> int:
+        """The W that narrow Shift-Max coefficients are widened to (1: not widened)."""
+        return hw[1] if self.target.widen else 1
 
     def _unit(self, pos: int, unit: _Unit, rep: Rep) -> tuple[nn.Module, Rep]:
         if unit.kind == "dw":
@@ -773,7 +880,7 @@ class _Builder:
         interior = bias_full[:, 1]
         border = bias_full - interior[:, None]
         border_t = border[None, :, None, :].clone() if border.abs().max() > 0 else None
-        if 2 * cout <= GEMM_TILE_OUTPUTS and wo % 2 == 0 and (wd - 3) // 4 + 1 == wo // 2:
+        if self.target.pixel_pairs and 2 * cout <= GEMM_TILE_OUTPUTS and wo % 2 == 0 and (wd - 3) // 4 + 1 == wo // 2:
             # Rewrite 13: two horizontally adjacent output pixels per GEMM row. Output pixel 2j + r reads
             # input columns 4j + 2r - 1 .. 4j + 2r + 1, i.e. taps 2r..2r+2 of a 3×5 window at stride (2, 4).
             pair = torch.zeros(2 * cout, 3, 3, 5, dtype=w.dtype)
@@ -802,6 +909,12 @@ class _Builder:
         taps = [((r + t) % mult if diagonal else r) for t in range(cin) for r in range(mult)]
         out_order = np.array([distinct[t] * mult + taps[t * mult + r] for t in range(cin) for r in range(mult)])
         mids = out_order // m2
+        sm = unit.act
+        if not self.target.merged_depthwise:
+            pair, out = self._factorized_pair(unit, rep, distinct, out_order)
+            if not isinstance(sm, DynamicShiftMax):
+                return pair, out
+            return nn.Sequential(pair, self._shift_after_depthwise(sm, out, mult if diagonal else None)), out
         w = (w1[mids, 0, :, 0][:, :, None] * w2[out_order, 0, 0, :][:, None, :]).unsqueeze(1)  # (hid, 1, k, k)
         w = w.repeat(1, copies, 1, 1)  # a pending input: the same filter on both parts of each channel
         h, wd = rep.hw
@@ -815,11 +928,44 @@ class _Builder:
         border_t = border[None, :, None, :].clone() if border.abs().max() > 0 else None
         conv = _grouped_taps(w, interior, s, p, cin)
         out = Rep(out_order, (ho, wo))
-        sm = unit.act
         dw = Conv(conv, border_t, relu6=isinstance(sm, nn.ReLU6))
         if not isinstance(sm, DynamicShiftMax):
             return dw, out
         return nn.Sequential(dw, self._shift_after_depthwise(sm, out, mult if diagonal else None)), out
+
+    def _factorized_pair(self, unit: _Unit, rep: Rep, distinct: np.ndarray,
+                         out_order: np.ndarray) -> tuple[nn.Module, Rep]:
+        """The depthwise pair kept as two convs (``Target.merged_depthwise`` off), in the stored orders the
+        merged conv would use: zero padding applies to each conv's own input, so no border term. The
+        (k,1) conv emits each stored input's c1 mid channels in tap order; the (1,k) conv is grouped by mid
+        channel where every output's mid is its group's (taps in natural order), else by input channel
+        with zero weights for the other mids (the diagonal taps of Micro-Block A)."""
+        first, second = unit.layer[0], unit.layer[1]
+        w1, b1 = _folded(first[0], first[1])  # (mid, 1, k, 1)
+        w2, b2 = _folded(second[0], second[1])  # (hid, 1, 1, k)
+        cin, mult, k, s = _dw_shape(unit)
+        c1 = first[0].out_channels // cin
+        m2 = mult // c1
+        p = k // 2
+        copies = 2 if rep.pending else 1
+        mid_order = np.array([distinct[t] * c1 + r for t in range(cin) for r in range(c1)])
+        wa = w1[torch.as_tensor(mid_order)].repeat(1, copies, 1, 1)  # a pending input: both parts, same filter
+        conv_a = _conv(wa, b1[torch.as_tensor(mid_order)], stride=(s, 1), padding=(p, 0), groups=cin)
+        mid_pos = {int(m): j for j, m in enumerate(mid_order)}
+        src = np.array([mid_pos[int(o) // m2] for o in out_order])  # stored mid feeding each stored output
+        wb2 = w2[torch.as_tensor(out_order)]  # (hid, 1, 1, k)
+        if np.array_equal(src, np.arange(len(out_order)) // m2):
+            conv_b = _conv(wb2, b2[torch.as_tensor(out_order)], stride=(1, s), padding=(0, p), groups=cin * c1)
+        else:
+            wide = torch.zeros(len(out_order), c1, 1, k, dtype=wb2.dtype)
+            for o, j in enumerate(src):
+                assert j // c1 == o // mult, "a diagonal output reads a mid of another input"
+                wide[o, j % c1] = wb2[o, 0]
+            conv_b = _conv(wide, b2[torch.as_tensor(out_order)], stride=(1, s), padding=(0, p), groups=cin)
+        h, wd = rep.hw
+        hw_out = ((h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1)
+        pair = nn.Sequential(Conv(conv_a), Conv(conv_b, relu6=isinstance(unit.act, nn.ReLU6)))
+        return pair, Rep(out_order, hw_out)
 
     def _shift_after_depthwise(self, sm: DynamicShiftMax, rep: Rep, diagonal_step: int | None) -> ShiftMax:
         c, k = sm.channels, sm.branches
@@ -830,22 +976,25 @@ class _Builder:
             assert np.array_equal(pi, (np.arange(c) + diagonal_step) % c)
         eye = torch.eye(c, dtype=torch.float64)[:, torch.as_tensor(order)]
         zero = torch.zeros(c, dtype=torch.float64)
+        if self.target.gather_shift:
+            blocks = [[(2 * e, order, None), (2 * e + 1, order, None)] for e in range(k)]
+            return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, gather=pi, width=self._width(rep.hw))
         rot = _rotations(pi)
         roll = _roll2d(pi) if rot is None or len(rot) > 1 else None
         if roll is not None:  # one roll on a 2-D view: no masked products
             blocks = [[(2 * e, order, None), (2 * e + 1, order, None)] for e in range(k)]
-            return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, roll=roll, width=rep.hw[1])
+            return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, roll=roll, width=self._width(rep.hw))
         if rot is not None and 0 not in rot:
             ds = sorted(rot)
             masks = [rot[d] if len(ds) > 1 else None for d in ds]
             blocks = [[(2 * e, order, None)] + [(2 * e + 1, order, m) for m in masks] for e in range(k)]
             coef = _coefficients(sm, blocks, eye, zero)
-            return ShiftMax(coef, c, k, rotations=tuple(ds), width=rep.hw[1])
+            return ShiftMax(coef, c, k, rotations=tuple(ds), width=self._width(rep.hw))
         perm = torch.zeros(c, c, dtype=torch.float64)
         perm[torch.arange(c), torch.as_tensor(pi)] = 1.0
         blocks = [[(2 * e, order, None), (2 * e + 1, order, None)] for e in range(k)]
         return ShiftMax(_coefficients(sm, blocks, eye, zero), c, k, permutation=_conv(perm[:, :, None, None], None),
-                        width=rep.hw[1])
+                        width=self._width(rep.hw))
 
     # -------------------------------------------------------------------------------- 1×1 convs
     def _pointwise(self, pos: int, unit: _Unit, rep: Rep) -> tuple[nn.Module, Rep]:
@@ -882,22 +1031,28 @@ class _Builder:
                 sel = torch.zeros(c, 2 * c, dtype=torch.float64)
                 sel[torch.as_tensor(out_order), torch.arange(0, 2 * c, 2)] = 1.0
                 coef = _coefficients(sm, [[(coef_e, pairs, None)]], sel, torch.zeros(c, dtype=torch.float64), flat=True)
-            return ShiftMax(coef, c, k, producer=producer, pool_input=pool_input, pending=True, width=hw[1]), \
+            return ShiftMax(coef, c, k, producer=producer, pool_input=pool_input, pending=True, width=self._width(hw)), \
                 Rep(pairs, hw, pending=True)
         rotations: tuple[int, ...] = ()
         if need is None:  # any order will do: store x cycle-interleaved, x~ is one rotation (no second conv)
             out_order, d = _interleaved_cycles(shift)
             rotations = (d,)
         producer = _rows(w_in, b, out_order)
-        partner = None if rotations else _rows(w_in, b, shift[out_order])
+        partner = None if rotations or self.target.gather_shift else _rows(w_in, b, shift[out_order])
+        if rotations:
+            shift_kwargs = self._rotation(rotations[0], c)
+        elif self.target.gather_shift:  # x~ gathered from x: a copy instead of a second conv
+            shift_kwargs = {"gather": _inv(out_order)[shift[out_order]]}
+        else:
+            shift_kwargs = {}
         blocks = [[(2 * e, out_order, None), (2 * e + 1, out_order, None)] for e in range(k)]
         if pool_input:
             coef = _coefficients(sm, blocks, w_in, b)
         else:
             select = torch.eye(c, dtype=torch.float64)[:, torch.as_tensor(out_order)]
             coef = _coefficients(sm, blocks, select, torch.zeros(c, dtype=torch.float64))
-        return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=rotations, pool_input=pool_input,
-                        width=hw[1]), \
+        return ShiftMax(coef, c, k, producer=producer, partner=partner, pool_input=pool_input, **shift_kwargs,
+                        width=self._width(hw)), \
             Rep(out_order, hw)
 
     def _pending_pays(self, pos: int, channels: int) -> bool:
@@ -906,7 +1061,7 @@ class _Builder:
             return False
         _, unit = nxt
         if unit.kind == "dw":
-            return self._pending_into_depthwise_pays(pos, channels)
+            return self.target.pending_into_depthwise and self._pending_into_depthwise_pays(pos, channels)
         conv = unit.layer[0]
         hw = self._hw_at[pos + 1]
         if self._pw_grouped(pos + 1):
@@ -983,10 +1138,15 @@ class _Builder:
         c, k = sm.channels, sm.branches
         inner = np.array([q * og + (j + 1) % og for q in range(g) for j in range(og)])  # (q, j) ← (q, j+1)
         producer = _conv(weight[:, :, None, None], b, groups=g)
-        partner = _conv(weight[torch.as_tensor(inner)][:, :, None, None], b[torch.as_tensor(inner)], groups=g)
         blocks = [[(2 * e, natural, None), (2 * e + 1, natural, None)] for e in range(k)]
         coef = _coefficients(sm, blocks, torch.eye(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64))
-        return ShiftMax(coef, c, k, producer=producer, partner=partner, rotations=(og,), width=rep.hw[1]), \
+        if self.target.gather_shift:  # x~ gathered from x: a copy instead of a second conv
+            shift = np.asarray(shift_permutation(c, sm.groups))
+            return ShiftMax(coef, c, k, producer=producer, width=self._width(rep.hw), gather=shift), \
+                Rep(natural, rep.hw)
+        partner = _conv(weight[torch.as_tensor(inner)][:, :, None, None], b[torch.as_tensor(inner)], groups=g)
+        return ShiftMax(coef, c, k, producer=producer, partner=partner, width=self._width(rep.hw),
+                        **self._rotation(og, c)), \
             Rep(natural, rep.hw)
 
 
@@ -1043,10 +1203,12 @@ def relu_max_form(fast: FastMicroNet) -> FastMicroNet:
     return copied
 
 
-def to_fast_deploy(model: MicroNet, relu_max: bool = False) -> FastMicroNet:
-    """A fast, eval-mode deploy form of ``model`` (training form) computing the same logits; with
-    ``relu_max``, its ``relu_max_form``."""
+def to_fast_deploy(model: MicroNet, relu_max: bool = False, target: str = "xnnpack") -> FastMicroNet:
+    """A fast, eval-mode deploy form of ``model`` (training form) computing the same logits, built for
+    ``target`` (a key of ``TARGETS``); with ``relu_max``, its ``relu_max_form``."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown fast-graph target {target!r}; choose from {sorted(TARGETS)}")
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
-        fast = _Builder(model).build()
+        fast = _Builder(model, TARGETS[target]).build()
     return relu_max_form(fast) if relu_max else fast

@@ -28,11 +28,13 @@ ALL_TARGETS: tuple[tuple[str, str], ...] = (("onnx", "float32"),) + tuple(("tfli
 #: and the folded Shift-Max constants re-associate float32 sums (measured 3e-6 on recalibrated m0).
 DEPLOY_LIMIT = 1e-4
 
-#: Graphs TFLite can be built from. "fast" is export/fast.py lowered op for op to TensorFlow in NHWC
-#: (export/tf_graph.py; no onnx2tf); "reference" is the ONNX artifact (export/deploy.py) through onnx2tf.
+#: Graphs the artifacts can be built from. "fast": the ONNX artifact is export/fast.py's graph built for ONNX
+#: Runtime (target "onnxruntime"), TFLite the one built for XNNPACK lowered op for op to TensorFlow in NHWC
+#: (export/tf_graph.py; no onnx2tf). "reference": both from the reference deploy form (export/deploy.py),
+#: TFLite through onnx2tf.
 TFLITE_GRAPHS = ("fast", "reference")
 #: Bumped whenever a graph rewrite changes what an export produces, so cached exports are rebuilt.
-GRAPH_REVISION = 4
+GRAPH_REVISION = 5
 
 Progress = Callable[[str], None]
 
@@ -60,7 +62,7 @@ class ExportRequest:
     io_dtype: str = "int8"  # int8 model input/output type: int8 or uint8
     per_channel: bool = True
     dynamic_batch: bool = False
-    graph: str = "fast"  # the graph TFLite is converted from: "fast" (export/fast.py) or "reference"
+    graph: str = "fast"  # the graph the artifacts are built from: "fast" (export/fast.py) or "reference"
 
 
 @dataclass
@@ -203,18 +205,28 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
     try:
         staged: list[tuple[Path, dict]] = []
         # 2. ONNX, always: the TFLite float32 rung is judged against it (and onnx2tf converts it for --graph reference).
+        example = torch.zeros(1, 3, request.input_size, request.input_size)
+        onnx_source, onnx_source_logits = deployed, deploy_logits
+        if request.graph == "fast":
+            from .fast import to_fast_deploy
+
+            say("building the fast deploy graph for ONNX Runtime")
+            with torch.no_grad():
+                onnx_source = to_fast_deploy(model, target="onnxruntime")
+            onnx_source_logits = _fast_rung("deploy_fast_onnxruntime", onnx_source, reference, holdout, rungs)
         say("exporting ONNX")
         onnx_path = staging / artifact_name(variant, request.input_size, "onnx", "float32")
-        example = torch.zeros(1, 3, request.input_size, request.input_size)
-        onnx_record = onnx_stage.export_onnx(deployed, example, onnx_path, dynamic_batch=request.dynamic_batch)
+        onnx_record = onnx_stage.export_onnx(onnx_source, example, onnx_path, dynamic_batch=request.dynamic_batch)
+        onnx_record["graph"] = "fast/onnxruntime" if request.graph == "fast" else "reference"
         timings["onnx_s"] = onnx_record["export_s"] + onnx_record["simplify_s"]
-        onnx_logits = judge("onnx", deploy_logits, onnx_stage.run_onnx(onnx_path, data.holdout))
+        onnx_logits = judge("onnx", onnx_source_logits, onnx_stage.run_onnx(onnx_path, data.holdout))
         if ("onnx", "float32") in request.targets:
             spec_in = {"name": "input", "layout": "NCHW", "shape": onnx_record["input"]["shape"], "dtype": "float32"}
             spec_out = {"name": "logits", "shape": [onnx_record["input"]["shape"][0], request.num_classes],
                         "dtype": "float32"}
             staged.append((onnx_path, {**base, "format": "onnx", "quantize": "float32",
                                        "input": _io_spec(spec_in, preprocessing), "output": _io_spec(spec_out),
+                                       "graph": request.graph, "graph_revision": GRAPH_REVISION,
                                        "stages": {"onnx": onnx_record}}))
 
         quantizations = [q for f, q in request.targets if f == "tflite"]
@@ -246,8 +258,8 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
 
 def _ladder_for(record: dict) -> set[str]:
     if record["format"] == "onnx":
-        return {"deploy", "onnx"}
-    rungs = {"deploy", "onnx", "deploy_fast", "tflite_float32"}
+        return {"deploy", "deploy_fast_onnxruntime", "onnx"}
+    rungs = {"deploy", "deploy_fast_onnxruntime", "onnx", "deploy_fast", "tflite_float32"}
     rungs.add(f"tflite_{record['quantize']}")
     return rungs
 
@@ -271,27 +283,37 @@ def _fast_saved_models(model, reference, holdout, example, quantizations, onnx_r
     int8 MUL/ADD are slower than float ones."""
     import torch
 
-    from . import parity
     from .fast import to_fast_deploy
 
     say("building the fast deploy graph (permutations folded into weights) and lowering it to TensorFlow")
     start = time.perf_counter()
     with torch.no_grad():
         fast = to_fast_deploy(model)
-        fast_logits = fast(holdout).numpy()
-    metrics = parity.compare(reference, fast_logits)
-    rungs.append({"rung": "deploy_fast", "reference": "pytorch training form",
-                  "passed": metrics["rel_max_abs_err"] <= DEPLOY_LIMIT, "metric": "rel_max_abs_err",
-                  "value": metrics["rel_max_abs_err"], "limit": DEPLOY_LIMIT, **metrics})
-    if not rungs[-1]["passed"]:
-        raise ParityFailure(f"parity rung 'deploy_fast' broke: rel_max_abs_err "
-                            f"{metrics['rel_max_abs_err']:.3g} > {DEPLOY_LIMIT:g}", rungs)
+    _fast_rung("deploy_fast", fast, reference, holdout, rungs)
     folders, records = lower_fast_graph(fast, example, staging, int8="int8" in quantizations)
     saved = {"float32": folders["float"], "float16": folders["float"], "dynamic": folders["float"]}
     if "int8" in folders:
         saved["int8"] = folders["int8"]
     timings["tf_graph_s"] = time.perf_counter() - start
     return _TfliteSource(saved, {"onnx": onnx_record, **records}, records["tf_graph"]["input_layout"])
+
+
+def _fast_rung(name: str, fast, reference: np.ndarray, holdout, rungs: list[dict]) -> np.ndarray:
+    """Judge a fast graph's logits against the training form's (rung ``name``); returns them."""
+    import torch
+
+    from . import parity
+
+    with torch.no_grad():
+        logits = fast(holdout).numpy()
+    metrics = parity.compare(reference, logits)
+    rungs.append({"rung": name, "reference": "pytorch training form",
+                  "passed": metrics["rel_max_abs_err"] <= DEPLOY_LIMIT, "metric": "rel_max_abs_err",
+                  "value": metrics["rel_max_abs_err"], "limit": DEPLOY_LIMIT, **metrics})
+    if not rungs[-1]["passed"]:
+        raise ParityFailure(f"parity rung '{name}' broke: rel_max_abs_err "
+                            f"{metrics['rel_max_abs_err']:.3g} > {DEPLOY_LIMIT:g}", rungs)
+    return logits
 
 
 def lower_fast_graph(fast, example, folder: Path, int8: bool = True) -> tuple[dict[str, Path], dict[str, dict]]:

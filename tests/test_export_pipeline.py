@@ -126,7 +126,8 @@ def test_a_broken_rung_fails_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ParityFailure, match="parity rung 'onnx' broke") as info:
         export(ExportRequest(variant="m0", targets=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
                              output_dir=out))
-    assert [r["rung"] for r in info.value.rungs] == ["deploy", "onnx"] and not info.value.rungs[1]["passed"]
+    assert [r["rung"] for r in info.value.rungs] == ["deploy", "deploy_fast_onnxruntime", "onnx"]
+    assert not info.value.rungs[-1]["passed"]
     assert list(out.iterdir()) == []
 
 
@@ -193,9 +194,25 @@ def test_tflite_comes_from_the_fast_graph_lowering(exported_all):
 
 
 @pytest.mark.slow
+def test_onnx_comes_from_the_fast_graph_built_for_onnx_runtime(exported_all):
+    """The ONNX artifact: to_fast_deploy(target="onnxruntime"), judged against the training form (rung
+    deploy_fast_onnxruntime) and then in ONNX Runtime against that graph (rung onnx); shifts are GATHERs."""
+    import onnx
+
+    path = exported_all / f"micronet-m0-{SIZE}.onnx"
+    m = _manifest(path)
+    assert m["graph"] == "fast" and m["stages"]["onnx"]["graph"] == "fast/onnxruntime"
+    assert [r["rung"] for r in m["parity"]] == ["deploy", "deploy_fast_onnxruntime", "onnx"]
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Gather") >= 10 and "Concat" not in ops and ops.count("Gemm") >= 2 * 15
+
+
+@pytest.mark.slow
 def test_reference_graph_still_converts_through_onnx2tf(tmp_path):
     result = export(ExportRequest(variant="m0", targets=[("tflite", "float32")], input_size=SIZE, calib_count=16,
                                   holdout=4, output_dir=tmp_path, graph="reference"))
     m = _manifest(result.artifacts[0])
     assert m["graph"] == "reference" and m["stages"]["onnx2tf"]["input_layout"] == "NHWC"
-    assert all(r["passed"] for r in m["parity"]) and "deploy_fast" not in {r["rung"] for r in m["parity"]}
+    assert m["stages"]["onnx"]["graph"] == "reference"
+    assert all(r["passed"] for r in m["parity"])
+    assert not {"deploy_fast", "deploy_fast_onnxruntime"} & {r["rung"] for r in m["parity"]}
