@@ -9,7 +9,7 @@ import torch
 from micronet.export.deploy import recalibrate_batchnorm
 import torch.nn.functional as F
 
-from micronet.export.fast import (TARGETS, ChannelTranspose, Conv, LinearCoefficients, PixelPairs, _grouped_taps,
+from micronet.export.fast import (TARGETS, ChannelGather, ChannelTranspose, Conv, LinearCoefficients, PixelPairs, _grouped_taps,
                                   _roll, _roll2d, _transpose_to, _transpose_to_groups, _transposed_index,
                                   relu_max_form)
 from micronet.export.fast import (_interleaved_cycles, _inv, _rotations, _through_shuffle, _before_shuffle,
@@ -324,7 +324,16 @@ def test_onnxruntime_target_choices():
         assert sm.widen is None and isinstance(sm.coef, LinearCoefficients)
         assert sm.pending or (sm.gather is not None and sm.partner is None and not sm.rotations and sm.roll is None
                               and sm.permutation is None)
-    assert not fast.blocks[0].steps[1].pending  # it would make block 2's (3,1) conv two inputs per group
+    # No pending product feeds a depthwise pair (its (k,1) conv would take two inputs per group).
+    leaves = [m for m in fast.blocks.modules() if isinstance(m, (ShiftMax, Conv, torch.nn.Conv2d))]
+    for i, m in enumerate(leaves):
+        if isinstance(m, ShiftMax) and m.pending:
+            consumer = next(c for c in leaves[i + 1:] if isinstance(c, Conv))
+            assert consumer.conv.kernel_size == (1, 1)
+    # Every grouped 1×1 conv of the training form stays grouped, a channel gather fixing its input order.
+    trained = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.groups > 1]
+    kept = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.groups > 1]
+    assert len(kept) == len(trained) and any(isinstance(m, ChannelGather) for m in fast.modules())
 
 
 @pytest.mark.parametrize("channels,groups", [(8, 2), (16, 4), (24, 6)])
