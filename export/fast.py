@@ -56,18 +56,25 @@ measured effect of each rewrite is in the README's benchmark section):
 
 **Targets.** Rewrites 1-14 are what XNNPACK (TFLite, NHWC) runs fast. ONNX Runtime (NCHW, MLAS) differs,
 so ``to_fast_deploy(model, target="onnxruntime")`` (the ``micronet export --format onnx`` graph) keeps rewrites
-1-6, 8, 9 and 11 and, per ``TARGETS``:
+1 (tracked orders), 3, 6, 7 for the stem and 8, and per ``TARGETS`` replaces the rest:
 
-15. **depthwise pairs stay two convs** (no rewrite 7 in the blocks): MLAS broadcasts a (1, C, 1, W) border
-    add at ~10 ns per W-long span, more than the second conv costs;
+15. **depthwise pairs stay two convs** (no rewrite 7 in the blocks, so no rewrite 9): MLAS broadcasts a
+    (1, C, 1, W) border add at ~10 ns per W-long span, more than the second conv costs (7×7×384: 27 µs
+    against 4 µs);
 16. **every Shift-Max shift is one channel GATHER** (an H·W run copied per channel), replacing rotations,
-    rolls, masked pairs and partner convs; XNNPACK does not delegate GATHER, so the TFLite graph never has one;
-17. **hyper-functions as Gemms on the flat pooled vector** (``LinearCoefficients``), the rescale folded into
-    fc2: as 1×1 convs on (1, C, 1, 1) each became an NCHWc conv with a reorder on either side;
-18. **no widened coefficients, no pixel pairs, no pending product into a depthwise** (NHWC layouts, and a
-    two-input grouped conv that MLAS runs per group through im2col).
+    rolls, masked pairs and partner convs (rewrites 2, 10); XNNPACK does not delegate GATHER, so the TFLite
+    graph never has one;
+17. **every grouped 1×1 conv stays grouped**, a GATHER before it when its input is not group-contiguous
+    and after it when its consumer needs another order (instead of rewrite 11's transposes or a dense
+    conv): MLAS runs a dense 1×1 conv on channel counts off the 16-multiple as a padded NCHWc conv with
+    reorders (24→8 channels at 56×56: 37.6 µs, grouped with a gather 23.2);
+18. **hyper-functions as Gemms on the flat pooled vector** (``LinearCoefficients``, instead of rewrite 4's
+    1×1 convs, which became NCHWc convs with a reorder on either side);
+19. **no widened coefficients, no pixel pairs, no pending product** into a depthwise (rewrites 12, 13, 5:
+    NHWC layouts, and a two-input grouped conv that MLAS runs per group through im2col).
 
-m0 at 224 px in ONNX Runtime, 1 thread: reference ONNX 0.836 ms, the XNNPACK fast graph 0.933, this one 0.670.
+m0 at 224 px in ONNX Runtime, 1 thread: reference ONNX 0.83-0.86 ms, the XNNPACK fast graph 0.93-0.95, this
+one 0.63-0.64 (MobileNetV3-Small-0.5: 0.62-0.64).
 """
 
 from __future__ import annotations
@@ -140,7 +147,9 @@ class Target:
     widen: bool  # rewrite 12
     pixel_pairs: bool  # rewrite 13
     pending_into_depthwise: bool  # rewrite 5 with a depthwise consumer, where the cost model says it pays
-    gather_shift: bool  # the Shift-Max partner x~ as one channel GATHER instead of rotations or a roll
+    # Channel permutations as GATHERs: the Shift-Max partner x~ (instead of rotations, rolls or partner
+    # convs) and the input and output orders of grouped 1×1 convs, which then always stay grouped.
+    gather_shift: bool
     linear_coefficients: bool  # the hyper-functions as Gemms on flat vectors (LinearCoefficients)
 
 
