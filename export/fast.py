@@ -927,7 +927,8 @@ class _Builder:
         p = k // 2
         distinct = rep.distinct()
         copies = 2 if rep.pending else 1
-        diagonal = _diagonal_ok(unit) and np.array_equal(distinct, np.arange(cin))
+        # Diagonal taps make the XNNPACK shift one rotation; a gathered shift (ONNX Runtime) needs none.
+        diagonal = not self.target.gather_shift and _diagonal_ok(unit) and np.array_equal(distinct, np.arange(cin))
         # Output stored (t, r) ← input stored t, multiplier tap (r + t) mod M on the diagonal, else r.
         taps = [((r + t) % mult if diagonal else r) for t in range(cin) for r in range(mult)]
         out_order = np.array([distinct[t] * mult + taps[t * mult + r] for t in range(cin) for r in range(mult)])
@@ -1054,8 +1055,8 @@ class _Builder:
                 sel = torch.zeros(c, 2 * c, dtype=torch.float64)
                 sel[torch.as_tensor(out_order), torch.arange(0, 2 * c, 2)] = 1.0
                 coef = _coefficients(sm, [[(coef_e, pairs, None)]], sel, torch.zeros(c, dtype=torch.float64), flat=True)
-            return ShiftMax(coef, c, k, producer=producer, pool_input=pool_input, pending=True, width=self._width(hw)), \
-                Rep(pairs, hw, pending=True)
+            return ShiftMax(coef, c, k, producer=producer, pool_input=pool_input, pending=True,
+                            width=self._width(hw)), Rep(pairs, hw, pending=True)
         rotations: tuple[int, ...] = ()
         if need is None:  # any order will do: store x cycle-interleaved, x~ is one rotation (no second conv)
             out_order, d = _interleaved_cycles(shift)
