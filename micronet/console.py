@@ -59,7 +59,9 @@ def conventions_note(check: dict) -> str:
 def parity_table(rungs: list[dict]) -> Table:
     """The parity ladder: each rung, what it was compared with, the judged metric and the verdict."""
     table = Table(title="parity ladder (held-out real images)")
-    for col in ("rung", "compared with", "judged by (limit)", "cosine", "top-1 agree", "status"):
+    # Rung names are identifiers (deploy_fast vs deploy_fast_onnxruntime): never truncated, the other columns wrap.
+    table.add_column("rung", no_wrap=True, min_width=max((len(r["rung"]) for r in rungs), default=4))
+    for col in ("compared with", "judged by (limit)", "cosine", "top-1 agree", "status"):
         table.add_column(col, justify="right" if col in ("cosine", "top-1 agree") else "left")
     for r in rungs:
         relation = "≥" if r["metric"] == "cosine" else "≤"
