@@ -207,17 +207,25 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
         # 2. ONNX, always: the TFLite float32 rung is judged against it (and onnx2tf converts it for --graph reference).
         example = torch.zeros(1, 3, request.input_size, request.input_size)
         onnx_source, onnx_source_logits = deployed, deploy_logits
+        batch_one = False
         if request.graph == "fast":
-            from .fast import to_fast_deploy
+            from .fast import batch_one_form, to_fast_deploy
 
             say("building the fast deploy graph for ONNX Runtime")
             with torch.no_grad():
                 onnx_source = to_fast_deploy(model, target="onnxruntime")
+            # Judged batched; the batch-of-one form exported for a fixed batch computes exactly the same
+            # (its products are BatchNormalizations with mean 0, variance 1, epsilon 0), and the onnx rung
+            # checks the exported file against these logits.
             onnx_source_logits = _fast_rung("deploy_fast_onnxruntime", onnx_source, reference, holdout, rungs)
+            batch_one = not request.dynamic_batch
+            if batch_one:
+                onnx_source = batch_one_form(onnx_source)
         say("exporting ONNX")
         onnx_path = staging / artifact_name(variant, request.input_size, "onnx", "float32")
         onnx_record = onnx_stage.export_onnx(onnx_source, example, onnx_path, dynamic_batch=request.dynamic_batch)
         onnx_record["graph"] = "fast/onnxruntime" if request.graph == "fast" else "reference"
+        onnx_record["batch_one_products"] = batch_one
         timings["onnx_s"] = onnx_record["export_s"] + onnx_record["simplify_s"]
         onnx_logits = judge("onnx", onnx_source_logits, onnx_stage.run_onnx(onnx_path, data.holdout))
         if ("onnx", "float32") in request.targets:

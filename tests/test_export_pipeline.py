@@ -205,6 +205,22 @@ def test_onnx_comes_from_the_fast_graph_built_for_onnx_runtime(exported_all):
     assert [r["rung"] for r in m["parity"]] == ["deploy", "deploy_fast_onnxruntime", "onnx"]
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("Gather") >= 10 and "Concat" not in ops and ops.count("Gemm") >= 2 * 15
+    assert m["stages"]["onnx"]["batch_one_products"] is True and ops.count("BatchNormalization") >= 2 * 15
+
+
+def test_dynamic_batch_onnx_keeps_multiplied_products(tmp_path):
+    """With --dynamic-batch the ONNX Runtime graph keeps its MULs (a BatchNormalization scale is per channel,
+    not per sample) and runs any batch."""
+    import onnx
+
+    from micronet.export.onnx import run_onnx
+
+    result = export(ExportRequest(variant="m0", targets=[("onnx", "float32")], input_size=64, calib_count=16,
+                                  holdout=4, output_dir=tmp_path, dynamic_batch=True))
+    m = _manifest(result.artifacts[0])
+    assert m["stages"]["onnx"]["batch_one_products"] is False and all(r["passed"] for r in m["parity"])
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(result.artifacts[0])).graph.node}
+    assert run_onnx(result.artifacts[0], np.zeros((3, 3, 64, 64), np.float32)).shape == (3, 1000)
 
 
 @pytest.mark.slow

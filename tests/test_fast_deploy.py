@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from micronet.export.fast import (TARGETS, ChannelGather, ChannelTranspose, Conv, LinearCoefficients, PixelPairs,
                                   Target, _before_shuffle, _grouped_taps, _interleaved_cycles, _inv, _roll, _roll2d,
                                   _rotations, _through_shuffle, _transpose_to, _transpose_to_groups,
-                                  _transposed_index, relu_max_form, to_fast_deploy)
+                                  _transposed_index, batch_one_form, relu_max_form, to_fast_deploy)
 from micronet.layers import MicroFactorizedDepthwise, shift_permutation, shuffle_permutation
 from micronet.model import build_model
 
@@ -391,3 +391,33 @@ def test_every_target_switch_is_exact_on_its_own(field):
             ref = model(x).double()
             out = _Builder(copy.deepcopy(model).eval(), target).build()(x).double()
         assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
+
+
+@pytest.mark.parametrize("variant", ["m0", "m3"])
+def test_batch_one_form_is_exact_and_runs_in_onnx_runtime(variant, tmp_path):
+    """Rewrite 20: Shift-Max products as BatchNormalizations (mean 0, variance 1, epsilon 0) compute exactly the
+    same products, for one image at a time; in ONNX the map-sized MULs are gone."""
+    import onnx
+
+    from micronet.export.onnx import export_onnx, run_onnx
+
+    model = _recalibrated(variant)
+    fast = to_fast_deploy(model, target="onnxruntime")
+    one = batch_one_form(fast)
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        assert torch.equal(one(x), fast(x))
+        ref = model(x).numpy()
+    export_onnx(one, torch.zeros(1, 3, 96, 96), tmp_path / "one.onnx")
+    graph = onnx.load(str(tmp_path / "one.onnx")).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
+    assert sum(n.op_type == "BatchNormalization" for n in graph.node) >= 2 * len(_shift_maxes(fast))
+    map_muls = [n for n in graph.node if n.op_type == "Mul" and len(shapes.get(n.output[0], [])) == 4
+                and shapes[n.output[0]][2] > 1]
+    assert not map_muls
+    out = run_onnx(tmp_path / "one.onnx", x.numpy())
+    assert float(np.abs(out - ref).max() / np.abs(ref).max()) <= 1e-4
+    with pytest.raises(ValueError, match="one image at a time, got a batch of 2"):
+        one(torch.zeros(2, 3, 96, 96))
+    with pytest.raises(ValueError, match="build the graph for onnxruntime"):
+        batch_one_form(to_fast_deploy(model))  # XNNPACK's widened coefficients
