@@ -468,8 +468,9 @@ class Coefficients(nn.Module):
     def forward(self, pooled: Tensor) -> Tensor:
         return self.affine(F.relu6(self.fc2(F.relu(self.fc1(pooled)))))
 
-    def from_map(self, x: Tensor) -> Tensor:
-        return self(_pool(x))
+    def from_map(self, x: Tensor, flat: bool = False) -> Tensor:
+        theta = self(_pool(x))
+        return theta.reshape(-1) if flat else theta
 
     def linear_form(self) -> "LinearCoefficients | None":
         """The same coefficients from Linears on the flat pooled vector (``Target.linear_coefficients``);
@@ -501,12 +502,14 @@ class LinearCoefficients(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, pooled: Tensor) -> Tensor:
-        """(B, C) pooled → (B, n·C, 1, 1)."""
+        """(B, C) pooled → (B, n·C)."""
         z = self.fc2(F.relu(self.fc1(pooled)))
-        return (torch.clamp(z, 0.0, self.upper) + self.shift).view(pooled.shape[0], -1, 1, 1)
+        return torch.clamp(z, 0.0, self.upper) + self.shift
 
-    def from_map(self, x: Tensor) -> Tensor:
-        return self(x.mean(dim=(2, 3)))
+    def from_map(self, x: Tensor, flat: bool = False) -> Tensor:
+        """(B, C, H, W) → (B, n·C, 1, 1), or with ``flat`` (batch of one) (n·C,)."""
+        theta = self(x.mean(dim=(2, 3)))
+        return theta.reshape(-1) if flat else theta.view(x.shape[0], -1, 1, 1)
 
 
 def _pool(x: Tensor) -> Tensor:
@@ -523,7 +526,7 @@ def _scaled(x: Tensor, coef: Tensor, batch_one: bool) -> Tensor:
         return x * coef
     c = x.shape[1]
     zeros, ones = torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)
-    return F.batch_norm(x, zeros, ones, coef.reshape(c), None, False, 0.0, 0.0)
+    return F.batch_norm(x, zeros, ones, coef if coef.dim() == 1 else coef.reshape(c), None, False, 0.0, 0.0)
 
 
 def _combine(operands: list[Tensor], theta: Tensor, channels: int, branches: int, relu_max: bool = False,
@@ -534,7 +537,7 @@ def _combine(operands: list[Tensor], theta: Tensor, channels: int, branches: int
     formed on the coefficients: one full-size op fewer than max(p, q) written as q + relu(p - q) (rewrite 14,
     for int8, where XNNPACK's int8 MUL/ADD run 1.7× slower than float and MAXIMUM is not delegated).
     ``batch_one``: the products as ``_scaled`` BatchNormalizations."""
-    parts = torch.split(theta, channels, dim=1)
+    parts = torch.split(theta, channels, dim=1 if theta.dim() > 1 else 0)
     per_branch = len(operands)
     if relu_max and branches == 2:
         q = _scaled(operands[0], parts[per_branch], batch_one)
@@ -590,7 +593,8 @@ class ShiftMax(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         x = self.producer(u) if self.producer is not None else u
-        theta = self.coef.from_map(u if self.pool_input else x)
+        # A batch of one takes its coefficients flat, (n·C,), as BatchNormalization scales (``_scaled``).
+        theta = self.coef.from_map(u if self.pool_input else x, flat=self.batch_one)
         if self.widen is not None:
             theta = theta * self.widen
         if self.batch_one and x.shape[0] != 1:
