@@ -576,10 +576,8 @@ class ShiftMax(nn.Module):
         self.producer, self.partner, self.permutation = producer, partner, permutation
         self.rotations, self.pool_input, self.pending = tuple(rotations), pool_input, pending
         self.roll = roll
-        if gather is not None:  # x~ = source[:, gather] (Target.gather_shift)
-            self.register_buffer("gather", torch.as_tensor(np.asarray(gather), dtype=torch.long))
-        else:
-            self.gather = None
+        # x~ = source[:, gather] (Target.gather_shift)
+        self.gather = ChannelGather(gather) if gather is not None else None
         self.relu_max = False
         self.batch_one = False  # set by batch_one_form
         # Rewrite 12: narrow per-channel coefficients (B, C, 1, 1) are widened to (B, C, 1, W) by a MUL with
@@ -605,7 +603,7 @@ class ShiftMax(nn.Module):
         if self.permutation is not None:
             operands = [x, self.permutation(source)]
         elif self.gather is not None:
-            operands = [x, source.index_select(1, self.gather)]
+            operands = [x, self.gather(source)]
         elif self.roll is not None:
             operands = [x, _roll(source, *self.roll)]
         elif self.rotations:
@@ -943,7 +941,8 @@ class _Builder:
     # ----------------------------------------------------------------------------- depthwise pairs
     def _depthwise(self, pos: int, unit: _Unit, rep: Rep) -> tuple[nn.Module, Rep]:
         """(k,1) conv (multiplier c1, stride (s,1)) then (1,k) conv (multiplier c2, stride (1,s)) → one k×k
-        conv, stride s, grouped by input channel (two inputs per group for a pending input)."""
+        conv, stride s, grouped by input channel (two inputs per group for a pending input), or the two
+        convs kept (``Target.merged_depthwise`` off); then the activation."""
         first, second = unit.layer[0], unit.layer[1]
         w1, b1 = _folded(first[0], first[1])  # (mid, 1, k, 1)
         w2, b2 = _folded(second[0], second[1])  # (hid, 1, 1, k)
@@ -957,46 +956,42 @@ class _Builder:
         # Output stored (t, r) ← input stored t, multiplier tap (r + t) mod M on the diagonal, else r.
         taps = [((r + t) % mult if diagonal else r) for t in range(cin) for r in range(mult)]
         out_order = np.array([distinct[t] * mult + taps[t * mult + r] for t in range(cin) for r in range(mult)])
-        mids = out_order // m2
-        sm = unit.act
-        if not self.target.merged_depthwise:
-            pair, out = self._factorized_pair(unit, rep, distinct, out_order)
-            if not isinstance(sm, DynamicShiftMax):
-                return pair, out
-            return nn.Sequential(pair, self._shift_after_depthwise(sm, out, mult if diagonal else None)), out
-        w = (w1[mids, 0, :, 0][:, :, None] * w2[out_order, 0, 0, :][:, None, :]).unsqueeze(1)  # (hid, 1, k, k)
-        w = w.repeat(1, copies, 1, 1)  # a pending input: the same filter on both parts of each channel
         h, wd = rep.hw
         ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
-        cols = torch.arange(wo) * s - p
-        inside = ((cols[:, None] + torch.arange(k)[None, :]) >= 0) & ((cols[:, None] + torch.arange(k)[None, :]) < wd)
-        edge = b1[mids][:, None] * (w2[out_order, 0, 0, :] @ inside.double().T)  # (hid, wo)
-        bias_full = b2[out_order][:, None] + edge
-        interior = bias_full[:, p] if wo > 2 * p else bias_full[:, 0]
-        border = bias_full - interior[:, None]
-        border_t = border[None, :, None, :].clone() if border.abs().max() > 0 else None
-        conv = _grouped_taps(w, interior, s, p, cin)
+        sm = unit.act
+        relu6 = isinstance(sm, nn.ReLU6)
+        if self.target.merged_depthwise:
+            mids = out_order // m2
+            w = (w1[mids, 0, :, 0][:, :, None] * w2[out_order, 0, 0, :][:, None, :]).unsqueeze(1)  # (hid, 1, k, k)
+            w = w.repeat(1, copies, 1, 1)  # a pending input: the same filter on both parts of each channel
+            cols = torch.arange(wo) * s - p
+            inside = (cols[:, None] + torch.arange(k)[None, :] >= 0) & (cols[:, None] + torch.arange(k)[None, :] < wd)
+            edge = b1[mids][:, None] * (w2[out_order, 0, 0, :] @ inside.double().T)  # (hid, wo)
+            bias_full = b2[out_order][:, None] + edge
+            interior = bias_full[:, p] if wo > 2 * p else bias_full[:, 0]
+            border = bias_full - interior[:, None]
+            border_t = border[None, :, None, :].clone() if border.abs().max() > 0 else None
+            convs: nn.Module = Conv(_grouped_taps(w, interior, s, p, cin), border_t, relu6=relu6)
+        else:
+            convs = self._factorized_pair((w1, b1, w2, b2), distinct, out_order, mult, k, s, copies, relu6)
         out = Rep(out_order, (ho, wo))
-        dw = Conv(conv, border_t, relu6=isinstance(sm, nn.ReLU6))
         if not isinstance(sm, DynamicShiftMax):
-            return dw, out
-        return nn.Sequential(dw, self._shift_after_depthwise(sm, out, mult if diagonal else None)), out
+            return convs, out
+        return nn.Sequential(convs, self._shift_after_depthwise(sm, out, mult if diagonal else None)), out
 
-    def _factorized_pair(self, unit: _Unit, rep: Rep, distinct: np.ndarray,
-                         out_order: np.ndarray) -> tuple[nn.Module, Rep]:
-        """The depthwise pair kept as two convs (``Target.merged_depthwise`` off), in the stored orders the
-        merged conv would use: zero padding applies to each conv's own input, so no border term. The
-        (k,1) conv emits each stored input's c1 mid channels in tap order; the (1,k) conv is grouped by mid
-        channel where every output's mid is its group's (taps in natural order), else by input channel
-        with zero weights for the other mids (the diagonal taps of Micro-Block A)."""
-        first, second = unit.layer[0], unit.layer[1]
-        w1, b1 = _folded(first[0], first[1])  # (mid, 1, k, 1)
-        w2, b2 = _folded(second[0], second[1])  # (hid, 1, 1, k)
-        cin, mult, k, s = _dw_shape(unit)
-        c1 = first[0].out_channels // cin
+    @staticmethod
+    def _factorized_pair(folded: tuple[Tensor, Tensor, Tensor, Tensor], distinct: np.ndarray, out_order: np.ndarray,
+                         mult: int, k: int, s: int, copies: int, relu6: bool) -> nn.Module:
+        """The depthwise pair as two convs in the stored orders the merged conv would use: zero padding
+        applies to each conv's own input, so no border term. The (k,1) conv emits each stored input's c1 mid
+        channels in tap order; the (1,k) conv is grouped by mid channel where every output's mid is its
+        group's (taps in natural order), else by input channel with zero weights for the other mids (the
+        diagonal taps of Micro-Block A)."""
+        w1, b1, w2, b2 = folded
+        cin = len(distinct)
+        c1 = w1.shape[0] // cin
         m2 = mult // c1
         p = k // 2
-        copies = 2 if rep.pending else 1
         mid_order = np.array([distinct[t] * c1 + r for t in range(cin) for r in range(c1)])
         wa = w1[torch.as_tensor(mid_order)].repeat(1, copies, 1, 1)  # a pending input: both parts, same filter
         conv_a = _conv(wa, b1[torch.as_tensor(mid_order)], stride=(s, 1), padding=(p, 0), groups=cin)
@@ -1011,10 +1006,7 @@ class _Builder:
                 assert j // c1 == o // mult, "a diagonal output reads a mid of another input"
                 wide[o, j % c1] = wb2[o, 0]
             conv_b = _conv(wide, b2[torch.as_tensor(out_order)], stride=(1, s), padding=(0, p), groups=cin)
-        h, wd = rep.hw
-        hw_out = ((h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1)
-        pair = nn.Sequential(Conv(conv_a), Conv(conv_b, relu6=isinstance(unit.act, nn.ReLU6)))
-        return pair, Rep(out_order, hw_out)
+        return nn.Sequential(Conv(conv_a), Conv(conv_b, relu6=relu6))
 
     def _shift_after_depthwise(self, sm: DynamicShiftMax, rep: Rep, diagonal_step: int | None) -> ShiftMax:
         c, k = sm.channels, sm.branches

@@ -174,11 +174,8 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
     with torch.no_grad():
         reference = model(holdout).numpy()
         deployed = deploy.to_deploy(model)
-        deploy_logits = deployed(holdout).numpy()
-    deploy_metrics = parity.compare(reference, deploy_logits)
-    rungs: list[dict] = [{"rung": "deploy", "reference": "pytorch training form",
-                          "passed": deploy_metrics["rel_max_abs_err"] <= DEPLOY_LIMIT, "metric": "rel_max_abs_err",
-                          "value": deploy_metrics["rel_max_abs_err"], "limit": DEPLOY_LIMIT, **deploy_metrics}]
+    rungs: list[dict] = []
+    deploy_logits = _form_rung("deploy", deployed, reference, holdout, rungs)
 
     def judge(name: str, ref: np.ndarray, candidate: np.ndarray) -> np.ndarray:
         rung = parity.check_rung(name, parity.compare(ref, candidate), untrained=weights_record["state"] == "untrained")
@@ -187,10 +184,6 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
         if not rung.passed:
             raise ParityFailure(f"parity rung '{name}' broke: {rung.summary()}", rungs)
         return candidate
-
-    if not rungs[0]["passed"]:
-        raise ParityFailure(f"parity rung 'deploy' broke: rel_max_abs_err {rungs[0]['value']:.3g} > {DEPLOY_LIMIT:g}",
-                            rungs)
 
     base = {
         "variant": variant,
@@ -217,7 +210,7 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
             # Judged batched; the batch-of-one form exported for a fixed batch computes exactly the same
             # (its products are BatchNormalizations with mean 0, variance 1, epsilon 0), and the onnx rung
             # checks the exported file against these logits.
-            onnx_source_logits = _fast_rung("deploy_fast_onnxruntime", onnx_source, reference, holdout, rungs)
+            onnx_source_logits = _form_rung("deploy_fast_onnxruntime", onnx_source, reference, holdout, rungs)
             batch_one = not request.dynamic_batch
             if batch_one:
                 onnx_source = batch_one_form(onnx_source)
@@ -297,7 +290,7 @@ def _fast_saved_models(model, reference, holdout, example, quantizations, onnx_r
     start = time.perf_counter()
     with torch.no_grad():
         fast = to_fast_deploy(model)
-    _fast_rung("deploy_fast", fast, reference, holdout, rungs)
+    _form_rung("deploy_fast", fast, reference, holdout, rungs)
     folders, records = lower_fast_graph(fast, example, staging, int8="int8" in quantizations)
     saved = {"float32": folders["float"], "float16": folders["float"], "dynamic": folders["float"]}
     if "int8" in folders:
@@ -306,8 +299,9 @@ def _fast_saved_models(model, reference, holdout, example, quantizations, onnx_r
     return _TfliteSource(saved, {"onnx": onnx_record, **records}, records["tf_graph"]["input_layout"])
 
 
-def _fast_rung(name: str, fast, reference: np.ndarray, holdout, rungs: list[dict]) -> np.ndarray:
-    """Judge a fast graph's logits against the training form's (rung ``name``); returns them."""
+def _form_rung(name: str, fast, reference: np.ndarray, holdout, rungs: list[dict]) -> np.ndarray:
+    """Judge a deploy form's logits (the reference or a fast graph) against the training form's, as rung
+    ``name``; returns them."""
     import torch
 
     from . import parity
