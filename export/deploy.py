@@ -142,7 +142,7 @@ def recalibrate_batchnorm(model: MicroNet, batches: list[Tensor]) -> int:
     """Re-estimate every BatchNorm's running statistics from real images (cumulative average).
 
     An untrained MicroNet with fresh statistics (mean 0, var 1) shrinks activations block after
-    block until the logits are ~1e-22 (shared/spec/toolchain.md P15): int8 calibration and parity
+    block until the logits are ~1e-22: int8 calibration and parity
     on such a model mean nothing. Trained weights never need this. Returns the images seen.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -30,7 +30,7 @@ Why these limits (measured on the lead's m0 at 224×224 with re-estimated BN, an
   multiplicative Shift-Max gates amplify weight rounding); 0.998 flags anything worse than that.
 * dynamic-range (int8 weights, activations quantized at run time): measured cosine 0.9985 on m0; ≥ 0.99.
 * full-integer int8 is judged by cosine, not top-1: with untrained weights the top-1/top-2 margins are
-  smaller than the int8 error, so top-1 agreement mostly measures near-ties flipping (toolchain spec §1).
+  smaller than the int8 error, so top-1 agreement mostly measures near-ties flipping.
   Measured 0.993 on m0 (random-normal calibration), 0.983 in the toolchain spec; 0.98 stays provisional
   until measured on trained weights with real calibration images.
 """

@@ -2,7 +2,7 @@
 
 Each variant is data: a stem, a list of block rows and a head. The rows keep the released code's
 field order (``s c ks c1 c2 g1 g2 g3 g4 y1 y2 y3 r``; its unused ``n`` and ``c3`` are dropped) so
-that they can be checked line by line against ``shared/spec/architecture.md`` §2 and §4.1, but every
+that they can be checked line by line against the released ``microconfig.py``, but every
 field has a name here instead of living in a comment. The block *type* is derived from the row, as
 the released code does: ``g1 == 0`` is a Micro-Block A, ``g4 == 0`` the final pointwise row,
 anything else a Micro-Block B/C.
