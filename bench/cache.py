@@ -5,6 +5,10 @@ for every benchmark would make the tool unusable. A cache entry is a folder name
 everything the export depends on (variant, input size, classes, weights file content, calibration
 folder and its file list, micronet and tool versions). An entry is reused only if every requested
 artifact is there and its manifest still verifies (sha256 of the file).
+
+Where: ``cache_root()`` (``$MICRONET_CACHE``, else ``$XDG_CACHE_HOME/micronet``, else
+``~/.cache/micronet``), read when a cache is used, not when this module is imported, so that a test
+session (or any caller) that points ``MICRONET_CACHE`` elsewhere after the import is obeyed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,21 @@ from pathlib import Path
 
 from micronet.errors import MicronetError
 
-DEFAULT_CACHE = Path(os.environ.get("MICRONET_CACHE", Path.home() / ".cache" / "micronet")) / "exports"
+
+
+def cache_root() -> Path:
+    """micronet's cache folder (exports here, the arm64 root file system of ``devices.emulation``).
+
+    Evaluated at every use: a value frozen at import time would ignore a ``MICRONET_CACHE`` set later,
+    and the test suite relies on redirecting it away from the user's home."""
+    if os.environ.get("MICRONET_CACHE"):
+        return Path(os.environ["MICRONET_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "micronet"
+
+
+def exports_cache() -> Path:
+    """The folder of ``micronet bench --variant``'s cached exports."""
+    return cache_root() / "exports"
 
 
 def _fingerprint(variant: str, input_size: int, num_classes: int, weights: Path | None,
@@ -53,7 +71,7 @@ def exported(variant: str, targets: Sequence[tuple[str, str]], *, input_size: in
     variant = resolve_variant(variant).name
     if weights is not None and not Path(weights).is_file():
         raise MicronetError(f"weights file not found: {weights}")
-    folder = (cache_dir or DEFAULT_CACHE) / f"{variant}-{input_size}-{_fingerprint(variant, input_size, num_classes, weights, calibration)}"
+    folder = (cache_dir or exports_cache()) / f"{variant}-{input_size}-{_fingerprint(variant, input_size, num_classes, weights, calibration)}"
     paths = [folder / artifact_name(variant, input_size, f, q) for f, q in targets]
 
     def valid(path: Path) -> bool:

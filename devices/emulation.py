@@ -19,7 +19,8 @@ second stage, which would execute arm64 programs, cannot run. Instead:
 4. a smoke test imports them under ``qemu-aarch64-static -L ROOT`` (``-L`` sends the emulated
    program's absolute-path file lookups to ROOT first: its loader, libc, libpython).
 
-The result is cached (default ``~/.cache/micronet/arm64-rootfs``, or ``$MICRONET_ARM64_ROOTFS``) and
+The result is cached (``$MICRONET_ARM64_ROOTFS``, else ``arm64-rootfs`` in micronet's cache folder:
+``$MICRONET_CACHE``, ``$XDG_CACHE_HOME/micronet`` or ``~/.cache/micronet``, see ``bench.cache.cache_root``) and
 built in ``<path>.partial`` first, so a half-built tree never looks finished. Needs root (debootstrap
 creates device nodes and owned files), the Debian mirror and PyPI.
 """
@@ -57,10 +58,13 @@ _WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinu
 
 
 def default_rootfs() -> Path:
+    """Where the root file system is built and looked for: one cache folder for everything micronet
+    caches, so that ``MICRONET_CACHE`` (which the test suite points at a temporary folder) moves it too."""
+    from micronet.bench.cache import cache_root
+
     if os.environ.get("MICRONET_ARM64_ROOTFS"):
         return Path(os.environ["MICRONET_ARM64_ROOTFS"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "micronet" / "arm64-rootfs"
+    return cache_root() / "arm64-rootfs"
 
 
 def missing_tools() -> list[str]:

@@ -1,7 +1,8 @@
 """The Raspberry Pi's software path without a Pi: the runner in an arm64 Debian root file system under
 qemu user-mode emulation, on the int8 m0 export, against the same runner on this x86 machine.
 
-The root file system is cached (``~/.cache/micronet/arm64-rootfs``) and built from scratch when absent,
+The root file system is cached (``arm64-rootfs`` in the session's ``MICRONET_CACHE``, a temporary folder
+unless ``MICRONET_TEST_CACHE`` names one to keep: see tests/conftest.py) and built from scratch when absent,
 as on a fresh CI machine (debootstrap + aarch64 wheels from PyPI: about a minute on 2 cores). Timings
 under emulation mean nothing, so the emulated rows carry none; what is checked is that the aarch64
 builds of numpy and LiteRT give the x86 outputs within int8 rounding (one output quantization step).

@@ -69,6 +69,14 @@ def test_resume_from_a_checkpoint_of_another_variant(shapes, tmp_path):
     assert_one_line_error(result, "is a m0 training run, but this run trains m1; use --variant m0")
 
 
+def test_resume_with_fewer_epochs_than_trained_is_one_line(shapes, tmp_path):
+    train(TrainConfig(variant="m0", data=str(shapes), out=str(tmp_path / "run"), epochs=2, batch_size=8,
+                      input_size=32, workers=0), progress=False)
+    result = run_train("--data", str(shapes), "--epochs", "1", "--batch-size", "8",
+                       "--resume", str(tmp_path / "run" / "last.pt"))
+    assert_one_line_error(result, "has already trained 2 epochs, more than --epochs 1; resume with --epochs 2 or more")
+
+
 def test_class_folder_without_readable_images_is_warned_and_skipped(tmp_path):
     write_shapes(tmp_path / "data", classes=3, per_class=6)
     for png in (tmp_path / "data" / "class_2").iterdir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from micronet.model import build_model
 from micronet.train import TrainConfig, train
 from micronet.train.metrics_log import COLUMNS
 from micronet.train.mutual import full_rank_partner
+from micronet.train.schedule import lr_at
 from micronet.weights import load_weights
 
 from train_data import write_split
@@ -140,3 +142,95 @@ def test_training_without_validation_data(tmp_path):
     assert result["top1"] is None and result["val_loss"] is None
     assert (tmp_path / "run" / "best.pt").is_file()  # the last epoch stands in for the best
     assert "no validation data" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(data, tmp_path):
+    """The issue's case: a finished run continued to a larger --epochs. The cosine schedule follows the
+    new total from the resumed step on, and the run records (last.pt, train.log, result) the change."""
+    run = tmp_path / "run"
+    train(tiny(data, run, epochs=1), progress=False)
+    result = train(tiny(data, run, epochs=3, resume=str(run / "last.pt")), progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # 3 steps per epoch; each row's lr is its last step's: epoch 1 on the old 3-step curve, then the 9-step one
+    assert rows[0]["lr"] == pytest.approx(lr_at(2, 3, 0.1))
+    assert rows[1]["lr"] == pytest.approx(lr_at(5, 9, 0.1)) and rows[2]["lr"] == pytest.approx(lr_at(8, 9, 0.1))
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert (last["epoch"], last["step"], last["config"]["epochs"]) == (3, 9, 3)
+    change = {"at_epoch": 1, "from_epochs": 1, "to_epochs": 3}
+    assert last["epoch_changes"] == [change] and result["epoch_changes"] == [change]
+    log = (run / "train.log").read_text()
+    assert "run extended from 1 to 3 epochs at epoch 1: the learning-rate schedule is recomputed for 3 epochs" in log
+    assert "epoch 3/3" in log
+    # resuming the extended run as it is changes nothing more, and keeps the record
+    again = train(tiny(data, run, epochs=3, resume=str(run / "last.pt")), progress=False)
+    assert again["epoch_changes"] == [change] and again["top1"] == result["top1"]
+
+
+def test_extending_keeps_the_recipe_warmup_it_started_with(data, tmp_path):
+    """m2's recipe warm-up is min(5, epochs - 1): 0 for a 1-epoch run. Extending to 2 epochs must not
+    resolve it anew to 1 (and then refuse the resume as a changed warm-up)."""
+    run = tmp_path / "run"
+    train(tiny(data, run, variant="m2", epochs=1), progress=False)
+    result = train(tiny(data, run, variant="m2", epochs=2, resume=str(run / "last.pt")), progress=False)
+    assert result["epochs"] == 2
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["warmup_epochs"] == 0.0
+
+
+def test_resume_refuses_fewer_epochs_than_trained_and_other_changes_with_more(data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(data, run, epochs=2), progress=False)
+    with pytest.raises(MicronetError, match=r"has already trained 2 epochs, more than --epochs 1; "
+                                            r"resume with --epochs 2 or more"):
+        train(tiny(data, run, epochs=1, resume=str(run / "last.pt")), progress=False)
+    with pytest.raises(MicronetError, match="trained with lr=0.1, this run asks for 0.2"):
+        train(tiny(data, run, epochs=3, lr=0.2, resume=str(run / "last.pt")), progress=False)
+    with pytest.raises(MicronetError, match="trained with batch_size=8, this run asks for 4"):
+        train(tiny(data, run, epochs=3, batch_size=4, resume=str(run / "last.pt")), progress=False)
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2  # nothing was touched
+
+
+def test_a_stopped_run_can_be_ended_at_the_epochs_it_has(data, tmp_path):
+    """A 5-epoch run stopped after 2 (made here by editing last.pt's plan) ended with --epochs 2: nothing
+    trains, and last.pt takes the new plan and its record at once."""
+    run = tmp_path / "run"
+    train(tiny(data, run, epochs=2), progress=False)
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["config"]["epochs"] = 5
+    torch.save(state, run / "last.pt")
+    result = train(tiny(data, run, epochs=2, resume=str(run / "last.pt")), progress=False)
+    last = torch.load(run / "last.pt", weights_only=True)
+    change = {"at_epoch": 2, "from_epochs": 5, "to_epochs": 2}
+    assert last["config"]["epochs"] == 2 and last["epoch"] == 2 and last["epoch_changes"] == [change]
+    assert result["epoch_changes"] == [change]
+    assert "run shortened from 5 to 2 epochs at epoch 2" in (run / "train.log").read_text()
+
+
+def _cores(monkeypatch, count: int) -> None:
+    """Pretend this process may use ``count`` cores (PyTorch's DataLoader check reads the same call)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(count)))
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (4, 4), (64, 4)])
+def test_default_workers_fit_the_cores_this_process_may_use(monkeypatch, cores, expected):
+    _cores(monkeypatch, cores)
+    assert TrainConfig(variant="m0", data="d").resolved().workers == expected
+    assert TrainConfig(variant="m0", data="d", workers=3).resolved().workers == 3  # asked for: kept
+
+
+def test_default_workers_on_two_cores_train_without_a_warning(data, tmp_path, monkeypatch, recwarn):
+    """The README's command on a 2-core machine warned about 4 workers: the default now fits."""
+    _cores(monkeypatch, 2)
+    train(tiny(data, tmp_path / "run", epochs=1, workers=None), progress=False)
+    assert not [w for w in recwarn if "worker" in str(w.message)]
+    assert "warning" not in (tmp_path / "run" / "train.log").read_text()
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["workers"] == 2
+
+
+def test_more_workers_than_cores_asked_for_is_one_line_in_the_log(data, tmp_path, monkeypatch, recwarn):
+    _cores(monkeypatch, 1)
+    train(tiny(data, tmp_path / "run", epochs=1, workers=2), progress=False)
+    assert not [w for w in recwarn if "worker" in str(w.message)]  # not PyTorch's paragraph as well
+    lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "warning" in line]
+    assert lines == ["warning: --workers 2 is more than the 1 CPU core(s) this process may use: data loading may "
+                     "slow down or stall; use --workers 1 or fewer"]

@@ -87,12 +87,24 @@ def read_training_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def saved_config(state: dict[str, Any]) -> TrainConfig:
+    """The resolved config a training checkpoint was written with."""
+    return TrainConfig.from_dict(state["config"])
+
+
 def check_resumable(state: dict[str, Any], config: TrainConfig, classes: list[str], path: str) -> None:
-    """Refuse to continue a different experiment under the old one's name, with the reason in one line."""
-    saved = TrainConfig.from_dict(state["config"])
+    """Refuse to continue a different experiment under the old one's name, with the reason in one line.
+
+    The one change allowed is the planned number of epochs (to extend a run, or end it sooner), as long
+    as it does not fall below the epochs already trained: the schedule is recomputed for the new total
+    and the run records the change (``epochs_change``)."""
+    saved = saved_config(state)
     if saved.variant != config.variant:
         raise MicronetError(f"checkpoint {path} is a {saved.variant} training run, but this run trains "
                             f"{config.variant}; use --variant {saved.variant} or start a new run")
+    if config.epochs < state["epoch"]:
+        raise MicronetError(f"checkpoint {path} has already trained {state['epoch']} epochs, more than "
+                            f"--epochs {config.epochs}; resume with --epochs {state['epoch']} or more")
     for name in TRAJECTORY_FIELDS:
         before, now = getattr(saved, name), getattr(config, name)
         if before != now:
@@ -101,6 +113,16 @@ def check_resumable(state: dict[str, Any], config: TrainConfig, classes: list[st
     if state["classes"] != classes:
         raise MicronetError(f"checkpoint {path} was trained on classes {state['classes'][:5]}..., the data now "
                             f"has {classes[:5]}...; resume on the same data")
+
+
+def epochs_change(state: dict[str, Any], config: TrainConfig) -> dict[str, int] | None:
+    """``{"at_epoch", "from_epochs", "to_epochs"}`` when this resume changes the planned epochs, else None.
+    Kept in ``last.pt`` (``epoch_changes``): the cosine schedule of a changed run is not the one a
+    straight run of either length follows, and whoever reads the run later must be able to tell."""
+    before = saved_config(state).epochs
+    if before == config.epochs:
+        return None
+    return {"at_epoch": int(state["epoch"]), "from_epochs": int(before), "to_epochs": int(config.epochs)}
 
 
 def load_pretrained(model: MicroNet, path: str, log) -> None:

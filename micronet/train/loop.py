@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,14 +27,14 @@ from micronet.model import MicroNet, build_model
 from micronet.preprocess import Preprocessing
 
 from . import distributed
-from .checkpoint import (BEST_NAME, FORMAT_VERSION, LAST_NAME, PARTNER_NAME, check_resumable, library_versions,
-                         load_pretrained, module_state, read_training_state, rng_state, save_atomic, save_best,
-                         set_rng_state)
+from .checkpoint import (BEST_NAME, FORMAT_VERSION, LAST_NAME, PARTNER_NAME, check_resumable, epochs_change,
+                         library_versions, load_pretrained, module_state, read_training_state, rng_state,
+                         save_atomic, save_best, saved_config, set_rng_state)
 from .data import DataSplits, ImageDataset, RandomResizedCropFlip, eval_loader, load_splits, train_loader
 from .distributed import DistContext
 from .metrics_log import CSV_NAME, JSONL_NAME, Reporter
 from .mutual import MutualPair, full_rank_partner, mutual_loss
-from .recipe import REFERENCE_BATCH, REFERENCE_LR, TrainConfig
+from .recipe import REFERENCE_BATCH, REFERENCE_LR, TrainConfig, available_cpus, default_workers
 from .schedule import lr_at
 
 #: Every file a run replaces atomically (and so may leave a temporary copy of when killed).
@@ -49,6 +50,8 @@ class RunState:
     best_top1: float | None = None
     wall_s: float = 0.0  # training time of all previous sessions of this run, in seconds
     history: list[dict] | None = None
+    #: Every resume that changed the planned epochs: {"at_epoch", "from_epochs", "to_epochs"}.
+    epoch_changes: list[dict] = field(default_factory=list)
 
 
 def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -58,7 +61,12 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     finished = False
     try:
-        result = _run(config, ctx, progress)
+        with warnings.catch_warnings():
+            # PyTorch's several-line DataLoader warning about more workers than cores (once per loader)
+            # is replaced by one line in the run's log (_workers_warning)
+            warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes",
+                                    category=UserWarning)
+            result = _run(config, ctx, progress)
         finished = True
         return result
     finally:
@@ -95,6 +103,10 @@ def _plan(config: TrainConfig, ctx: DistContext) -> tuple[TrainConfig, DataSplit
     folder. Returns the fully resolved config, the data, the resumed state (or None) and the folder."""
     saved = read_training_state(config.resume) if config.resume else None
     splits = load_splits(config.data, config.val)
+    if saved is not None and config.warmup_epochs is None:
+        # The recipe's warm-up depends on the epoch count; a resume that changes the epochs keeps the
+        # warm-up the run was started with instead of resolving a different one.
+        config = replace(config, warmup_epochs=saved_config(saved).warmup_epochs)
     num_classes = config.num_classes or len(splits.classes)
     if num_classes < len(splits.classes):
         raise MicronetError(f"--num-classes {num_classes} is fewer than the {len(splits.classes)} class folders "
@@ -135,8 +147,10 @@ def _run(config: TrainConfig, ctx: DistContext, progress: bool) -> dict[str, Any
                                 weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     run = RunState(history=[])
+    replanned = False
     if saved is not None:
         run = _restore(saved, model, partner, optimizer, scaler, ctx, reporter, config)
+        replanned = _record_epochs_change(saved, config, run, reporter)
     ddp_net = distributed.wrap(net, ctx)
 
     per_rank_batch = config.batch_size // ctx.world_size
@@ -150,11 +164,14 @@ def _run(config: TrainConfig, ctx: DistContext, progress: bool) -> dict[str, Any
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
 
-    for line in splits.warnings:
+    for line in [*splits.warnings, *_workers_warning(config.workers)]:
         reporter.log(f"warning: {line}")
     reporter.log(_summary(config, splits, ctx, out, use_amp, steps_per_epoch, run))
     objective = _Objective(config)
     row: dict[str, Any] = run.history[-1] if run.history else {}
+    if replanned and run.epoch >= config.epochs:
+        # ended at the epochs already trained: no epoch will save, so last.pt takes the new plan now
+        _save(out, run, config, splits.classes, model, partner, optimizer, scaler, ctx, improved=False)
     for epoch in range(run.epoch, config.epochs):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -184,7 +201,28 @@ def _run(config: TrainConfig, ctx: DistContext, progress: bool) -> dict[str, Any
     reporter.log(f"done: best top-1 {best}; weights {out / BEST_NAME}, resumable state {out / LAST_NAME}")
     return {**row, "best_top1": run.best_top1, "epochs": config.epochs, "out": str(out),
             "best": str(out / BEST_NAME), "last": str(out / LAST_NAME),
-            "partner": str(out / PARTNER_NAME) if config.mutual else None}
+            "partner": str(out / PARTNER_NAME) if config.mutual else None, "epoch_changes": run.epoch_changes}
+
+
+def _workers_warning(workers: int) -> list[str]:
+    """Only an explicit --workers can exceed the cores: the default is min(4, cores)."""
+    cpus = available_cpus()
+    if workers <= cpus:
+        return []
+    return [f"--workers {workers} is more than the {cpus} CPU core(s) this process may use: data loading "
+            f"may slow down or stall; use --workers {default_workers()} or fewer"]
+
+
+def _record_epochs_change(saved: dict, config: TrainConfig, run: RunState, reporter: Reporter) -> bool:
+    """A resume with another --epochs: say so, and keep it in the run's record (``last.pt``). True if so."""
+    change = epochs_change(saved, config)
+    if change is None:
+        return False
+    run.epoch_changes.append(change)
+    verb = "extended" if change["to_epochs"] > change["from_epochs"] else "shortened"
+    reporter.log(f"run {verb} from {change['from_epochs']} to {change['to_epochs']} epochs at epoch "
+                 f"{change['at_epoch']}: the learning-rate schedule is recomputed for {change['to_epochs']} epochs")
+    return True
 
 
 def _summary(config: TrainConfig, splits: DataSplits, ctx: DistContext, out: Path, use_amp: bool, steps: int,
@@ -305,7 +343,8 @@ def _save(out: Path, run: RunState, config: TrainConfig, classes: list[str], mod
         "model": module_state(model), "partner": module_state(partner) if partner is not None else None,
         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
         "epoch": run.epoch, "sampler_epoch": run.epoch, "step": run.step, "best_top1": run.best_top1,
-        "wall_s": run.wall_s, "history": run.history, "rng": rng, "world_size": ctx.world_size,
+        "wall_s": run.wall_s, "history": run.history, "epoch_changes": run.epoch_changes, "rng": rng,
+        "world_size": ctx.world_size,
         "versions": library_versions(),
     }, out / LAST_NAME)
 
@@ -324,5 +363,6 @@ def _restore(saved: dict, model: MicroNet, partner: MicroNet | None, optimizer, 
                      f"{ctx.world_size}: random streams reseeded, the run will not match an uninterrupted one")
         _seed_everything(config.seed + ctx.rank + 7919 * saved["epoch"])
     return RunState(epoch=saved["epoch"], step=saved["step"], best_top1=saved["best_top1"],
-                    wall_s=saved["wall_s"], history=list(saved["history"]))
+                    wall_s=saved["wall_s"], history=list(saved["history"]),
+                    epoch_changes=list(saved.get("epoch_changes", [])))
 

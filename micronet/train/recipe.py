@@ -9,6 +9,7 @@ what the user asked for and what was used.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -27,9 +28,28 @@ WARMUP_EPOCHS = {"m0": 0.0, "m1": 0.0, "m2": 5.0, "m3": 5.0, "release-m0": 0.0, 
 
 #: Fields that shape the optimisation trajectory: a resumed run must use the same values, or it
 #: would silently become a different experiment than the one its checkpoint and logs describe.
-TRAJECTORY_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "momentum", "warmup_epochs",
+#: ``epochs`` is not among them: a resume may change the planned length (to extend a finished run),
+#: never below the epochs already trained; the cosine schedule then follows the new total and the
+#: checkpoint records the change (``checkpoint.check_resumable``, ``loop``).
+TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "momentum", "warmup_epochs",
                      "label_smoothing", "mixup", "input_size", "dropout", "mutual", "seed",
                      "crop_scale", "hflip")
+#: Data-loading worker processes when ``workers`` is not given: this many, or fewer on a machine
+#: with fewer cores (more workers than cores only compete with the training process for them).
+MAX_DEFAULT_WORKERS = 4
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask / cgroup cpuset, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """min(4, available cores): the DataLoader warns, and stalls, with more workers than cores."""
+    return min(MAX_DEFAULT_WORKERS, available_cpus())
 
 
 @dataclass(frozen=True)
@@ -61,7 +81,8 @@ class TrainConfig:
     resume: str | None = None
     mutual: bool = False
     seed: int = 0
-    workers: int = 4
+    #: Data-loading processes per training process; ``None`` = ``default_workers()`` (min(4, cores)).
+    workers: int | None = None
     #: CPU: ``torch.use_deterministic_algorithms``; CUDA: also cuDNN deterministic and no autotuning.
     deterministic: bool = False
     #: Mixed precision (float16 autocast + GradScaler); only ever used on CUDA.
@@ -85,7 +106,7 @@ class TrainConfig:
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.mixup >= 0.0, f"mixup alpha must be >= 0, got {self.mixup}"),
             (self.num_classes is None or self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}"),
-            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (len(self.crop_scale) == 2 and 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0,
              f"crop scale must be 0 < min <= max <= 1, got {self.crop_scale}"),
@@ -96,13 +117,14 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """The recipe values for this variant and batch: lr = 0.2 x batch / 512, per-variant decay and
-        warm-up. Values the user set are kept."""
+        warm-up; data-loading workers for this machine. Values the user set are kept."""
         return replace(
             self,
             lr=self.lr if self.lr is not None else REFERENCE_LR * self.batch_size / REFERENCE_BATCH,
             weight_decay=self.weight_decay if self.weight_decay is not None else WEIGHT_DECAY[self.variant],
             warmup_epochs=self.warmup_epochs if self.warmup_epochs is not None
             else min(WARMUP_EPOCHS[self.variant], self.epochs - 1),
+            workers=self.workers if self.workers is not None else default_workers(),
         )
 
     def to_dict(self) -> dict[str, Any]:
