@@ -179,14 +179,17 @@ def bench_cmd(
     """Latency, memory, size and accuracy per model, format and runtime; writes JSON, CSV and Markdown."""
     from micronet.bench import gate, report
     from micronet.bench.harness import run_benchmark
+    from micronet.bench.request import BenchRequest
     from micronet.bench.targets import bench_targets
     from micronet.console import console
 
-    xnn = {"on": (True,), "off": (False,), "both": (True, False)}.get(xnnpack)
-    if xnn is None:
-        raise MicronetError(f"--xnnpack must be on, off or both, not {xnnpack!r}")
-    if max_drop is not None and data is None:
-        raise MicronetError("--max-drop needs --data: the accuracy drop is measured on your labelled images")
+    request = BenchRequest(
+        models=models or [], variant=variant, fmt=fmt, quantize=quantize, matrix=matrix, runtime=runtime or [],
+        threads=threads_given or [], warmup=warmup, runs=runs, min_seconds=min_seconds, xnnpack=xnnpack, data=data,
+        limit=limit, max_drop=max_drop, weights=weights, calibration=calibration, input_size=input_size,
+        num_classes=num_classes, out=out, device=device, inventory=inventory, benchmark_binary=benchmark_binary,
+        cpu_mask=cpu_mask, cooldown=cooldown)
+    checked = request.check()  # every argument, before an export or a measurement starts
     with console.status("benchmarking", spinner="dots") as status:
         def progress(message: str) -> None:
             status.update(message)
@@ -196,27 +199,26 @@ def bench_cmd(
         targets = bench_targets(models or [], variant=variant, fmt=fmt, quantize=quantize, matrix=matrix,
                                 weights=weights, calibration=calibration, input_size=input_size,
                                 num_classes=num_classes, with_reference=max_drop is not None, progress=progress)
-        if device is not None and device != "local":
+        if checked.device is not None:
             from micronet.devices.api import device_report
 
-            if runtime and len(runtime) > 1:
-                raise MicronetError("--device runs one runtime per call: give at most one --runtime")
             on_desktop = [t.label for t in targets if t.path is None]
             if on_desktop:
                 console.print(f"not sent to {device} (PyTorch models run on the desktop only): {', '.join(on_desktop)}")
-            result = device_report(device, [t.path for t in targets if t.path is not None],
+            result = device_report(checked.device, [t.path for t in targets if t.path is not None],
                                    runtime=runtime[0] if runtime else None, threads=threads_given, warmup=warmup,
-                                   runs=runs, min_seconds=min_seconds, xnnpack=xnn, data=data, limit=limit,
+                                   runs=runs, min_seconds=min_seconds, xnnpack=checked.xnnpack, data=data, limit=limit,
                                    inventory=inventory, benchmark_binary=benchmark_binary, cpu_mask=cpu_mask,
                                    retry_throttled=True if retry_throttled else None, cooldown_s=cooldown,
                                    memory=memory, progress=progress)
         else:
             result = run_benchmark(targets, runtimes=runtime or None, threads=threads_given or [1], warmup=warmup,
                                    runs=runs, min_seconds=min_seconds, data=data, limit=limit, progress=progress,
-                                   xnnpack=xnn, memory=memory, end_to_end=end_to_end)
+                                   xnnpack=checked.xnnpack, memory=memory, end_to_end=end_to_end)
     paths = report.write_all(result, out)
     report.print_report(result, console=console)
     console.print("report: " + ", ".join(str(p) for p in paths))
+    report.raise_if_nothing_measured(result)
     if max_drop is not None:
         drops = gate.accuracy_drops(result["results"])
         for d in drops:
@@ -241,13 +243,13 @@ def report_cmd(
     from micronet.bench import report
     from micronet.console import console
 
-    rows = report.merge_reports(reports)
-    paths = report.write_all(rows, out, stem="merged")
+    merged = report.merged_report(reports)  # rows tagged with their source; every source's warnings kept
+    paths = report.write_all(merged, out, stem="merged")
     if plots:
         from micronet.bench.plots import plot_all
 
-        paths += plot_all(rows, out)
-    report.print_report(rows, console=console)
+        paths += plot_all(merged["results"], out)
+    report.print_report(merged, console=console)
     console.print("written: " + ", ".join(str(p) for p in paths))
 
 

@@ -24,12 +24,26 @@ def _output_width(runtime: Any) -> int | None:
     return shape[-1] if shape and isinstance(shape[-1], int) else None
 
 
-def _check_classes(data_classes: int, model_classes: int | None) -> None:
+class ClassMismatch(MicronetError):
+    """The data's classes are not the model's: every score would be wrong, so the whole run stops.
+
+    A subclass so the harness can tell it from a per-row failure (a runtime that cannot load one
+    file), which only invalidates that row.
+    """
+
+
+def class_mismatch_message(data_classes: int, model_classes: int, model: str = "the model") -> str:
+    """What to do about it, naming only options that exist (the CLI takes class folders, no labels file)."""
+    return (f"the data has {data_classes} classes but {model} outputs {model_classes} logits, so no image can be "
+            f"scored: give --data one class folder per model class ({model_classes}), or a model trained on these "
+            f"{data_classes} classes; from Python, micronet.images.scan_labelled(folder, label_map=...) with all "
+            f"{model_classes} class names maps your folders onto the model's classes")
+
+
+def check_classes(data_classes: int, model_classes: int | None, model: str = "the model") -> None:
+    """Raise ``ClassMismatch`` when both counts are known and differ."""
     if model_classes is not None and data_classes != model_classes:
-        raise MicronetError(
-            f"the data has {data_classes} classes but the model outputs {model_classes} logits: "
-            "use a label map or labels file that covers the model's classes"
-        )
+        raise ClassMismatch(class_mismatch_message(data_classes, model_classes, model))
 
 
 def validate_options(limit: int | None, batch: int) -> None:
@@ -69,7 +83,7 @@ def evaluate(
         samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))]
     if not samples:
         raise MicronetError("no images to evaluate")
-    _check_classes(len(images.classes), _output_width(runtime))
+    check_classes(len(images.classes), _output_width(runtime))
     fixed = runtime.input_spec.fixed_batch
     batch = fixed or batch
     wanted = len(samples) if limit is None else min(limit, len(samples))
@@ -89,7 +103,7 @@ def evaluate(
             if fixed is not None and n < fixed:  # a short last batch: pad with zeros, score only the real rows
                 pixels = np.concatenate([pixels, np.zeros((fixed - n, *pixels.shape[1:]), dtype=pixels.dtype)])
             logits = runtime.to_logits(runtime.run(runtime.prepare(pixels)))[:n]
-            _check_classes(len(images.classes), logits.shape[1])  # when the spec could not tell
+            check_classes(len(images.classes), logits.shape[1])  # when the spec could not tell
             k = min(5, logits.shape[1])
             best = np.argsort(-logits, axis=1, kind="stable")[:, :k]
             top1 += int((best[:, 0] == labels).sum())

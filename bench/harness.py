@@ -19,7 +19,7 @@ import numpy as np
 from micronet.errors import MicronetError
 
 from . import report as rep
-from .accuracy import evaluate, validate_options
+from .accuracy import ClassMismatch, check_classes, evaluate, validate_options
 from .environment import collect_environment, noise_warnings
 from .latency import measure_latency, validate_schedule
 from .memory import file_size, measure_memory, validate_inferences
@@ -28,6 +28,7 @@ from .runtimes import (
     RUNTIMES,
     Runtime,
     available_runtimes,
+    check_model_contents,
     check_threads,
     detect_format,
     get_runtime,
@@ -62,8 +63,7 @@ class BenchTarget:
             self.path = Path(self.path)
             if self.format == "torch":
                 raise MicronetError(f"cannot benchmark {self.path}: expected a .onnx or .tflite file")
-            if not self.path.is_file():
-                raise MicronetError(f"model file not found: {self.path}")
+            check_model_contents(self.path, self.format)  # a garbage file is the user's mistake: fail now
             if self.manifest is None:
                 self.manifest = read_manifest_for(self.path)
         elif self.module is None and not self.variant:
@@ -106,6 +106,16 @@ class BenchTarget:
     @property
     def variant_name(self) -> str | None:
         return self.variant or (self.manifest or {}).get("variant")
+
+    @property
+    def num_classes(self) -> int | None:
+        """Logits per image, when known without loading the model: the manifest's, or a MicroNet module's."""
+        if self.manifest and isinstance(self.manifest.get("num_classes"), int):
+            return self.manifest["num_classes"]
+        if self.module is not None:
+            value = getattr(self.module, "num_classes", None)
+            return value if isinstance(value, int) else None
+        return 1000 if self.variant and self.path is None else None  # a variant name builds the 1000-class model
 
     @property
     def quantize(self) -> str | None:
@@ -262,11 +272,13 @@ def run_benchmark(
         raise MicronetError("no models to benchmark")
     plan = _plan_runtimes(targets, runtimes)
     images = _load_data(data)
+    if images is not None:
+        for target in targets:  # a label space that is not the model's is a mistake in the request, not a row
+            check_classes(len(images.classes), target.num_classes, target.label)
     say = progress or (lambda message: None)
     environment = collect_environment(thread_list)  # before measuring: the load average is other work's
+    # Not said through progress: the report carries them and print_report shows them once, by the table.
     warnings = noise_warnings(environment, thread_list)
-    for line in warnings:
-        say(f"warning: {line}")
 
     rows: list[dict[str, Any]] = []
     for i, target in enumerate(targets):
@@ -288,6 +300,8 @@ def run_benchmark(
                         say(f"latency: {what}")
                         fields, accuracy = _measure(target, runtime_name, t, xnn, warmup, runs, min_seconds,
                                                     images, limit, batch, end_to_end, seed, accuracy, say, what)
+                    except ClassMismatch:  # found only on loading (no manifest): no row of this run can be scored
+                        raise
                     except Exception as exc:  # one broken combination must not end the run
                         reason = str(exc) if isinstance(exc, MicronetError) else f"{type(exc).__name__}: {exc}"
                         rows.append(rep.make_row(**base, invalid=True, invalid_reason=reason.splitlines()[0]))

@@ -71,18 +71,23 @@ Result row::
     invalid_reason  str|null   the one-line reason.
 
 ``merge_reports`` adds ``source`` {path, hostname, cpu_model, timestamp_utc} to each row it returns
-so rows from different machines stay distinguishable.
+so rows from different machines stay distinguishable (a row that already has one, from a merged
+report, keeps it). ``merged_report`` wraps them in a report of the same schema whose
+``environment`` is empty, whose ``merged_from`` lists those sources, and whose ``warnings`` are
+every source's warnings prefixed with the source they came from.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 from micronet.errors import MicronetError
 
@@ -187,23 +192,46 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
     return report
 
 
-def merge_reports(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
-    """All result rows of several reports, each tagged with ``source`` (path, hostname, CPU, time)."""
-    rows: list[dict[str, Any]] = []
+def _source(path: str | os.PathLike, report: dict[str, Any]) -> dict[str, Any]:
+    env = report.get("environment") or {}
+    return {
+        "path": str(path),
+        "hostname": env.get("hostname"),
+        "cpu_model": (env.get("cpu") or {}).get("model"),
+        "timestamp_utc": env.get("timestamp_utc") or report.get("created_utc"),
+    }
+
+
+def source_name(source: dict[str, Any]) -> str:
+    """"path (hostname)": how a merged table or warning names the run a row came from."""
+    return str(source.get("path")) + (f" ({source['hostname']})" if source.get("hostname") else "")
+
+
+def merged_report(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
+    """Several reports as one: every row tagged with its ``source``, every warning with its source's name.
+
+    Why warnings travel: a "machine busy" on one source explains its noisy rows in the merged table too.
+    """
     paths = list(paths)
     if not paths:
         raise MicronetError("no reports to merge")
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    sources = []
     for path in paths:
         report = read_report(path)
-        env = report.get("environment") or {}
-        source = {
-            "path": str(path),
-            "hostname": env.get("hostname"),
-            "cpu_model": (env.get("cpu") or {}).get("model"),
-            "timestamp_utc": env.get("timestamp_utc") or report.get("created_utc"),
-        }
-        rows.extend({**row, "source": source} for row in report["results"])
-    return rows
+        source = _source(path, report)
+        sources.append(source)
+        rows.extend({**row, "source": row.get("source") or source} for row in report["results"])
+        warnings.extend(f"{source_name(source)}: {line}" for line in report.get("warnings") or [])
+    merged = make_report({}, {}, rows, warnings)
+    merged["merged_from"] = sources
+    return merged
+
+
+def merge_reports(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """All result rows of several reports, each tagged with ``source`` (path, hostname, CPU, time)."""
+    return merged_report(paths)["results"]
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -273,15 +301,135 @@ def _status(row: dict[str, Any]) -> str:
     return f"invalid: {row.get('invalid_reason') or 'unknown'}" if row.get("invalid") else "ok"
 
 
+class NothingMeasured(MicronetError):
+    """Every row of a benchmark is invalid: the report (written) says why; the exit status must say it too."""
+
+    exit_code = 1
+
+
+def raise_if_nothing_measured(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+    """Raise ``NothingMeasured`` when no row holds a measurement, with the first reason on its one line."""
+    rows = rows_of(report_or_rows)
+    if not rows:
+        raise NothingMeasured("nothing was measured: the benchmark produced no results")
+    bad = [r for r in rows if r.get("invalid")]
+    if len(bad) == len(rows):
+        raise NothingMeasured(f"nothing was measured: all {len(rows)} result(s) are invalid (the report above lists "
+                              f"why), e.g. {bad[0].get('name')} · {bad[0].get('runtime')}: "
+                              f"{bad[0].get('invalid_reason') or 'unknown'}")
+
+
+# ------------------------------------------------------------------------------------------ labels
+
+#: What can tell two rows of the same model apart, in the order a label names them.
+LABEL_DIMENSIONS = ("engine", "runtime", "input", "device", "threads", "xnnpack", "file", "source")
+#: Named only when the others cannot tell rows apart: a file name repeats what the others say, less readably.
+_FALLBACK_DIMENSIONS = ("file", "source")
+
+
+def model_name(row: dict[str, Any]) -> str:
+    """The model a row measured: its MicroNet variant, else its display name."""
+    return str(row.get("variant") or row.get("name") or row.get("model"))
+
+
+def input_pixels(row: dict[str, Any]) -> str | None:
+    """"224 px" (or "160x224 px") from the fed tensor's shape and layout; None when unknown or dynamic."""
+    spec = row.get("input") or {}
+    shape = spec.get("shape") or []
+    if len(shape) != 4:
+        return None
+    height, width = (shape[1], shape[2]) if spec.get("layout") == "NHWC" else (shape[2], shape[3])
+    if not isinstance(height, int) or not isinstance(width, int):
+        return None
+    return f"{height} px" if height == width else f"{height}x{width} px"
+
+
+def _precision(row: dict[str, Any]) -> str:
+    if row.get("quantize"):
+        return str(row["quantize"])
+    dtype = (row.get("input") or {}).get("dtype")
+    return f"{dtype} I/O" if dtype else "precision ?"
+
+
+def label_values(row: dict[str, Any]) -> dict[str, str | None]:
+    """Each of ``LABEL_DIMENSIONS`` rendered for a label (None: not applicable to this row)."""
+    source = row.get("source") or {}
+    device = row.get("device") or "local"
+    where = device if device != "local" else source.get("hostname") or "local"
+    threads = row.get("threads")
+    xnn = row.get("xnnpack")
+    return {
+        "engine": f"{row.get('format') or '?'} {_precision(row)}",
+        "runtime": str(row.get("runtime")),
+        "input": input_pixels(row),
+        "device": f"@ {where}",
+        "threads": f"{threads} thread{'s' if threads != 1 else ''}",
+        "xnnpack": None if xnn is None else f"XNNPACK {'on' if xnn else 'off'}",
+        "file": str(row.get("name") or row.get("model")),
+        "source": Path(str(source["path"])).name if source.get("path") else None,
+    }
+
+
+def distinguishing_parts(rows: Sequence[dict[str, Any]], shown: Collection[str] = ()) -> list[list[str]]:
+    """Per row, the fewest label values that tell it from every other row, given the model name.
+
+    ``shown``: dimensions the reader already sees elsewhere (a table column, a plot's colour or panel):
+    they count as telling rows apart but are not repeated in the label. The search tries every subset
+    of the other dimensions, smallest first and in ``LABEL_DIMENSIONS`` order, so a 32 px and a 224 px
+    m0 are "m0 · 32 px" and "m0 · 224 px", not seven identical "m0"; the file name and the source
+    report come in only when nothing else tells. Rows identical in everything get "#1", "#2".
+    """
+    values = [label_values(r) for r in rows]
+    base = [(model_name(r), *(v[d] for d in LABEL_DIMENSIONS if d in shown)) for r, v in zip(rows, values)]
+    free = [d for d in LABEL_DIMENSIONS if d not in shown]
+    # per row: (rows sharing its key, subset) of the best subset so far; 1 = unique, and smaller subsets come first
+    best: list[tuple[int, tuple[str, ...]]] = [(len(rows) + 1, ())] * len(rows)
+    primary = [d for d in free if d not in _FALLBACK_DIMENSIONS]
+    subsets = [c for k in range(len(primary) + 1) for c in itertools.combinations(primary, k)]
+    subsets += [c for k in range(1, len(free) + 1) for c in itertools.combinations(free, k)
+                if set(c) & set(_FALLBACK_DIMENSIONS)]  # file names and sources only when nothing else tells
+    for _level, group in itertools.groupby(subsets, key=lambda c: (bool(set(c) & set(_FALLBACK_DIMENSIONS)), len(c))):
+        for subset in group:
+            keys = [(b, *(v[d] for d in subset)) for b, v in zip(base, values)]
+            counts = Counter(keys)
+            for i, key in enumerate(keys):
+                if counts[key] < best[i][0]:
+                    best[i] = (counts[key], subset)
+        if all(count == 1 for count, _ in best):
+            break
+    parts = [[v[d] for d in subset if v[d] is not None] for (_, subset), v in zip(best, values)]
+    texts = Counter((b, *p) for b, p in zip(base, parts))
+    seen: Counter = Counter()
+    for b, p in zip(base, parts):  # equal in every dimension (the same run merged twice): number them
+        key = (b, *p)
+        if texts[key] > 1:
+            seen[key] += 1
+            p.append(f"#{seen[key]}")
+    return parts
+
+
+def row_labels(rows: Sequence[dict[str, Any]], shown: Collection[str] = ()) -> list[str]:
+    """"model · what else tells it apart" for each row (see ``distinguishing_parts``)."""
+    return [" · ".join([model_name(r), *p]) for r, p in zip(rows, distinguishing_parts(rows, shown))]
+
+
+# ------------------------------------------------------------------------------------------ tables
+
 SUMMARY_COLUMNS = ("model", "device", "format", "quantize", "runtime", "threads", "XNNPACK", "MAdds", "p50 ms", "p90 ms",
                    "init ms", "first ms", "peak RSS MiB", "size MiB", "top-1 %", "status")
+#: Dimensions the Markdown table has columns for; the model cell adds whatever else tells rows apart.
+_SUMMARY_SHOWN = ("engine", "runtime", "threads", "xnnpack", "file")
 
 
-def summary_cells(row: dict[str, Any]) -> list[str]:
-    """The cells of the Markdown and console tables, in ``SUMMARY_COLUMNS`` order."""
+def _model_cell(row: dict[str, Any], extra: Sequence[str]) -> str:
+    return " · ".join([str(row.get("name") or row.get("model")), *extra])
+
+
+def summary_cells(row: dict[str, Any], extra: Sequence[str] = ()) -> list[str]:
+    """The cells of the Markdown table, in ``SUMMARY_COLUMNS`` order; ``extra`` joins the model cell."""
     lat, mem, acc = row.get("latency") or {}, row.get("memory") or {}, row.get("accuracy") or {}
     return [
-        str(row.get("name") or row.get("model")), str(row.get("device") or "local"), str(row.get("format") or "—"),
+        _model_cell(row, extra), str(row.get("device") or "local"), str(row.get("format") or "—"),
         str(row.get("quantize") or "—"),
         str(row.get("runtime")), str(row.get("threads")), _xnnpack(row), _madds(row.get("madds")),
         _num(lat.get("p50_ms"), 3), _num(lat.get("p90_ms"), 3), _num(row.get("init_ms"), 1),
@@ -291,6 +439,10 @@ def summary_cells(row: dict[str, Any]) -> list[str]:
 
 
 def _machine_line(report: dict[str, Any]) -> str:
+    if report.get("merged_from") is not None:
+        sources = report["merged_from"]
+        return f"merged from {len(sources)} report(s): " + "; ".join(
+            source_name(s) + (f", {s['cpu_model']}" if s.get("cpu_model") else "") for s in sources)
     env = report.get("environment") or {}
     cpu = env.get("cpu") or {}
     libs = env.get("libraries") or {}
@@ -316,8 +468,9 @@ def markdown_text(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> 
     lines.append("| " + " | ".join(SUMMARY_COLUMNS) + " |")
     lines.append("|" + "|".join("---" if c in ("model", "format", "quantize", "runtime", "XNNPACK", "status")
                                  else "---:" for c in SUMMARY_COLUMNS) + "|")
-    for row in rows_of(report_or_rows):
-        cells = [c.replace("|", "\\|") for c in summary_cells(row)]
+    rows = rows_of(report_or_rows)
+    for row, extra in zip(rows, distinguishing_parts(rows, _SUMMARY_SHOWN)):
+        cells = [c.replace("|", "\\|") for c in summary_cells(row, extra)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "p50/p90: latency of the inference call alone (no preprocessing), ms. "
               "Peak RSS: fresh process, MiB. Size: model file, MiB."]
@@ -329,43 +482,135 @@ def write_markdown(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], pa
 
 
 CONSOLE_COLUMNS = ("model", "runtime", "MAdds", "p50", "p90", "init", "first", "RSS", "size", "top-1", "status")
+#: Left out, in this order, when the table does not fit the terminal: never model, runtime, p50, top-1, status.
+CONSOLE_DROP_ORDER = ("first", "init", "size", "RSS", "MAdds", "p90")
 CONSOLE_TITLE = ("MicroNet benchmark · ms: p50/p90 of the inference call, init (load), first inference · "
                  "MiB: peak RSS (fresh process), file size · top-1 in % · ×N = threads")
+#: Dimensions the console table shows in its runtime cell (and, via quantization, its model cell).
+_CONSOLE_SHOWN = ("engine", "runtime", "threads", "xnnpack", "file")
 
 
-def console_cells(row: dict[str, Any], invalid_index: int | None = None) -> list[str]:
+def console_cells(row: dict[str, Any], invalid_index: int | None = None, extra: Sequence[str] = ()) -> list[str]:
     """The Markdown table folded to fit a terminal: quantization joins the model, threads/XNNPACK the
-    runtime, and an invalid row points to its footnote instead of carrying its reason inline."""
+    runtime, and an invalid row points to its footnote instead of carrying its reason inline.
+    ``extra``: what else tells this row from the others (input size, machine), joined to the model."""
     lat, mem, acc = row.get("latency") or {}, row.get("memory") or {}, row.get("accuracy") or {}
     name = str(row.get("name") or row.get("model"))
     quant = row.get("quantize")
     model = name + (f" ({quant})" if quant and quant not in name and row.get("format") != "torch" else "")
+    model = " · ".join([model, *extra])
     runtime = f"{row.get('runtime')} ×{row.get('threads')}" + (" no XNNPACK" if row.get("xnnpack") is False else "")
-    if (row.get("device") or "local") != "local":  # merged runs from several devices must stay apart on screen
-        runtime += f" @ {row['device']}"
+    if (row.get("device") or "local") != "local" and f"@ {row['device']}" not in extra:
+        runtime += f" @ {row['device']}"  # merged runs from several devices must stay apart on screen
     status = f"invalid [{invalid_index}]" if row.get("invalid") else "ok"
     return [model, runtime, _madds(row.get("madds")), _num(lat.get("p50_ms")), _num(lat.get("p90_ms")),
             _num(row.get("init_ms"), 1), _num(row.get("first_ms")), _num(mem.get("peak_rss_mib"), 1),
             _num(row.get("size_mib")), _num(acc.get("top1"), 1), status]
 
 
-def console_table(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> Any:
-    """A ``rich.table.Table`` of the Markdown table's numbers, narrower; invalid rows in red."""
+def fit_columns(columns: Sequence[str], drop_order: Sequence[str], min_width: Callable[[Sequence[str]], int],
+                width: int | None) -> tuple[list[str], list[str]]:
+    """(kept, dropped): the fewest columns left out, in ``drop_order``, for the table to fit ``width``.
+
+    Why drop rather than squeeze: rich shrinks a too-wide table by cutting cells to "…", and a cut
+    number is a wrong number. ``min_width(kept)`` is the table's narrowest layout (numbers whole,
+    names wrapped at spaces); ``None`` width means no limit (a pipe or a log). Any table with
+    unbreakable number columns can use it.
+    """
+    kept = list(columns)
+    dropped: list[str] = []
+    if width is None:
+        return kept, dropped
+    for column in drop_order:
+        if min_width(kept) <= width:
+            break
+        kept.remove(column)
+        dropped.append(column)
+    return kept, dropped
+
+
+def wrap_widths(natural: Sequence[int], minimum: Sequence[int], wrapable: Sequence[bool], room: int,
+                floor: int = 4) -> list[int]:
+    """Column widths within ``room`` cells: fixed columns keep ``natural``; wrapable ones share the rest.
+
+    Each wrapable column gets its ``minimum`` (its longest word) plus a share of what is left in
+    proportion to how much wider it would like to be. Only when even the minimums do not fit do the
+    wrapable columns go below them (down to ``floor``), folding a long word: a name split across two
+    lines is still whole, a cut number is not.
+    """
+    if sum(natural) <= room:
+        return list(natural)
+    fixed = sum(n for n, w in zip(natural, wrapable) if not w)
+    free = max(room - fixed, 0)
+    want = [n if w else 0 for n, w in zip(natural, wrapable)]
+    low = [m if w else 0 for m, w in zip(minimum, wrapable)]
+    if sum(low) > free:  # fold: share what there is in proportion to the minimums
+        low = [max(floor, m * free // max(sum(low), 1)) if w else 0 for m, w in zip(low, wrapable)]
+    extra = max(free - sum(low), 0)
+    slack = [max(w_ - l, 0) for w_, l in zip(want, low)]
+    total = sum(slack) or 1
+    widths = [l + (extra * sl) // total if w else n for l, sl, w, n in zip(low, slack, wrapable, natural)]
+    return widths
+
+
+def _table_overhead(columns: int) -> int:
+    """Cells a console table adds around its columns' contents (edges, padding, separators)."""
     from rich import box
+    from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
+    probe = Console(width=10_000, file=io.StringIO())
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=False)
+    for _ in range(columns):
+        table.add_column(width=1)
+    return Measurement.get(probe, probe.options, table).maximum - columns
+
+
+def _console_table_with(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], width: int | None) -> Any:
+    from rich import box
+    from rich.cells import cell_len
+    from rich.table import Table
+
+    rows = rows_of(report_or_rows)
+    cells, invalid = [], 0
+    for row, extra in zip(rows, distinguishing_parts(rows, _CONSOLE_SHOWN)):
+        invalid += bool(row.get("invalid"))
+        cells.append(console_cells(row, invalid, extra))
+    wrapable = [c in ("model", "runtime", "status") for c in CONSOLE_COLUMNS]  # numbers never wrap
+    natural = [max([cell_len(c)] + [cell_len(r[i]) for r in cells]) for i, c in enumerate(CONSOLE_COLUMNS)]
+    minimum = [max([cell_len(c)] + [cell_len(w) for r in cells for w in r[i].split()]) if wrapable[i] else natural[i]
+               for i, c in enumerate(CONSOLE_COLUMNS)]
+
+    def min_width(kept: Sequence[str]) -> int:
+        return sum(minimum[CONSOLE_COLUMNS.index(c)] for c in kept) + _table_overhead(len(kept))
+
+    kept, dropped = fit_columns(CONSOLE_COLUMNS, CONSOLE_DROP_ORDER, min_width, width)
+    index = [CONSOLE_COLUMNS.index(c) for c in kept]
+    widths = [natural[i] for i in index]
+    if width is not None:
+        widths = wrap_widths(widths, [minimum[i] for i in index], [wrapable[i] for i in index],
+                             width - _table_overhead(len(kept)))
     caption = _machine_line(report_or_rows) if isinstance(report_or_rows, dict) else None
     table = Table(title=CONSOLE_TITLE, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in CONSOLE_COLUMNS:
-        if column in ("model", "runtime", "status"):
-            table.add_column(column, overflow="fold", min_width=10 if column != "status" else 7)
+    for i, w in zip(index, widths):
+        if wrapable[i]:
+            table.add_column(CONSOLE_COLUMNS[i], overflow="fold", width=w)
         else:
-            table.add_column(column, justify="left" if column == "status" else "right", no_wrap=True)
-    invalid = 0
-    for row in rows_of(report_or_rows):
-        invalid += bool(row.get("invalid"))
-        table.add_row(*console_cells(row, invalid), style="red" if row.get("invalid") else None)
+            table.add_column(CONSOLE_COLUMNS[i], justify="right", no_wrap=True, width=w)
+    for row, row_cells in zip(rows, cells):
+        table.add_row(*(row_cells[i] for i in index), style="red" if row.get("invalid") else None)
+    table.dropped = dropped
     return table
+
+
+def console_table(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], width: int | None = None) -> Any:
+    """A ``rich.table.Table`` of the Markdown table's numbers, narrower; invalid rows in red.
+
+    ``width``: the cells it must fit in; the least important columns are left out until it does
+    (``CONSOLE_DROP_ORDER``), and ``table.dropped`` names them. None: every column, natural widths.
+    """
+    return _console_table_with(report_or_rows, width)
 
 
 def invalid_footnotes(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> list[str]:
@@ -376,15 +621,37 @@ def invalid_footnotes(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]])
 
 
 def print_report(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], console: Any = None) -> None:
+    """The console table, invalid rows' reasons and the warnings.
+
+    In a terminal the table fits its width (less important columns left out, and said so); anywhere
+    else (a pipe, a log, CI) it is printed whole at its natural width, since nothing there wraps it.
+    """
     from rich.console import Console
+    from rich.measure import Measurement
 
     console = console or Console()
-    console.print(console_table(report_or_rows))
+    if console.is_terminal:
+        table = console_table(report_or_rows, width=console.width)
+        console.print(table)
+    else:
+        table = console_table(report_or_rows)
+        natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+        narrow = console.width  # print() caps a width= at the console's, so widen the console itself
+        console.width = max(narrow, natural)
+        try:
+            console.print(table)
+        finally:
+            console.width = narrow
+    whole = not console.is_terminal  # a log keeps each line whole; a terminal gets them wrapped at spaces
+    if table.dropped:
+        console.print(f"left out to fit {console.width} columns: {', '.join(table.dropped)} "
+                      "(the JSON, CSV and Markdown files have every column)", markup=False, highlight=False,
+                      soft_wrap=whole)
     for line in invalid_footnotes(report_or_rows):
-        console.print(line, style="red", markup=False, highlight=False)
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=whole)
     if isinstance(report_or_rows, dict):
         for line in report_or_rows.get("warnings") or []:
-            console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
+            console.print(f"warning: {line}", style="yellow", markup=False, highlight=False, soft_wrap=whole)
 
 
 def write_all(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], out_dir: str | os.PathLike,

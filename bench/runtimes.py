@@ -395,6 +395,27 @@ def _check_model_file(source: Any, fmt: str) -> Path:
     return path
 
 
+def check_model_contents(path: Path, fmt: str) -> None:
+    """The file exists and is what its suffix says, checked before any benchmark starts.
+
+    TFLite: the flatbuffer identifier. ONNX: the protobuf parses into a model with a graph. A file
+    that passes can still fail to load in a runtime; that makes an invalid row, not an error.
+    """
+    _check_model_file(path, fmt)
+    if fmt != "onnx":
+        return
+    try:
+        import onnx
+    except ModuleNotFoundError:  # ONNX Runtime alone is enough to benchmark; then the runtime judges the file
+        return
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:
+        raise MicronetError(f"{path} is not an ONNX model ({_first_line(exc)}): corrupt or wrong file") from None
+    if model.ir_version < 1 or not model.graph.node:
+        raise MicronetError(f"{path} is not an ONNX model (no graph): corrupt or wrong file")
+
+
 # ---------------------------------------------------------------------------------------------- torch
 
 

@@ -66,8 +66,9 @@ def build_eval_sets(models: Sequence[tuple[Path, dict | None]], data: Any, limit
     for path, manifest in models:
         width = _output_width(manifest)
         if width is not None and width != len(images.classes):
-            raise MicronetError(f"the data has {len(images.classes)} classes but {path.name} outputs {width} logits: "
-                                "use a label map or labels file that covers the model's classes")
+            from micronet.bench.accuracy import class_mismatch_message
+
+            raise MicronetError(class_mismatch_message(len(images.classes), width, path.name))
         p = _preprocessing(manifest, path.name)
         key = json.dumps(p.to_dict(), sort_keys=True)
         if key not in cache:

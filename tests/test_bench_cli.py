@@ -61,12 +61,13 @@ def test_bench_files_writes_json_csv_md_and_report_merges_with_plots(exported_m0
 def test_accuracy_on_a_folder_with_a_non_image_file(exported_m0_small, tmp_path):
     data = _digits_like(tmp_path / "data", classes=1000 // 100, per_class=1)
     (data / "class0" / "README.txt").write_text("not an image")
-    # The m0 export has 1000 classes and this folder 10: that is a clear error, not a silent score.
+    # The m0 export has 1000 classes and this folder 10: a mistake in the request, found before anything
+    # is measured: one line, exit 2, no report (it used to be an invalid row and exit 0).
     result = run_cli("bench", str(exported_m0_small["int8"]), "--data", str(data), "--no-memory", "--runs", "5",
                      "--out", str(tmp_path / "r"))
-    assert result.returncode == 0  # a model/runtime that cannot be scored becomes an invalid row, not a crash
-    row = _report(tmp_path / "r")["results"][0]
-    assert row["invalid"] and "10 classes but the model outputs 1000" in row["invalid_reason"]
+    assert_one_line_error(result, "the data has 10 classes but micronet-m0-64.int8.tflite outputs 1000 logits")
+    assert result.returncode == 2 and "labels file" not in result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_gate_measures_drops_against_the_torch_row():
@@ -89,7 +90,7 @@ def test_bench_bad_inputs_are_one_line(tmp_path, exported_m0_small):
     onnx = str(exported_m0_small["onnx"])
     cases = [
         (["bench", str(tmp_path / "missing.onnx")], "model file not found"),
-        (["bench", str(corrupt), "--runs", "5", "--no-memory"], None),  # invalid row, checked below
+        (["bench", str(corrupt), "--runs", "5", "--no-memory"], "is not a TFLite flatbuffer"),
         (["bench", onnx, "--runtime", "tflite-runtime"], "pip install tflite-runtime"),
         (["bench", onnx, "--runs", "0"], "runs"),
         (["bench", onnx, "--runs", "-3"], "runs"),
@@ -102,7 +103,5 @@ def test_bench_bad_inputs_are_one_line(tmp_path, exported_m0_small):
     ]
     for args, message in cases:
         result = run_cli(*args, "--out", str(tmp_path / "out"))
-        if message is None:
-            assert result.returncode == 0 or "Traceback" not in result.stderr
-            continue
         assert_one_line_error(result, message)
+        assert result.returncode == 2

@@ -351,8 +351,20 @@ def test_run_benchmark_report_round_trips(models, tmp_path):
 
 
 def test_run_benchmark_marks_a_broken_model_invalid_and_goes_on(models, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"garbage" * 10)
+    with pytest.raises(MicronetError, match="is not an ONNX model"):  # not a model at all: the request is wrong
+        run_benchmark([garbage, models["onnx"]], runtimes=["onnxruntime"], warmup=0, runs=2, memory=False)
+    # A well-formed ONNX file no runtime can load (an op nobody implements): that row is invalid, the run goes on.
     bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"garbage" * 10)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="no.such")], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("no.such", 1)]),
+              bad)
     report = run_benchmark([bad, models["onnx"]], runtimes=["onnxruntime"], warmup=0, runs=2, memory=True,
                            memory_inferences=1)
     first, second = report["results"]
