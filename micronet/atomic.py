@@ -106,7 +106,8 @@ def _hold_owner_lock(folder: Path) -> int:
     tmp = folder / f"{OWNER_FILE}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.suppress(OSError):  # no locks on this file system: then nobody can judge it abandoned
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, json.dumps({"pid": os.getpid(), "started": time.time()}).encode())
         os.replace(tmp, folder / OWNER_FILE)
     except BaseException:
@@ -147,6 +148,8 @@ def remove_abandoned_staging(parent: str | os.PathLike, prefix: str) -> list[Sta
     A process killed outright cannot remove its own staging folder (tens of MB for an export); the next run
     into the same folder does, and never touches a folder whose owner still runs (concurrent exports into one
     folder keep working). Returns what was removed, for the caller to report."""
+    from micronet import interrupts
+
     removed = []
     for folder in sorted(Path(parent).glob(f"{prefix}*")):
         if not folder.is_dir() or folder.is_symlink():
@@ -156,8 +159,9 @@ def remove_abandoned_staging(parent: str | os.PathLike, prefix: str) -> list[Sta
             continue
         fd, pid = claim
         try:
-            size = _folder_size(folder)
-            shutil.rmtree(folder, ignore_errors=True)
+            with interrupts.deferred():  # half a folder without its owner file would wait out the grace period
+                size = _folder_size(folder)
+                shutil.rmtree(folder, ignore_errors=True)
         finally:
             if fd is not None:
                 os.close(fd)
