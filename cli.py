@@ -31,6 +31,16 @@ devices_app = typer.Typer(help="Benchmark targets: this machine, Linux boards ov
                           no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 
+
+@app.callback()
+def root(verbose: bool = typer.Option(False, "--verbose", help="show TensorFlow's own log lines (hidden by default)")
+         ) -> None:
+    """MicroNet for the edge: build, count, export and benchmark the MicroNet image classifiers."""
+    from micronet.quiet import quiet_tensorflow_environment, set_verbose
+
+    set_verbose(verbose)
+    quiet_tensorflow_environment()  # before any command imports TensorFlow
+
 VariantOpt = typer.Option("m0", "--variant", "-v", help="m0 m1 m2 m3 release-m0 release-m3 (aliases release-m1, release-m2)")
 InputSizeOpt = typer.Option(224, "--input-size", help="input resolution in pixels, a multiple of 32")
 DEFAULT_BUDGETS = Path("budgets.toml")
@@ -358,17 +368,24 @@ def devices_check(names: Optional[list[str]] = typer.Argument(None, help="invent
 
 
 def main() -> None:
-    """Console-script entry point: user mistakes become one line and exit code 2."""
+    """Console-script entry point: user mistakes become one line and exit code 2; Ctrl-C and SIGTERM become
+    the one line ``interrupted`` and exit 130 / 143 (128 + signal), whatever exception the interrupt caused
+    on its way out (typer turns it into a silent exit 130, library code may wrap it into a MicronetError)."""
+    from micronet import interrupts
+
+    interrupts.install()
     try:
         app()
-    except MicronetError as exc:
-        from micronet.console import err_console
+    except BaseException as exc:  # SystemExit included: typer ends every run, even a successful one, with it
+        if interrupts.received() is not None or isinstance(exc, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            sys.exit(interrupts.exit_code())
+        if isinstance(exc, MicronetError):
+            from micronet.console import err_console
 
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        raise
 
 
 if __name__ == "__main__":

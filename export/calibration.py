@@ -26,6 +26,13 @@ DEFAULT_SET_WARNING = (
     "own images (give a calibration folder); accuracy after quantisation is unverified until then."
 )
 
+#: What a manifest of a file without int8 ranges says of the embedded default images instead of the warning.
+DEFAULT_SET_NOTE = (
+    "embedded default images: crops of {photos} generic photographs shipped with scikit-image/scikit-learn/"
+    "matplotlib. This file has no int8 ranges; the images served as the parity ladder's hold-out and, for "
+    "untrained weights, to re-estimate BatchNorm statistics."
+)
+
 
 @dataclass
 class CalibrationData:
@@ -54,6 +61,17 @@ def build_calibration(source_dir: str | os.PathLike | None, count: int = 200, se
     return _from_folder(Path(source_dir).expanduser(), count, seed, preprocessing, holdout)
 
 
+def record_for_artifact(record: dict[str, Any], int8: bool) -> dict[str, Any]:
+    """The calibration record as the manifest of one artifact keeps it: an int8 file keeps the default set's
+    warning (its ranges were fitted on those images); any other file was not calibrated at all, so its record
+    says what the images were used for instead of warning about ranges it does not have."""
+    if int8 or "warning" not in record:
+        return record
+    other = {key: value for key, value in record.items() if key != "warning"}
+    other["note"] = DEFAULT_SET_NOTE.format(photos=len(record.get("photographs", {}).get("calibration", [])))
+    return other
+
+
 def _skipped_record(skipped: Sequence[tuple[Path, str]], root: Path) -> list[dict[str, str]]:
     return [{"file": path.relative_to(root).as_posix(), "reason": reason} for path, reason in skipped]
 
@@ -63,15 +81,51 @@ def _loaded(files: Sequence[Path], skipped: Sequence[tuple[Path, str]]) -> list[
     return [path for path in files if path not in unreadable]
 
 
+#: How many unreadable files ``skipped_summary`` names before "and N more".
+SKIPPED_NAMED = 3
+
+
+def skipped_summary(record: dict[str, Any]) -> str | None:
+    """One line for the terminal naming the unreadable images that were skipped (count and the first few, with
+    the first reason), or None when every sampled image was read. The manifest lists them all."""
+    skipped = record.get("skipped") or []
+    if not skipped:
+        return None
+    names = ", ".join(entry["file"] for entry in skipped[:SKIPPED_NAMED])
+    more = f" and {len(skipped) - SKIPPED_NAMED} more" if len(skipped) > SKIPPED_NAMED else ""
+    noun = "image" if len(skipped) == 1 else "images"
+    return (f"skipped {len(skipped)} unreadable calibration {noun}: {names}{more} "
+            f"({skipped[0]['file']}: {skipped[0]['reason']}); the manifest lists them all")
+
+
+def _none_readable(folder: Path, images: Sequence[Path], tried: Sequence[Path], role: str,
+                   skipped: Sequence[tuple[Path, str]], all_skipped: int) -> MicronetError:
+    """The error for a set (calibration or hold-out) of which no image could be read, with numbers the user can
+    check against their folder: all of its images when every one was tried and failed, else the set's own."""
+    first = f"first: {skipped[0][0].name}: {skipped[0][1]}"
+    if all_skipped == len(images):
+        return MicronetError(f"none of the {len(images)} images under {folder} could be read ({first})")
+    sampled = f"the {len(tried)} images" if len(tried) > 1 else "the one image"
+    return MicronetError(f"none of {sampled} sampled {role} (of {len(images)} under {folder}) could be read "
+                         f"({first})")
+
+
+def _shortfall_note(folder: Path, found: int, count: int, holdout: int, calibrated: int, held: int,
+                    unreadable: int) -> str:
+    """The manifest's (and terminal's) note when the folder holds fewer images than requested; the numbers are
+    the images actually used, after unreadable ones were skipped."""
+    skipped = f", {unreadable} unreadable skipped" if unreadable else ""
+    return (f"only {found} images under {folder}, fewer than the {count} + {holdout} requested: "
+            f"using {calibrated} for calibration and {held} held out{skipped}")
+
+
 def _from_folder(folder: Path, count: int, seed: int, p: Preprocessing, holdout: int) -> CalibrationData:
     images = find_images(folder)
-    note = None
     holdout_count, calibration_count = holdout, count
-    if len(images) < count + holdout:
+    short = len(images) < count + holdout
+    if short:
         holdout_count = min(holdout, max(1, len(images) // 5))
         calibration_count = len(images) - holdout_count
-        note = (f"only {len(images)} images under {folder}, fewer than the {count} + {holdout} requested: "
-                f"using {calibration_count} for calibration and {holdout_count} held out")
     if calibration_count < 1:
         raise MicronetError(f"only {len(images)} image under {folder}: need at least 2 "
                             "(one to calibrate on, one held out for parity)")
@@ -82,9 +136,11 @@ def _from_folder(folder: Path, count: int, seed: int, p: Preprocessing, holdout:
                                              calibration_count, seed)
     calibration, skipped = load_batch(calibration_files, p)
     holdout_batch, holdout_skipped = load_batch(holdout_files, p)
+    unreadable = len(skipped) + len(holdout_skipped)
     if len(calibration) == 0:
-        raise MicronetError(f"none of the {len(calibration_files)} sampled images under {folder} could be "
-                            f"read (first: {skipped[0][0].name}: {skipped[0][1]})")
+        raise _none_readable(folder, images, calibration_files, "for calibration", skipped, unreadable)
+    if holdout_files and len(holdout_batch) == 0:
+        raise _none_readable(folder, images, holdout_files, "to hold out for parity", holdout_skipped, unreadable)
     record: dict[str, Any] = {
         "source": f"user folder {folder}",
         "is_default": False,
@@ -98,8 +154,9 @@ def _from_folder(folder: Path, count: int, seed: int, p: Preprocessing, holdout:
         "skipped": _skipped_record(skipped + holdout_skipped, folder),
         "preprocessing": p.to_dict(),
     }
-    if note:
-        record["note"] = note
+    if short:
+        record["note"] = _shortfall_note(folder, len(images), count, holdout, len(calibration), len(holdout_batch),
+                                         unreadable)
     return CalibrationData(calibration=calibration, holdout=holdout_batch, record=record)
 
 

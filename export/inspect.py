@@ -152,7 +152,10 @@ def run_tflite(path: str | os.PathLike, batch_nchw_float: np.ndarray, threads: i
         raise MicronetError(f"model batch is fixed at {chunk}; got {len(batch)} samples")
     if dynamic_batch:
         interpreter.resize_tensor_input(inp["index"], list(batch.shape))
-    interpreter.allocate_tensors()
+    from micronet.quiet import native_stderr
+
+    with native_stderr():  # LiteRT announces its XNNPACK delegate on stderr here, once per process
+        interpreter.allocate_tensors()
     outputs = []
     for start in range(0, len(batch), chunk):
         interpreter.set_tensor(inp["index"], batch[start:start + chunk])

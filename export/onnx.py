@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from micronet import interrupts
 from micronet.errors import MicronetError
 
 from micronet.atomic import replacing
@@ -116,6 +117,7 @@ def export_onnx(model, example, path: str | os.PathLike, *, dynamic_batch: bool 
         try:
             _export(model, example, str(tmp), dynamic_batch=dynamic_batch)
         except Exception as exc:  # the exporter's messages run to pages; the chained traceback keeps them
+            interrupts.check()  # an interrupt inside the exporter's lazy imports surfaces as AttributeError
             raise MicronetError(f"ONNX export of {type(model).__name__} failed: {_first_line(exc)}") from exc
         export_s = time.perf_counter() - start
         raw = onnx.load(str(tmp))

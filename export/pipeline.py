@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from micronet import interrupts
+from micronet.atomic import remove_abandoned_staging, staging_dir
 from micronet.errors import MicronetError
 from micronet.preprocess import Preprocessing
 
@@ -37,6 +39,9 @@ TFLITE_GRAPHS = ("fast", "reference")
 GRAPH_REVISION = 5
 
 Progress = Callable[[str], None]
+#: Artifacts are built in ``<output>/.micronet-export-XXXX/`` (see ``export``); bench/cache.py exports through
+#: the same function, so its cache folders are cleaned the same way.
+STAGING_PREFIX = ".micronet-export-"
 
 
 class ParityFailure(MicronetError):
@@ -132,7 +137,7 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
     from . import calibration as calib
     from . import deploy, manifest, onnx as onnx_stage, parity
 
-    say = progress or (lambda message: None)
+    say = _checking(progress)
     timings: dict[str, float] = {}
     variant = resolve_variant(request.variant).name
     if not request.targets:
@@ -159,9 +164,15 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
     data = calib.build_calibration(request.calibration, count=request.calib_count, seed=request.seed,
                                    preprocessing=preprocessing, holdout=request.holdout)
     _check_output_dir(request.output_dir)
+    for stale in remove_abandoned_staging(request.output_dir, STAGING_PREFIX):
+        say(_plain(stale.describe()))
     timings["prepare_s"] = time.perf_counter() - start
-    if data.record.get("warning"):
+    interrupts.check()
+    if data.record.get("warning") and ("tflite", "int8") in request.targets:  # only int8 ranges come from them
         say(f"[bold yellow]warning:[/bold yellow] {data.record['warning']}")
+    for line in (data.record.get("note"), calib.skipped_summary(data.record)):
+        if line:
+            say(f"[yellow]note:[/yellow] {_plain(line)}")
 
     if weights_record["state"] == "untrained":
         say("untrained weights: re-estimating BatchNorm statistics on the calibration images")
@@ -178,6 +189,7 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
     deploy_logits = _form_rung("deploy", deployed, reference, holdout, rungs)
 
     def judge(name: str, ref: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+        interrupts.check()  # a stage that swallowed the interrupt must not be judged, let alone shipped
         rung = parity.check_rung(name, parity.compare(ref, candidate), untrained=weights_record["state"] == "untrained")
         rungs.append(_rung_record(rung))
         say(("[green]✓[/green] " if rung.passed else "[red]✗[/red] ") + rung.summary())
@@ -194,8 +206,8 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
         "weights": weights_record,
         "calibration": data.record,
     }
-    staging = Path(tempfile.mkdtemp(dir=request.output_dir, prefix=".micronet-export-"))
-    try:
+    interrupts.check()
+    with staging_dir(request.output_dir, STAGING_PREFIX) as staging:
         staged: list[tuple[Path, dict]] = []
         # 2. ONNX, always: the TFLite float32 rung is judged against it (and onnx2tf converts it for --graph reference).
         example = torch.zeros(1, 3, request.input_size, request.input_size)
@@ -227,6 +239,7 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
                         "dtype": "float32"}
             staged.append((onnx_path, {**base, "format": "onnx", "quantize": "float32",
                                        "input": _io_spec(spec_in, preprocessing), "output": _io_spec(spec_out),
+                                       "calibration": calib.record_for_artifact(data.record, int8=False),
                                        "graph": request.graph, "graph_revision": GRAPH_REVISION,
                                        "stages": {"onnx": onnx_record}}))
 
@@ -246,15 +259,34 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
             record["parity"] = [r for r in rungs if r["rung"] in _ladder_for(record)]
             record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
             manifests.append(manifest.write_manifest(path, record))
-        for path, _ in staged:
-            target = request.output_dir / path.name
-            man = manifest.manifest_path(path)
-            shutil.move(str(man), manifest.manifest_path(target))
-            shutil.move(str(path), target)
-            written.append(target)
+        interrupts.check()  # the last point where an interrupt leaves nothing behind
+        with interrupts.deferred():  # renames within one file system: milliseconds, and never half done
+            for path, _ in staged:
+                target = request.output_dir / path.name
+                man = manifest.manifest_path(path)
+                shutil.move(str(man), manifest.manifest_path(target))
+                shutil.move(str(path), target)
+                written.append(target)
         return ExportResult(written, [manifest.manifest_path(p) for p in written], rungs, timings)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _plain(text: str) -> str:
+    """``text`` with its square brackets escaped: progress lines are console markup, and file names are not."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _checking(progress: Progress | None) -> Progress:
+    """``progress`` that first stops the export if an interrupt arrived: every stage announces itself, so an
+    interrupt a stage swallowed (TensorFlow's converter can) ends the export at the next one at the latest."""
+
+    def say(message: str) -> None:
+        interrupts.check()
+        if progress:
+            progress(message)
+
+    return say
 
 
 def _ladder_for(record: dict) -> set[str]:
@@ -349,7 +381,7 @@ def _tflite(request, variant, quantizations, source: _TfliteSource, onnx_logits,
             staging, judge, say, timings) -> list[tuple[Path, dict]]:
     from . import inspect as tfl_inspect
     from . import tflite as tflite_stage
-    from .calibration import nhwc
+    from .calibration import nhwc, record_for_artifact
 
     # float32 is always built: it is the reference of the quantized rungs.
     order = ["float32"] + [q for q in QUANTIZATIONS if q in quantizations and q != "float32"]
@@ -377,6 +409,7 @@ def _tflite(request, variant, quantizations, source: _TfliteSource, onnx_logits,
             continue
         io = tfl_inspect.tflite_io_spec(path)
         staged.append((path, {**base, "format": "tflite", "quantize": quantize,
+                              "calibration": record_for_artifact(data.record, int8=quantize == "int8"),
                               "per_channel": request.per_channel if quantize in ("int8", "dynamic") else None,
                               "input": _io_spec({**io["input"], "layout": source.input_layout}, preprocessing),
                               "output": _io_spec(io["output"]),

@@ -358,7 +358,9 @@ def export_saved_model(module, example_nchw, saved_model_dir: str | os.PathLike,
     with torch.no_grad():
         exported = torch.export.export(module.eval(), (example_nchw,))
     export_s = time.perf_counter() - start
-    import tensorflow as tf
+    from micronet.quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     b, c, h, w = (int(d) for d in example_nchw.shape)
     if split_depthwise is None:  # the float lowering splits large depthwise convs, the int8 one does not

@@ -61,6 +61,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from micronet import interrupts
 from micronet.errors import MicronetError
 
 from micronet.atomic import replacing
@@ -206,12 +207,13 @@ def _output_to(log: Path) -> Iterator[None]:
             os.dup2(f.fileno(), 2)
             yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
+        with interrupts.deferred():  # a second interrupt here would leave stdout and stderr in the log
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def _check_calibration(calibration_nhwc: np.ndarray | None) -> np.ndarray:
@@ -279,12 +281,15 @@ def saved_model_to_tflite(saved_model_dir: str | os.PathLike, out_path: str | os
     start = time.perf_counter()
     with _output_to(log):
         import_start = time.perf_counter()
-        import tensorflow as tf  # seconds on first use; counted apart so stage times compare across calls
+        from micronet.quiet import import_tensorflow
+
+        tf = import_tensorflow()  # seconds on first use; counted apart so stage times compare across calls
 
         import_s = time.perf_counter() - import_start
         try:
             payload = _converter(tf, saved_model_dir, quantize, calibration, io_dtype, per_channel).convert()
         except Exception as exc:  # TF raises ConverterError, ValueError, RuntimeError, OSError...
+            interrupts.check()  # the converter turned an interrupt in its Python callback into an error
             print(f"\n{type(exc).__name__}: {exc}", file=sys.stderr)  # into the log: the full story
             failure = _converter_failure(exc)
         else:

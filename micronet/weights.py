@@ -128,7 +128,7 @@ def _mismatch_message(state: Mapping[str, Tensor], model: MicroNet, origin: str)
 def load_weights(model: MicroNet, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> dict:
     """Load our own or a released checkpoint into ``model``; every shape is checked first.
 
-    Returns a record for manifests: path, sha256, the key layout found and tensor count.
+    Returns a record for manifests: absolute path, sha256, the key layout found and tensor count.
     """
     if isinstance(source, Mapping):
         state, origin, digest = unwrap_state_dict(source), "state_dict", None
@@ -145,7 +145,8 @@ def load_weights(model: MicroNet, source: str | Path | Mapping[str, Tensor], str
     if wrong_shape or (strict and (missing or unexpected)):
         raise MicronetError(_mismatch_message(state, model, origin))
     model.load_state_dict(ours, strict=strict)
-    return {"path": None if digest is None else str(source), "sha256": digest, "layout": layout,
+    # Absolute: a manifest is read from other working directories (``bench --max-drop`` reloads these weights).
+    return {"path": None if digest is None else str(Path(source).resolve()), "sha256": digest, "layout": layout,
             "tensors": len(ours)}
 
 

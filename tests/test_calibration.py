@@ -148,3 +148,62 @@ def test_default_falls_back_to_holding_out_the_last_photo(monkeypatch: pytest.Mo
     last = bundled_photographs()[-1].name
     assert data.record["photographs"]["holdout"] == [last]
     assert last not in data.record["photographs"]["calibration"] and len(data.holdout) == 2
+
+
+def test_shortfall_note_counts_the_images_actually_used(tmp_path: Path) -> None:
+    """The note once said "using 98 for calibration and 24 held out" beside counts of 97 and 23."""
+    solid_images(tmp_path, 8)
+    for name in ("bad1.jpg", "bad2.jpg"):
+        (tmp_path / "set1" / name).write_bytes(b"\xff\xd8\xff garbage")
+    data = build_calibration(tmp_path, count=200, preprocessing=SMALL, holdout=32)
+    record = data.record
+    assert (record["count"], record["holdout"]) == (len(data.calibration), len(data.holdout))
+    assert len(data.calibration) + len(data.holdout) == 8  # 10 files found, 2 of them unreadable
+    assert (f"using {len(data.calibration)} for calibration and {len(data.holdout)} held out, "
+            "2 unreadable skipped") in record["note"]
+    assert "only 10 images" in record["note"]
+
+
+def test_skipped_files_are_summarised_for_the_terminal(tmp_path: Path) -> None:
+    from micronet.export.calibration import skipped_summary
+
+    solid_images(tmp_path, 20)
+    for i in range(5):
+        (tmp_path / "set0" / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    data = build_calibration(tmp_path, count=30, preprocessing=SMALL, holdout=4)  # every file is sampled
+    line = skipped_summary(data.record)
+    assert line.startswith("skipped 5 unreadable calibration images: set0/bad0.jpg, set0/bad1.jpg, set0/bad2.jpg "
+                           "and 2 more (set0/bad0.jpg: ")
+    assert "\n" not in line
+    (tmp_path / "clean").mkdir()
+    solid_images(tmp_path / "clean", 6)
+    assert skipped_summary(build_calibration(tmp_path / "clean", count=4, preprocessing=SMALL, holdout=1).record) is None
+
+
+def test_a_folder_of_corrupt_images_is_counted_right(tmp_path: Path) -> None:
+    """3 corrupt jpgs once gave "none of the 2 sampled images": 2 were sampled for calibration, 1 held out."""
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(MicronetError, match=r"^none of the 3 images under .* could be read \(first: "):
+        build_calibration(tmp_path, count=200, preprocessing=SMALL, holdout=32)
+
+
+def test_an_unreadable_holdout_is_an_error_with_its_own_numbers(tmp_path: Path) -> None:
+    from micronet.images import deterministic_sample, find_images
+
+    solid_images(tmp_path, 5)  # 4 calibrate, 1 is held out
+    (held,) = deterministic_sample(find_images(tmp_path), 1, 0)
+    held.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(MicronetError, match=r"none of the one image sampled to hold out for parity \(of 5 under"):
+        build_calibration(tmp_path, count=200, preprocessing=SMALL, holdout=32)
+
+
+def test_non_int8_artifacts_do_not_carry_the_int8_warning(default_set: CalibrationData) -> None:
+    from micronet.export.calibration import record_for_artifact
+
+    assert record_for_artifact(default_set.record, int8=True) == default_set.record
+    other = record_for_artifact(default_set.record, int8=False)
+    assert "warning" not in other and "warning" in default_set.record  # the shared record is not changed
+    assert "no int8 ranges" in other["note"] and "hold-out" in other["note"]
+    assert {k: v for k, v in other.items() if k != "note"} == {k: v for k, v in default_set.record.items()
+                                                               if k != "warning"}
