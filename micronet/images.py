@@ -115,8 +115,8 @@ def _scan_class_folders(folder: Path, label_map: dict[str, int] | None) -> Label
     class_folders = sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
                            key=lambda d: d.name)
     if not class_folders:
-        raise MicronetError(f"no class folders under {folder}: expected {folder}/<class>/<image> "
-                            "or a flat folder with a labels file")
+        raise MicronetError(f"no class folders under {folder}: expected {folder}/<class>/<image>, "
+                            "one folder per class")
     classes = _classes_from_map(label_map) if label_map is not None else [d.name for d in class_folders]
     index_of = {name: index for index, name in enumerate(classes)}
     result = LabelledImages(samples=[], classes=classes)

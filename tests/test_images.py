@@ -110,8 +110,10 @@ def test_image_folder_with_label_map_uses_its_order_and_skips_unknown_folders(tm
 
 def test_root_without_classes_or_images_is_an_error(tmp_path: Path) -> None:
     save_image(tmp_path / "flat.png")
-    with pytest.raises(MicronetError, match="no class folders"):
+    with pytest.raises(MicronetError, match="no class folders") as caught:
         scan_labelled(tmp_path)
+    # The CLI's --data has no labels-file option: the message must not suggest one.
+    assert "labels file" not in str(caught.value)
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(MicronetError, match="no images .* in any class folder"):
         scan_labelled(tmp_path)
