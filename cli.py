@@ -46,8 +46,14 @@ InputSizeOpt = typer.Option(224, "--input-size", help="input resolution in pixel
 DEFAULT_BUDGETS = Path("budgets.toml")
 
 
+def flag(name: str, help: str):
+    """A switch that takes no value. typer labels every bool option ``<bool>`` in --help, which reads
+    as if it took true/false (and ``--no-flip true`` is then refused); no metavar shows it as a flag."""
+    return typer.Option(False, name, metavar="", help=help)
+
+
 @app.command()
-def variants(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def variants(as_json: bool = flag("--json", help="machine-readable output")) -> None:
     """List the variants with their measured params/MAdds beside the published figures."""
     from micronet.counting import count_variant
     from micronet.registry import VARIANTS
@@ -62,19 +68,9 @@ def variants(as_json: bool = typer.Option(False, "--json", help="machine-readabl
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
+    from micronet.console import VARIANTS_DROP, print_table, variants_table
 
-    from micronet.console import console
-
-    table = Table(title="MicroNet variants (224x224, 1000 classes)")
-    for col in ("variant", "params", "MAdds", "published", "released weights (top-1)", "what it is"):
-        table.add_column(col, justify="right" if col in ("params", "MAdds") else "left", no_wrap=col != "what it is")
-    for r in rows:
-        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
-        weights = f"{r['release_checkpoint']} ({r['release_top1']}%)" if r["release_checkpoint"] else "-"
-        table.add_row(name, f"{r['params']:,}", f"{r['madds']:,}", f"{r['paper_madds']} MAdds, {r['paper_params']}",
-                      weights, r["description"])
-    console.print(table)
+    print_table(variants_table(rows), drop=VARIANTS_DROP)
 
 
 @app.command()
@@ -82,8 +78,8 @@ def flops(
     variant: str = VariantOpt,
     input_size: int = InputSizeOpt,
     num_classes: int = typer.Option(1000, "--num-classes"),
-    per_layer: bool = typer.Option(False, "--per-layer", help="one row per conv/Linear/Shift-Max/BN layer"),
-    as_json: bool = typer.Option(False, "--json", help="print the full table as JSON"),
+    per_layer: bool = flag("--per-layer", help="one row per conv/Linear/Shift-Max/BN layer"),
+    as_json: bool = flag("--json", help="print the full table as JSON"),
 ) -> None:
     """MAdds and parameters per stage (or per layer), cross-checked against torch's FlopCounterMode."""
     from micronet.counting import count_variant, cross_check
@@ -91,7 +87,7 @@ def flops(
 
     name = resolve_variant(variant).name
     counts = count_variant(name, input_size=input_size, num_classes=num_classes)
-    check = cross_check(name, input_size=input_size)
+    check = cross_check(name, input_size=input_size, num_classes=num_classes)
     if as_json:
         data = counts.to_dict()
         data["other_conventions"] = check
@@ -99,9 +95,9 @@ def flops(
             data.pop("layers")
         print(json.dumps(data, indent=2))
         return
-    from micronet.console import console, conventions_note, counts_table
+    from micronet.console import LAYERS_DROP, STAGES_DROP, console, conventions_note, counts_table, print_table
 
-    console.print(counts_table(counts, per_layer=per_layer))
+    print_table(counts_table(counts, per_layer=per_layer), drop=LAYERS_DROP if per_layer else STAGES_DROP)
     console.print(conventions_note(check))
 
 
@@ -128,7 +124,7 @@ def export_cmd(
                               "deploy form; TFLite through onnx2tf)"),
 ) -> None:
     """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
-    from micronet.console import console, export_summary, parity_table
+    from micronet.console import EXPORT_DROP, PARITY_DROP, console, export_summary, parity_table, print_table
     from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_targets
 
     request = ExportRequest(
@@ -145,10 +141,10 @@ def export_cmd(
 
             result = export(request, progress=progress)
     except ParityFailure as failure:
-        console.print(parity_table(failure.rungs))
+        print_table(parity_table(failure.rungs), drop=PARITY_DROP)
         raise
-    console.print(parity_table(result.rungs))
-    console.print(export_summary(result))
+    print_table(parity_table(result.rungs), drop=PARITY_DROP)
+    print_table(export_summary(result), drop=EXPORT_DROP)
 
 
 @app.command("bench")
@@ -298,14 +294,15 @@ def train_cmd(
     input_size: int = InputSizeOpt,
     weights: Optional[Path] = typer.Option(None, "--weights", help="start from ours or a released checkpoint"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue a run from its last.pt"),
-    mutual: bool = typer.Option(False, "--mutual", help="mutual learning with a full-rank partner (paper 5.1)"),
+    mutual: bool = flag("--mutual", help="mutual learning with a full-rank partner (paper 5.1)"),
     seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(4, "--workers", help="data-loading processes per training process"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="data-loading processes per training process "
+                                          "(default: min(4, the CPU cores this process may use))"),
     crop_min: float = typer.Option(0.08, "--crop-min", help="smallest random crop, as a fraction of the image area"),
-    no_flip: bool = typer.Option(False, "--no-flip", help="no random horizontal flip (e.g. digits, text)"),
-    deterministic: bool = typer.Option(False, "--deterministic",
-                                       help="deterministic kernels: bit-exact reruns and resumes (slower on CUDA)"),
-    as_json: bool = typer.Option(False, "--json", help="print the final metrics as JSON on stdout"),
+    no_flip: bool = flag("--no-flip", help="no random horizontal flip (e.g. digits, text)"),
+    deterministic: bool = flag("--deterministic",
+                               help="deterministic kernels: bit-exact reruns and resumes (slower on CUDA)"),
+    as_json: bool = flag("--json", help="print the final metrics as JSON on stdout"),
 ) -> None:
     """Train, fine-tune (--weights) or resume (--resume) a MicroNet; runs under torchrun as DDP too."""
     import os
@@ -381,9 +378,12 @@ def main() -> None:
             print("interrupted", file=sys.stderr)
             sys.exit(interrupts.exit_code())
         if isinstance(exc, MicronetError):
+            from rich.markup import escape
+
             from micronet.console import err_console
 
-            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            # escape: a message naming a TOML section ("[m0]", "[devices.pi4]") is not rich markup
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         raise
 

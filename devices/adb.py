@@ -35,7 +35,8 @@ from .remote import WORKDIR_PREFIX
 DEFAULT_BASE = "/data/local/tmp"
 RUNTIME = "benchmark_model"
 _ELF_ABI = {183: "arm64-v8a", 40: "armeabi-v7a", 62: "x86_64", 3: "x86"}
-HOW_TO_GET = "see the README, section 'Android over adb', for where to get benchmark_model"
+README_SECTION = "Android phones over adb"  # a heading of README.md (tests/test_devices_adb.py checks it exists)
+HOW_TO_GET = f"see the README, section '{README_SECTION}', for where to get benchmark_model"
 
 
 def binary_abi(path: Path) -> str | None:

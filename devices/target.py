@@ -244,6 +244,8 @@ def _read_inventory(file: Path) -> Inventory:
     if unknown:
         raise MicronetError(f"{file}: unknown section(s) {', '.join(unknown)}; expected [defaults] and [devices.NAME]")
     base = file.parent
+    if not isinstance(data.get("defaults", {}), dict):
+        raise MicronetError(f"{file}: defaults must be a [defaults] table of options")
     defaults = DeviceOptions().merged(_options(data.get("defaults") or {}, f"{file} [defaults]", base))
     devices: dict[str, InventoryEntry] = {}
     table = data.get("devices") or {}
@@ -276,7 +278,9 @@ def _check_kind_options(target: Target, keys: set[str], where: str) -> None:
     if target.kind == "local":
         wrong = keys & (_ADB_ONLY | _SSH_ONLY)
     if wrong:
-        raise MicronetError(f"{where}: {', '.join(sorted(wrong))} do(es) not apply to a {target.kind} device")
+        names = sorted(wrong)
+        raise MicronetError(f"{where}: {', '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to "
+                            f"{'a' if target.kind == 'local' else 'an'} {target.kind} device")
 
 
 def _options(raw: dict[str, Any], where: str, base: Path) -> dict[str, Any]:

@@ -36,25 +36,40 @@ class BudgetResult:
 
 
 def read_budgets(path: str | Path) -> dict[str, dict[str, int]]:
+    """The file's ``{variant: {key: value}}``, every mistake one line naming the file (and section).
+
+    A file that sets no limit at all is a mistake too: a gate that checks nothing must not pass.
+    """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MicronetError(f"budgets file not found: {path}") from None
+    except IsADirectoryError:
+        raise MicronetError(f"budgets file {path} is a directory; give the TOML file") from None
+    except OSError as exc:
+        raise MicronetError(f"cannot read budgets file {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MicronetError(f"budgets file {path} is not valid TOML: {exc}") from None
     from .registry import resolve_variant
 
+    if not data:
+        raise MicronetError(f"budgets file {path} sets no budgets: add a [VARIANT] table with madds and/or params")
     for variant, table in data.items():
-        resolve_variant(variant)
+        try:
+            resolve_variant(variant)
+        except MicronetError as exc:
+            raise MicronetError(f"budgets file {path}: [{variant}]: {exc}") from None
         if not isinstance(table, dict):
             raise MicronetError(f"budgets file {path}: [{variant}] must be a table")
         for key, value in table.items():
             if key not in LIMIT_KEYS + OPTION_KEYS:
                 raise MicronetError(f"budgets file {path}: [{variant}] has unknown key {key!r} "
                                     f"(known: {', '.join(LIMIT_KEYS + OPTION_KEYS)})")
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise MicronetError(f"budgets file {path}: [{variant}] {key} must be a positive integer")
+        if not any(key in table for key in LIMIT_KEYS):
+            raise MicronetError(f"budgets file {path}: [{variant}] sets no limit; add madds and/or params")
     return data
 
 
@@ -64,7 +79,10 @@ def check_budgets(path: str | Path) -> list[BudgetResult]:
 
     results = []
     for variant, table in read_budgets(path).items():
-        counts = count_variant(variant, input_size=table.get("input_size", 224))
+        try:
+            counts = count_variant(variant, input_size=table.get("input_size", 224))
+        except MicronetError as exc:  # e.g. an input_size that is not a multiple of 32
+            raise MicronetError(f"budgets file {path}: [{variant}]: {exc}") from None
         measured = {"madds": counts.madds, "params": counts.params}
         results += [BudgetResult(variant, key, measured[key], table[key]) for key in LIMIT_KEYS if key in table]
     return results

@@ -2,17 +2,140 @@
 
 Kept apart from the records themselves so the library stays usable (and importable) without a
 terminal; every table here has a JSON twin produced from the same dict.
+
+Tables never cut a number or a name: ``print_table`` (through ``fit_table``) sizes every column
+itself instead of leaving it to rich, whose squeezing ellipsizes ``no_wrap`` cells ("1,777,…") once
+a table is wider than the console. In a terminal, columns a table marks as droppable go first and
+free text wraps; anywhere else (a pipe, a log, CI) the table is printed at its natural width.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Iterator
+
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from .counting import RULE, Counts
 
-console = Console()
+# Width of the shared console when stdout is not a terminal: pipes, logs and CI keep every line whole
+# instead of rich's 80-column default. Tables are not expanded, so this only lifts the limit.
+PIPE_WIDTH = 1000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console for stdout (or stderr): the terminal's width in a terminal, ``PIPE_WIDTH`` otherwise.
+
+    Decided once, when the console is made, as rich decides colour; ``print_table`` checks again at
+    print time, so a table stays whole even if stdout is redirected later.
+    """
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=PIPE_WIDTH)
+
+
+console = make_console()
 err_console = Console(stderr=True)
+
+
+def _measure(console: Console, renderable) -> Measurement:
+    """(longest word, whole line) of one cell, unconstrained by the console's width."""
+    return Measurement.get(console, console.options.update_width(10**6), renderable)
+
+
+def _column_range(console: Console, column) -> tuple[int, int]:
+    """The narrowest and widest a column's content may be drawn.
+
+    A ``no_wrap`` column holds numbers or names: its narrowest is its widest cell. Any other column
+    wraps at spaces, so its narrowest is its longest word. Headers always wrap at spaces.
+    """
+    cells = [_measure(console, cell) for cell in column.cells]
+    header = _measure(console, column.header)
+    widest = max([header.maximum] + [c.maximum for c in cells])
+    if column.no_wrap:
+        narrowest = max([header.minimum] + [c.maximum for c in cells])
+    else:
+        narrowest = max([header.minimum] + [c.minimum for c in cells])
+    return narrowest, widest
+
+
+def _overhead(console: Console, table: Table) -> int:
+    """Borders and padding: the table's width when every column is zero wide."""
+    saved = [c.width for c in table.columns]
+    try:
+        for c in table.columns:
+            c.width = 0
+        return _measure(console, table).maximum
+    finally:
+        for c, w in zip(table.columns, saved):
+            c.width = w
+
+
+def fit_table(table: Table, width: int, drop: Sequence[str] = (), console: Console | None = None) -> int:
+    """Size ``table``'s columns to ``width`` without cutting a number or a name; returns its width.
+
+    Why not leave it to rich: when a table is too wide rich shrinks every column evenly as a last
+    resort, ellipsizing ``no_wrap`` cells. Here a ``no_wrap`` column (a number or a name) gets
+    ``min_width`` = its widest cell; other columns (free text) fold at spaces, never inside a word.
+    While even those minimums do not fit, the columns named in ``drop`` are removed, in that order.
+    Remaining space goes to the columns furthest below their natural width (unwrapped headers and
+    text). If the minimums still exceed ``width`` the table comes out wider than asked -- the
+    terminal wraps the lines, but no figure is lost -- and the returned width says so.
+    """
+    console = console or Console(width=width)
+    for column in table.columns:
+        if not isinstance(column.header, Text):
+            column.header = Text(str(column.header))
+        column.header.no_wrap = False  # a header may take two lines, its column keeps its figures whole
+        column.header.overflow = "fold"
+        if not column.no_wrap:
+            column.overflow = "fold"
+    pending = list(drop)
+    while True:
+        ranges = [_column_range(console, c) for c in table.columns]
+        overhead = _overhead(console, table)
+        if overhead + sum(lo for lo, _ in ranges) <= width or not pending:
+            break
+        name = pending.pop(0)
+        table.columns[:] = [c for c in table.columns if str(c.header) != name]
+        for index, column in enumerate(table.columns):
+            column._index = index  # rich keys padding (first/last column) on the index
+    widths = [lo for lo, _ in ranges]
+    spare = width - overhead - sum(widths)
+    while spare > 0:
+        gaps = [hi - w for w, (_, hi) in zip(widths, ranges)]
+        neediest = max(range(len(gaps)), key=gaps.__getitem__, default=None)
+        if neediest is None or gaps[neediest] <= 0:
+            break
+        widths[neediest] += 1
+        spare -= 1
+    for column, w, (lo, _) in zip(table.columns, widths, ranges):
+        column.min_width, column.width = lo, w
+    return overhead + sum(widths)
+
+
+@contextmanager
+def _at_least(console: Console, width: int) -> Iterator[None]:
+    """Let ``console`` draw ``width`` columns for the duration (a table rich must not squeeze)."""
+    saved = console._width  # None: follow the terminal
+    if width > console.width:
+        console.width = width
+    try:
+        yield
+    finally:
+        console._width = saved
+
+
+def print_table(table: Table, drop: Sequence[str] = (), console: Console | None = None) -> None:
+    """Print a table whole: fitted to a terminal's width (dropping ``drop`` columns first if it must),
+    at its natural width anywhere else."""
+    out = console or globals()["console"]  # the parameter shadows the shared stdout console
+    width = fit_table(table, out.width if out.is_terminal else 10**6, drop, out)
+    with _at_least(out, width):
+        out.print(table)
 
 
 def millions(n: int) -> str:
@@ -24,13 +147,36 @@ def _shape(shape: list[int]) -> str:
     return "x".join(map(str, shape[1:]))
 
 
+# Columns each table can lose on a narrow terminal, least important first (print_table's ``drop``).
+VARIANTS_DROP = ("published", "released weights (top-1)", "what it is")
+STAGES_DROP = ("output shape", "Shift-Max MAdds", "Linear MAdds", "conv MAdds")
+LAYERS_DROP = ("output shape", "op")
+PARITY_DROP = ("cosine", "compared with", "top-1 agree")
+EXPORT_DROP = ("ops", "format", "input")
+
+
+def variants_table(rows: list[dict]) -> Table:
+    """``micronet variants``: measured figures beside the published ones, per variant."""
+    table = Table(title="MicroNet variants (224x224, 1000 classes)")
+    for col in ("variant", "params", "MAdds", "published", "released weights (top-1)", "what it is"):
+        table.add_column(col, justify="right" if col in ("params", "MAdds") else "left",
+                         no_wrap=col in ("variant", "params", "MAdds"))
+    for r in rows:
+        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
+        weights = f"{r['release_checkpoint']} ({r['release_top1']}%)" if r["release_checkpoint"] else "-"
+        table.add_row(name, f"{r['params']:,}", f"{r['madds']:,}", f"{r['paper_madds']} MAdds, {r['paper_params']}",
+                      weights, r["description"])
+    return table
+
+
 def counts_table(counts: Counts, per_layer: bool = False) -> Table:
     title = f"MicroNet {counts.variant} at {counts.input_size}x{counts.input_size}, {counts.num_classes} classes"
     table = Table(title=title, caption=f"MAdds = {RULE}")
+    # Every cell is a name, a shape or a number: all whole (print_table drops columns instead).
     if per_layer:
         for col in ("layer", "op", "output shape", "params", "MAdds"):
             table.add_column(col, justify="left" if col in ("layer", "op", "output shape") else "right",
-                             no_wrap=col != "layer")
+                             no_wrap=True)
         for row in counts.layers:
             table.add_row(row.name, row.op, _shape(row.out_shape), f"{row.params:,}", f"{row.madds:,}")
     else:
@@ -59,10 +205,11 @@ def conventions_note(check: dict) -> str:
 def parity_table(rungs: list[dict]) -> Table:
     """The parity ladder: each rung, what it was compared with, the judged metric and the verdict."""
     table = Table(title="parity ladder (held-out real images)")
-    # Rung names are identifiers (deploy_fast vs deploy_fast_onnxruntime): never truncated, the other columns wrap.
-    table.add_column("rung", no_wrap=True, min_width=max((len(r["rung"]) for r in rungs), default=4))
-    for col in ("compared with", "judged by (limit)", "cosine", "top-1 agree", "status"):
-        table.add_column(col, justify="right" if col in ("cosine", "top-1 agree") else "left")
+    # Rung names are identifiers (deploy_fast vs deploy_fast_onnxruntime) and the figures are figures:
+    # whole; the two phrases wrap between words.
+    for col in ("rung", "compared with", "judged by (limit)", "cosine", "top-1 agree", "status"):
+        table.add_column(col, justify="right" if col in ("cosine", "top-1 agree") else "left",
+                         no_wrap=col not in ("compared with", "judged by (limit)"))
     for r in rungs:
         relation = "≥" if r["metric"] == "cosine" else "≤"
         metric = "rel. max err" if r["metric"] == "rel_max_abs_err" else r["metric"]
@@ -77,8 +224,9 @@ def export_summary(result) -> Table:
     import json
 
     table = Table(title=f"exported to {result.artifacts[0].parent if result.artifacts else '-'}")
+    # File names differ only near the end (m0_float32.tflite vs m0_float16.tflite): never cut them.
     for col in ("file", "format", "quantize", "input", "size", "ops"):
-        table.add_column(col, justify="right" if col in ("size", "ops") else "left")
+        table.add_column(col, justify="right" if col in ("size", "ops") else "left", no_wrap=col != "input")
     for path, manifest_path in zip(result.artifacts, result.manifests):
         m = json.loads(manifest_path.read_text())
         inp = m["input"]

@@ -140,15 +140,17 @@ def count_variant(variant: str, input_size: int = 224, num_classes: int = 1000) 
     return count_model(model, input_size)
 
 
-def cross_check(variant: str, input_size: int = 224) -> dict:
+def cross_check(variant: str, input_size: int = 224, num_classes: int = 1000) -> dict:
     """Compare with ``torch.utils.flop_counter.FlopCounterMode`` on the real model.
 
     Returns both conventions side by side; ``matches`` is True when FlopCounter's FLOPs / 2 equals
     our conv + Linear MAdds, i.e. when the only difference is the documented Shift-Max products.
+    The model is built exactly as the one being counted (input size *and* classes), so the note
+    printed under ``micronet flops`` compares against that table's total.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(variant, input_size=input_size).eval()
+    model = build_model(variant, num_classes=num_classes, input_size=input_size).eval()
     counts = count_model(model, input_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, input_size, input_size))
@@ -159,6 +161,7 @@ def cross_check(variant: str, input_size: int = 224) -> dict:
     return {
         "variant": variant,
         "input_size": input_size,
+        "num_classes": num_classes,
         "flop_counter_flops": flops,
         "flop_counter_flops_by_op": by_op,
         "flop_counter_as_madds": flops // 2,

@@ -59,14 +59,44 @@ def released_key_map(model: MicroNet) -> dict[str, str]:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a checkpoint file and return a plain state_dict (wrappers and ``module.`` removed)."""
     path = Path(path)
+    if path.is_dir():
+        raise MicronetError(f"weights path {path} is a directory; give the checkpoint file (.pth or .pt) inside it")
     if not path.is_file():
         raise MicronetError(f"weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean the same to a user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MicronetError(f"cannot read weights file {path}: not a PyTorch checkpoint ({first[:160]})") from None
-    return unwrap_state_dict(obj, str(path))
+    except Exception as exc:  # torch raises many types for a bad file; the file itself says what is wrong
+        raise MicronetError(f"cannot read weights file {path}: {_unreadable_reason(path, exc)}") from None
+    return unwrap_state_dict(obj, f"weights file {path}")
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` refused a file, in a user's terms, from the file's first bytes.
+
+    torch's own messages are written for its developers (a zip reader's internals, "pop from empty
+    list" for random bytes), so they are not passed on, except the name of a refused Python class.
+    """
+    import pickle
+    import zipfile
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return err.strerror or str(err)
+    if not head:
+        return "the file is empty"
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if isinstance(exc, pickle.UnpicklingError) and refused:
+        return (f"it stores a Python object ({refused[1].rstrip('.')}) besides tensors, which is not loaded for "
+                "safety; save only the model's state_dict")
+    if head.startswith(b"PK\x03\x04"):  # a zip archive: the format torch.save writes
+        if not zipfile.is_zipfile(path):
+            return "the file is truncated or damaged (an incomplete zip archive; was a download or copy cut short?)"
+        return "it is a zip archive but not one written by torch.save (or a damaged one)"
+    if head[:1] == b"\x80":  # a pickle: torch's legacy format
+        return "it is a damaged or truncated checkpoint in torch's legacy (pickle) format"
+    return "not a PyTorch checkpoint (torch.save writes a zip archive; this file is neither that nor a pickle)"
 
 
 def unwrap_state_dict(obj: object, origin: str = "checkpoint") -> dict[str, Tensor]:
@@ -120,9 +150,16 @@ def _mismatch_message(state: Mapping[str, Tensor], model: MicroNet, origin: str)
         return (f"{origin} has a {classes}-class classifier but the model was built with "
                 f"{model.num_classes} classes; pass --num-classes {classes}")
     if detected:
-        return (f"{origin} is a {detected} checkpoint ({classes} classes), not {model.config.name}; "
+        return (f"{origin} is {_article(detected)} {detected} checkpoint ({classes} classes), not {model.config.name}; "
                 f"use --variant {detected}")
     return f"{origin} does not match any MicroNet variant (its tensor names or shapes are foreign)"
+
+
+def _article(name: str) -> str:
+    """"a" or "an" as the name is spoken: "an m1" (em-one, letter by letter), "a release-m3"."""
+    first = name[:1].lower()
+    spelled = len(name) < 2 or not name[1].isalpha()
+    return "an" if first in "aeio" or (spelled and first in "fhlmnrsx") else "a"
 
 
 def load_weights(model: MicroNet, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> dict:

@@ -73,3 +73,12 @@ def test_counting_a_real_model_equals_counting_on_meta():
     model = build_model("m1")
     assert count_model(model).madds == count_variant("m1").madds
     assert next(model.parameters()).device == torch.device("cpu")
+
+
+def test_cross_check_counts_the_same_model_as_the_table():
+    """`flops --num-classes 10`: the FlopCounter note must compare against the 10-class total."""
+    check = cross_check("release-m0", num_classes=10)
+    counts = count_variant("release-m0", num_classes=10)
+    assert check["num_classes"] == 10 and check["matches"]
+    assert check["micronet_madds"] == counts.madds
+    assert check["conv_plus_linear_madds"] == counts.total("conv") + counts.total("linear")

@@ -9,6 +9,7 @@ prove: behaviour of a real phone's adbd, shell or benchmark_model build.
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -205,3 +206,12 @@ def test_elf_abi(tmp_path):
     script = tmp_path / "s"
     script.write_text("#!/bin/sh\n")
     assert binary_abi(script) is None
+
+
+def test_how_to_get_points_to_a_readme_heading_that_exists():
+    from micronet.devices.adb import HOW_TO_GET, README_SECTION
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}
+    section = re.search(r"section '([^']+)'", HOW_TO_GET)[1]
+    assert section == README_SECTION and section in headings

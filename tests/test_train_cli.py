@@ -148,3 +148,29 @@ def test_m0_learns_handwritten_digits_above_95_percent(tmp_path):
     metrics = json.loads(result.stdout)
     assert metrics["top1"] > 95.0, result.stderr
     assert metrics["epoch"] == 10
+
+
+# --- boolean switches are flags -------------------------------------------------------------------
+
+def test_switches_show_as_flags_in_help():
+    """`--no-flip <bool>` read as if it took a value, and `--no-flip true` is then refused."""
+    result = subprocess.run(cli("train", "--help"), cwd=REPO, capture_output=True, text=True, timeout=120, env=env())
+    assert result.returncode == 0, result.stderr
+    for switch in ("--no-flip", "--mutual", "--deterministic", "--json"):
+        line = next(line for line in result.stdout.splitlines() if f" {switch} " in line)
+        assert "<bool>" not in line and "BOOLEAN" not in line, line
+
+
+def test_no_flip_parses_as_a_flag(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import micronet.train
+    from micronet.cli import app
+
+    seen = {}
+    monkeypatch.setattr(micronet.train, "train", lambda config: seen.setdefault("config", config) and {})
+    for args, hflip in ((["--no-flip"], False), ([], True)):
+        seen.clear()
+        result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        assert seen["config"].hflip is hflip

@@ -234,7 +234,7 @@ def test_finetune_loads_everything_but_a_different_classifier(tmp_path, layout):
 def test_finetune_from_another_variant_names_it(tmp_path):
     path = tmp_path / "m1.pt"
     torch.save(build_model("m1", num_classes=1000, input_size=32).state_dict(), path)
-    with pytest.raises(MicronetError, match="is a m1 checkpoint"):
+    with pytest.raises(MicronetError, match="is an m1 checkpoint"):
         load_pretrained(build_model("m0", num_classes=10, input_size=32), str(path), print)
 
 

@@ -90,3 +90,49 @@ def test_corrupt_and_missing_files_are_clear_errors(tmp_path):
     torch.save({"epoch": 1}, tmp_path / "empty.pth")
     with pytest.raises(MicronetError, match="holds no model state_dict"):
         load_weights(build_model("m0"), tmp_path / "empty.pth")
+
+
+def test_article_before_a_variant_name(tmp_path):
+    torch.save(save_released_layout(build_model("m1")), tmp_path / "micronet-m2.pth")
+    with pytest.raises(MicronetError, match="is an m1 checkpoint .* not m0; use --variant m1"):
+        load_weights(build_model("m0"), tmp_path / "micronet-m2.pth")
+
+
+def _damaged_files(tmp_path):
+    """name -> (bytes or None for a folder, what the one-line error must say)."""
+    good = tmp_path / "good.pth"
+    torch.save(build_model("m0").state_dict(), good)
+    whole = good.read_bytes()
+    rng = torch.Generator().manual_seed(0)
+    return {
+        "truncated.pth": (whole[: len(whole) // 2], "truncated or damaged"),
+        "random.pth": (bytes(torch.randint(0, 256, (4096,), generator=rng, dtype=torch.uint8).tolist()),
+                       "not a PyTorch checkpoint"),
+        "text.pth": (b"<html>404 Not Found</html>\n" * 20, "not a PyTorch checkpoint"),
+        "empty.pth": (b"", "the file is empty"),
+        "folder.pth": (None, "is a directory"),
+    }
+
+
+def test_damaged_checkpoints_are_one_clear_line(tmp_path):
+    for name, (content, reason) in _damaged_files(tmp_path).items():
+        path = tmp_path / name
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content)
+        with pytest.raises(MicronetError) as info:
+            load_weights(build_model("m0"), path)
+        message = str(info.value)
+        assert str(path) in message and reason in message, message
+        assert "\n" not in message and "pop from empty list" not in message and "zip archive:" not in message
+        assert "PytorchStreamReader" not in message and "weights_only" not in message
+
+
+def test_a_pickled_object_is_named(tmp_path):
+    import argparse
+
+    torch.save({"args": argparse.Namespace(lr=0.1), "state_dict": build_model("m0").state_dict()},
+               tmp_path / "with-args.pth")
+    with pytest.raises(MicronetError, match=r"with-args.pth: .*argparse.Namespace.*save only the model's state_dict"):
+        load_weights(build_model("m0"), tmp_path / "with-args.pth")
