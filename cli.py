@@ -293,7 +293,7 @@ def train_cmd(
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="default: number of class folders"),
     input_size: int = InputSizeOpt,
     weights: Optional[Path] = typer.Option(None, "--weights", help="start from ours or a released checkpoint"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="continue a run from its last.pt"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue a run from its last.pt (a larger --epochs extends it)"),
     mutual: bool = flag("--mutual", help="mutual learning with a full-rank partner (paper 5.1)"),
     seed: int = typer.Option(0, "--seed"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data-loading processes per training process "

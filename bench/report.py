@@ -87,7 +87,7 @@ import os
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 from micronet.errors import MicronetError
 
@@ -508,109 +508,39 @@ def console_cells(row: dict[str, Any], invalid_index: int | None = None, extra: 
             _num(row.get("size_mib")), _num(acc.get("top1"), 1), status]
 
 
-def fit_columns(columns: Sequence[str], drop_order: Sequence[str], min_width: Callable[[Sequence[str]], int],
-                width: int | None) -> tuple[list[str], list[str]]:
-    """(kept, dropped): the fewest columns left out, in ``drop_order``, for the table to fit ``width``.
-
-    Why drop rather than squeeze: rich shrinks a too-wide table by cutting cells to "…", and a cut
-    number is a wrong number. ``min_width(kept)`` is the table's narrowest layout (numbers whole,
-    names wrapped at spaces); ``None`` width means no limit (a pipe or a log). Any table with
-    unbreakable number columns can use it.
-    """
-    kept = list(columns)
-    dropped: list[str] = []
-    if width is None:
-        return kept, dropped
-    for column in drop_order:
-        if min_width(kept) <= width:
-            break
-        kept.remove(column)
-        dropped.append(column)
-    return kept, dropped
-
-
-def wrap_widths(natural: Sequence[int], minimum: Sequence[int], wrapable: Sequence[bool], room: int,
-                floor: int = 4) -> list[int]:
-    """Column widths within ``room`` cells: fixed columns keep ``natural``; wrapable ones share the rest.
-
-    Each wrapable column gets its ``minimum`` (its longest word) plus a share of what is left in
-    proportion to how much wider it would like to be. Only when even the minimums do not fit do the
-    wrapable columns go below them (down to ``floor``), folding a long word: a name split across two
-    lines is still whole, a cut number is not.
-    """
-    if sum(natural) <= room:
-        return list(natural)
-    fixed = sum(n for n, w in zip(natural, wrapable) if not w)
-    free = max(room - fixed, 0)
-    want = [n if w else 0 for n, w in zip(natural, wrapable)]
-    low = [m if w else 0 for m, w in zip(minimum, wrapable)]
-    if sum(low) > free:  # fold: share what there is in proportion to the minimums
-        low = [max(floor, m * free // max(sum(low), 1)) if w else 0 for m, w in zip(low, wrapable)]
-    extra = max(free - sum(low), 0)
-    slack = [max(w_ - l, 0) for w_, l in zip(want, low)]
-    total = sum(slack) or 1
-    widths = [l + (extra * sl) // total if w else n for l, sl, w, n in zip(low, slack, wrapable, natural)]
-    return widths
-
-
-def _table_overhead(columns: int) -> int:
-    """Cells a console table adds around its columns' contents (edges, padding, separators)."""
-    from rich import box
-    from rich.console import Console
-    from rich.measure import Measurement
-    from rich.table import Table
-
-    probe = Console(width=10_000, file=io.StringIO())
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=False)
-    for _ in range(columns):
-        table.add_column(width=1)
-    return Measurement.get(probe, probe.options, table).maximum - columns
-
-
-def _console_table_with(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], width: int | None) -> Any:
-    from rich import box
-    from rich.cells import cell_len
-    from rich.table import Table
-
-    rows = rows_of(report_or_rows)
-    cells, invalid = [], 0
-    for row, extra in zip(rows, distinguishing_parts(rows, _CONSOLE_SHOWN)):
-        invalid += bool(row.get("invalid"))
-        cells.append(console_cells(row, invalid, extra))
-    wrapable = [c in ("model", "runtime", "status") for c in CONSOLE_COLUMNS]  # numbers never wrap
-    natural = [max([cell_len(c)] + [cell_len(r[i]) for r in cells]) for i, c in enumerate(CONSOLE_COLUMNS)]
-    minimum = [max([cell_len(c)] + [cell_len(w) for r in cells for w in r[i].split()]) if wrapable[i] else natural[i]
-               for i, c in enumerate(CONSOLE_COLUMNS)]
-
-    def min_width(kept: Sequence[str]) -> int:
-        return sum(minimum[CONSOLE_COLUMNS.index(c)] for c in kept) + _table_overhead(len(kept))
-
-    kept, dropped = fit_columns(CONSOLE_COLUMNS, CONSOLE_DROP_ORDER, min_width, width)
-    index = [CONSOLE_COLUMNS.index(c) for c in kept]
-    widths = [natural[i] for i in index]
-    if width is not None:
-        widths = wrap_widths(widths, [minimum[i] for i in index], [wrapable[i] for i in index],
-                             width - _table_overhead(len(kept)))
-    caption = _machine_line(report_or_rows) if isinstance(report_or_rows, dict) else None
-    table = Table(title=CONSOLE_TITLE, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
-    for i, w in zip(index, widths):
-        if wrapable[i]:
-            table.add_column(CONSOLE_COLUMNS[i], overflow="fold", width=w)
-        else:
-            table.add_column(CONSOLE_COLUMNS[i], justify="right", no_wrap=True, width=w)
-    for row, row_cells in zip(rows, cells):
-        table.add_row(*(row_cells[i] for i in index), style="red" if row.get("invalid") else None)
-    table.dropped = dropped
-    return table
+#: Console columns that hold text and may wrap at spaces; every other column is a number and never wraps.
+_CONSOLE_WRAPABLE = ("model", "runtime", "status")
 
 
 def console_table(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], width: int | None = None) -> Any:
     """A ``rich.table.Table`` of the Markdown table's numbers, narrower; invalid rows in red.
 
-    ``width``: the cells it must fit in; the least important columns are left out until it does
-    (``CONSOLE_DROP_ORDER``), and ``table.dropped`` names them. None: every column, natural widths.
+    ``width``: the cells it must fit in (``micronet.console.fit_table``: numbers are never cut, the
+    least important columns are left out, ``CONSOLE_DROP_ORDER``, until it fits); ``table.dropped``
+    names them. None: every column, natural widths.
     """
-    return _console_table_with(report_or_rows, width)
+    from rich import box
+    from rich.table import Table
+
+    from micronet.console import fit_table
+
+    rows = rows_of(report_or_rows)
+    caption = _machine_line(report_or_rows) if isinstance(report_or_rows, dict) else None
+    table = Table(title=CONSOLE_TITLE, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in CONSOLE_COLUMNS:
+        if column in _CONSOLE_WRAPABLE:
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    invalid = 0
+    for row, extra in zip(rows, distinguishing_parts(rows, _CONSOLE_SHOWN)):
+        invalid += bool(row.get("invalid"))
+        table.add_row(*console_cells(row, invalid, extra), style="red" if row.get("invalid") else None)
+    if width is not None:
+        fit_table(table, width, CONSOLE_DROP_ORDER)
+    kept = {str(column.header) for column in table.columns}
+    table.dropped = [column for column in CONSOLE_DROP_ORDER if column not in kept]
+    return table
 
 
 def invalid_footnotes(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> list[str]:
@@ -627,21 +557,14 @@ def print_report(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], cons
     else (a pipe, a log, CI) it is printed whole at its natural width, since nothing there wraps it.
     """
     from rich.console import Console
-    from rich.measure import Measurement
+
+    from micronet.console import print_table
 
     console = console or Console()
-    if console.is_terminal:
-        table = console_table(report_or_rows, width=console.width)
-        console.print(table)
-    else:
-        table = console_table(report_or_rows)
-        natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
-        narrow = console.width  # print() caps a width= at the console's, so widen the console itself
-        console.width = max(narrow, natural)
-        try:
-            console.print(table)
-        finally:
-            console.width = narrow
+    table = console_table(report_or_rows)
+    print_table(table, CONSOLE_DROP_ORDER, console)
+    kept = {str(column.header) for column in table.columns}
+    table.dropped = [column for column in CONSOLE_DROP_ORDER if column not in kept]
     whole = not console.is_terminal  # a log keeps each line whole; a terminal gets them wrapped at spaces
     if table.dropped:
         console.print(f"left out to fit {console.width} columns: {', '.join(table.dropped)} "

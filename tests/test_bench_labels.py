@@ -173,14 +173,3 @@ def test_console_table_through_a_pipe_is_whole(tmp_path):
     for number in _numbers(_wide_report()):
         assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d.])", result.stdout), number
     assert "left out" not in result.stdout
-
-
-def test_fit_columns_and_wrap_widths():
-    minimum = {"name": 10, "p50": 6, "first": 6, "init": 6}
-    kept, dropped = rep.fit_columns(list(minimum), ("first", "init"), lambda cols: sum(minimum[c] + 3 for c in cols), 30)
-    assert kept == ["name", "p50"] and dropped == ["first", "init"]
-    assert rep.fit_columns(list(minimum), ("first",), lambda cols: 999, None) == (list(minimum), [])
-    # numbers keep their width; the wrapable name gets the rest, never below its longest word while that fits
-    assert rep.wrap_widths([40, 6, 6], [12, 6, 6], [True, False, False], 30) == [18, 6, 6]
-    assert rep.wrap_widths([40, 6], [30, 6], [True, False], 20) == [14, 6]  # fold only when nothing else fits
-    assert rep.wrap_widths([10, 6], [10, 6], [True, False], 80) == [10, 6]
