@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer._click import ClickException  # typer 0.29 vendors click: its usage errors derive from this
 
 from micronet.errors import MicronetError
 
@@ -365,27 +366,54 @@ def devices_check(names: Optional[list[str]] = typer.Argument(None, help="invent
 
 
 def main() -> None:
-    """Console-script entry point: user mistakes become one line and exit code 2; Ctrl-C and SIGTERM become
-    the one line ``interrupted`` and exit 130 / 143 (128 + signal), whatever exception the interrupt caused
-    on its way out (typer turns it into a silent exit 130, library code may wrap it into a MicronetError)."""
+    """Console-script entry point: user mistakes (ours and the argument parser's) become one line and exit
+    code 2; Ctrl-C and SIGTERM become the one line ``interrupted`` and exit 130 / 143 (128 + signal),
+    whatever exception the interrupt caused on its way out (library code may wrap it into a MicronetError).
+
+    Typer runs in non-standalone mode so that its usage errors reach us instead of being drawn as a boxed
+    panel of several lines: a usage error is a user mistake like any other."""
     from micronet import interrupts
 
     interrupts.install()
     try:
-        app()
-    except BaseException as exc:  # SystemExit included: typer ends every run, even a successful one, with it
+        code = app(standalone_mode=False)
+    except BaseException as exc:  # noqa: BLE001 - every way out is mapped to one line and an exit code below
         if interrupts.received() is not None or isinstance(exc, KeyboardInterrupt):
-            print("interrupted", file=sys.stderr)
-            sys.exit(interrupts.exit_code())
-        if isinstance(exc, MicronetError):
-            from rich.markup import escape
-
-            from micronet.console import err_console
-
-            # escape: a message naming a TOML section ("[m0]", "[devices.pi4]") is not rich markup
-            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
+            _interrupted(interrupts.exit_code())
+        if isinstance(exc, (MicronetError, ClickException)):
+            _error_line(exc)
+        if isinstance(exc, typer.Abort):
+            _interrupted(interrupts.exit_code())
         raise
+    if interrupts.received() is not None:  # typer returns 130 for a KeyboardInterrupt it caught
+        _interrupted(interrupts.exit_code())
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted(code: int) -> None:
+    print("interrupted", file=sys.stderr)
+    sys.exit(code)
+
+
+def _error_line(exc: BaseException) -> None:
+    """One line on stderr and the error's exit code (2 for a user mistake)."""
+    from rich.markup import escape
+
+    from micronet.console import err_console
+
+    if isinstance(exc, ClickException):
+        message = exc.format_message()
+        if not message:  # no arguments at all: the help was printed, which is the answer
+            sys.exit(exc.exit_code)
+        context = getattr(exc, "ctx", None)
+        if context is not None:
+            message += f" (see '{context.command_path} --help')"
+        code = exc.exit_code
+    else:
+        message, code = str(exc), exc.exit_code
+    # escape: a message naming a TOML section ("[m0]", "[devices.pi4]") is not rich markup
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ def test_flops_table_and_json():
         (("flops", "--input-size", "100"), "multiple of 32"),
         (("flops", "--num-classes", "0"), "num_classes must be a positive integer"),
         (("budget", "check", "nope.toml"), "budgets file not found"),
+        # the argument parser's own errors are one line too, not a boxed panel of several
+        (("flops", "--bogus"), "No such option: --bogus"),
+        (("flops", "--input-size", "abc"), "Invalid value for '--input-size'"),
+        (("train", "--data", ".", "--no-flip", "true"), "unexpected extra argument"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, message):
