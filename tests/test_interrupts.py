@@ -121,7 +121,7 @@ _WRAPPED = textwrap.dedent("""
     import micronet.cli as cli
     from micronet.errors import MicronetError
 
-    def app():
+    def app(**options):  # cli.main passes standalone_mode=False
         try:
             os.kill(os.getpid(), getattr(signal, sys.argv[1]))
             time.sleep(5)
