@@ -19,6 +19,22 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: Path, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have given it under the user's umask.
+
+    ``tempfile`` creates files 0600 and folders 0700 (right for a temporary name, wrong for the finished
+    artifact the rename turns it into): without this an exported model or report could not be read by
+    another user, a web server or a container running as another uid."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same file system, so the rename is atomic); when the block
@@ -34,6 +50,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        _as_if_created(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -65,6 +82,7 @@ def replacing_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _as_if_created(tmp, directory=True)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     except BaseException:
