@@ -227,12 +227,17 @@ def test_narrow_stem_computes_two_pixels_per_row():
     """Rewrite 13: m0's 6-channel stem is a 12-output 3×5 conv at stride (2, 4) and PixelPairs (exactness:
     the variant tests); m3's 16-channel stem, a full tile already, stays a 3×3 conv."""
     for size in (32, 96, 224):
-        stem = to_fast_deploy(_recalibrated("m0", size)).stem
-        assert isinstance(stem[1], PixelPairs)
-        conv = stem[0].conv
+        model = _recalibrated("m0", size)
+        assert fast_plan(model).stem.pixel_pairs
+        fast = to_fast_deploy(model)
+        assert sum(isinstance(m, PixelPairs) for m in fast.modules()) == 1
+        (conv,) = [m for m in fast.stem.modules() if isinstance(m, torch.nn.Conv2d)]
         assert conv.out_channels == 12 and conv.kernel_size == (3, 5) and conv.stride == (2, 4)
-    stem = to_fast_deploy(_recalibrated("m3")).stem
-    assert isinstance(stem.conv, torch.nn.Conv2d) and stem.conv.kernel_size == (3, 3)
+    model = _recalibrated("m3")
+    assert not fast_plan(model).stem.pixel_pairs
+    (conv,) = [m for m in to_fast_deploy(model).stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert conv.kernel_size == (3, 3)
+    assert not fast_plan(_recalibrated("m0"), disable={"pixel_pairs"}).stem.pixel_pairs
 
 
 def test_m3_squeezes_stay_grouped_behind_transposes_where_they_pay():

@@ -81,65 +81,17 @@ graph) keeps rewrites 1, 3, 6, 7 for the stem and 8, and replaces the rest:
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable
-
-import torch
-
-from micronet.model import MicroNet
-
-from .emit import emit_graph
+from .build import fast_plan, resolve_profile, to_fast_deploy
+from .diagnose import first_inexact_pass
 from .forms import batch_one_form, linear_coefficients, relu_max_form
 from .modules import (ChannelGather, ChannelRoll, ChannelTranspose, Conv, FastBlock, FastHead, FastMicroNet,
                       PixelPairs)
-from .parse import ParsedNet, parse
-from .plan import ChannelMove, DepthwisePlan, FastPlan, PointwisePlan, StemPlan, XTildePlan, make_plan
+from .plan import ChannelMove, DepthwisePlan, FastPlan, PointwisePlan, StemPlan, XTildePlan
 from .profiles import PROFILES, REWRITES, TARGETS, CostModel, RuntimeProfile
 from .shift_max import Coefficients, LinearCoefficients, Moved, PartnerConv, Rotations, ShiftMax
 
-__all__ = ["to_fast_deploy", "fast_plan", "resolve_profile", "relu_max_form", "batch_one_form", "FastMicroNet",
-           "PROFILES", "TARGETS", "REWRITES", "RuntimeProfile", "CostModel", "FastPlan", "StemPlan", "DepthwisePlan",
-           "PointwisePlan", "XTildePlan", "ChannelMove", "ChannelTranspose", "ChannelGather", "ChannelRoll",
-           "PixelPairs", "Conv", "FastBlock", "FastHead", "ShiftMax", "Coefficients", "LinearCoefficients",
-           "PartnerConv", "Rotations", "Moved", "first_inexact_pass"]
-
-
-def resolve_profile(target: str | RuntimeProfile = "xnnpack", disable: Iterable[str] = ()) -> RuntimeProfile:
-    """A profile by name (a key of ``PROFILES``) or as given, with the named rewrites switched off."""
-    if isinstance(target, RuntimeProfile):
-        profile = target
-    elif target in PROFILES:
-        profile = PROFILES[target]
-    else:
-        raise ValueError(f"unknown fast-graph target {target!r}; choose from {sorted(PROFILES)}")
-    disable = tuple(disable)
-    return profile.without(*disable) if disable else profile
-
-
-def _parsed(model: MicroNet) -> ParsedNet:
-    return parse(copy.deepcopy(model).eval())
-
-
-def fast_plan(model: MicroNet, target: str | RuntimeProfile = "xnnpack", disable: Iterable[str] = ()) -> FastPlan:
-    """The layout plan ``to_fast_deploy`` would emit for ``model`` (training form), for inspection."""
-    with torch.no_grad():
-        return make_plan(_parsed(model), resolve_profile(target, disable))
-
-
-def to_fast_deploy(model: MicroNet, relu_max: bool = False, target: str | RuntimeProfile = "xnnpack",
-                   disable: Iterable[str] = ()) -> FastMicroNet:
-    """A fast, eval-mode deploy form of ``model`` (training form) computing the same logits, built for the
-    runtime profile ``target`` (a key of ``PROFILES``, or a ``RuntimeProfile``) with the rewrites named in
-    ``disable`` switched off (``REWRITES``); with ``relu_max``, its ``relu_max_form``."""
-    profile = resolve_profile(target, disable)
-    with torch.no_grad():
-        net = _parsed(model)
-        fast = emit_graph(net, make_plan(net, profile))
-        if profile.linear_coefficients:
-            linear_coefficients(fast)
-    fast.requires_grad_(False)
-    fast = fast.eval()
-    return relu_max_form(fast) if relu_max else fast
-
-
-from .diagnose import first_inexact_pass  # noqa: E402  (uses to_fast_deploy)
+__all__ = ["to_fast_deploy", "fast_plan", "resolve_profile", "relu_max_form", "batch_one_form",
+           "linear_coefficients", "first_inexact_pass", "FastMicroNet", "PROFILES", "TARGETS", "REWRITES",
+           "RuntimeProfile", "CostModel", "FastPlan", "StemPlan", "DepthwisePlan", "PointwisePlan", "XTildePlan",
+           "ChannelMove", "ChannelTranspose", "ChannelGather", "ChannelRoll", "PixelPairs", "Conv", "FastBlock",
+           "FastHead", "ShiftMax", "Coefficients", "LinearCoefficients", "PartnerConv", "Rotations", "Moved"]
