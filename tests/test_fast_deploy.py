@@ -525,3 +525,27 @@ def test_batch_one_form_is_exact_and_runs_in_onnx_runtime(variant, tmp_path):
         one(torch.zeros(2, 3, 96, 96))
     with pytest.raises(ValueError, match="build the graph for onnxruntime"):
         batch_one_form(to_fast_deploy(model))  # XNNPACK's widened coefficients
+
+
+def test_the_cost_model_is_the_profiles():
+    """The cost model is data on the profile: a runtime with an 8-wide GEMM tile merges depthwise groups to 8
+    outputs each (rewrite 9) and the graph stays exact."""
+    model = _recalibrated("m0")
+    narrow = dataclasses.replace(PROFILES["xnnpack"], name="neon-8", costs=CostModel(gemm_tile_outputs=8))
+    wide_groups = {u.position: u.groups for u in fast_plan(model).units if u.kind == "dw"}
+    narrow_groups = {u.position: u.groups for u in fast_plan(model, target=narrow).units if u.kind == "dw"}
+    assert any(narrow_groups[p] > wide_groups[p] for p in wide_groups)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ref, out = model(x).double(), to_fast_deploy(model, target=narrow)(x).double()
+    assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
+
+
+def test_permutation_helpers_are_pure_functions():
+    rng = np.random.default_rng(3)
+    p = rng.permutation(12)
+    assert np.array_equal(perms.inverse(p)[p], np.arange(12)) and perms.channels(p) == 12
+    assert perms.group_contiguous(np.arange(12), 3, 12)
+    assert not perms.group_contiguous(perms.through_shuffle(np.arange(12), 3), 3, 12)
+    assert perms.factorizations(12, 2) == [(2, 6), (3, 4), (4, 3), (6, 2)]
+    assert perms.transposed_index((2, 3), (1, 0)).tolist() == [0, 3, 1, 4, 2, 5]
