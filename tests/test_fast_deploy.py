@@ -549,3 +549,10 @@ def test_permutation_helpers_are_pure_functions():
     assert not perms.group_contiguous(perms.through_shuffle(np.arange(12), 3), 3, 12)
     assert perms.factorizations(12, 2) == [(2, 6), (3, 4), (4, 3), (6, 2)]
     assert perms.transposed_index((2, 3), (1, 0)).tolist() == [0, 3, 1, 4, 2, 5]
+
+
+def test_plan_summary_reads_one_line_per_unit():
+    plan = fast_plan(_recalibrated("m0"), target="onnxruntime")
+    lines = plan.summary()
+    assert len(lines) == len(plan.units) + 1 and lines[0].startswith("stem: 3x3 conv")
+    assert all("x~ gather" in line or "x~ -" in line for line in lines[1:])

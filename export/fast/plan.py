@@ -125,10 +125,27 @@ class PointwisePlan:
 
 @dataclass
 class FastPlan:
+    """The whole graph's plan: the stem's, one entry per parsed unit, and the order the head reads."""
+
     profile: RuntimeProfile
     stem: StemPlan
     units: list[DepthwisePlan | PointwisePlan] = field(default_factory=list)
     head_order: np.ndarray | None = None
+
+    def summary(self) -> list[str]:
+        """One line per unit: block, kind, map size and the layout decisions (for reading a plan)."""
+        lines = [f"stem: {'pixel pairs' if self.stem.pixel_pairs else '3x3 conv'} -> {self.stem.hw_out}"]
+        for u in self.units:
+            xt = "-" if u.xtilde is None else u.xtilde.kind
+            if u.kind == "dw":
+                form = f"merged k×k, {u.groups} groups" if u.merged else "two convs"
+                extra = (", diagonal taps" if u.diagonal else "") + (", pending input" if u.pending_input else "")
+            else:
+                moves = "".join(f", {m.kind} {where}" for m, where in ((u.before, "before"), (u.after, "after")) if m)
+                form = ("grouped" if u.grouped else "dense") + moves
+                extra = ", pending output" if u.pending_output else ""
+            lines.append(f"block {u.block} {u.kind} {u.hw[0]}x{u.hw[1]}: {form}, x~ {xt}{extra}")
+        return lines
 
 
 def _shift(sm: DynamicShiftMax) -> np.ndarray:
