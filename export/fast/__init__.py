@@ -12,7 +12,8 @@ The package, in the order a graph is made:
   shuffles, map size, block, residual);
 * ``profiles.py``: ``RuntimeProfile`` (one switch per runtime-dependent rewrite, and the ``CostModel``) and
   ``PROFILES``; ``cost_model.py``: the cost functions; ``permutations.py``: the channel-order algebra;
-* ``plan.py``: every layout and grouping decision per unit, as an inspectable ``FastPlan``;
+* ``planner.py``: every layout and grouping decision per unit, made before any module exists, recorded as
+  an inspectable ``FastPlan`` (``plan.py``);
 * ``emit.py``: plan entries and folded weights → modules (``modules.py``, ``shift_max.py``);
 * ``forms.py``: passes over the built module tree (``linear_coefficients``, ``relu_max_form``,
   ``batch_one_form``); ``diagnose.py``: ``first_inexact_pass``.

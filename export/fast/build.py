@@ -13,7 +13,8 @@ from .emit import emit_graph
 from .forms import linear_coefficients, relu_max_form
 from .modules import FastMicroNet
 from .parse import ParsedNet, parse
-from .plan import FastPlan, make_plan
+from .plan import FastPlan
+from .planner import make_plan
 from .profiles import PROFILES, RuntimeProfile
 
 __all__ = ["resolve_profile", "fast_plan", "to_fast_deploy"]

@@ -3,7 +3,7 @@
 A *unit* is one producer of a block (a (k,1)+(1,k) depthwise pair or a 1×1 conv) with what follows it: its
 activation (ReLU6, Dynamic Shift-Max or none) and the channel shuffles after it; it knows its block, whether
 it opens or closes a residual block, and the map size at its input. Nothing here depends on the runtime. The
-planner (``plan.py``) decides layouts over this list and the emitters (``emit.py``) read the folded weights
+planner (``planner.py``) decides layouts over this list and the emitters (``emit.py``) read the folded weights
 from it; a backbone with another head (pose, segmentation) parses into the same units plus its own head.
 """
 
