@@ -1,8 +1,8 @@
-"""The fast deploy form (export/fast.py) against the training-form model: exact up to float32 rounding."""
+"""The fast deploy form (export/fast/) against the training-form model: exact up to float32 rounding; its plan,
+its passes and its pure permutation algebra, each on its own."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
@@ -12,10 +12,15 @@ import torch
 from micronet.export.deploy import recalibrate_batchnorm
 import torch.nn.functional as F
 
-from micronet.export.fast import (TARGETS, ChannelGather, ChannelTranspose, Conv, LinearCoefficients, PixelPairs,
-                                  Target, _before_shuffle, _grouped_taps, _interleaved_cycles, _inv, _roll, _roll2d,
-                                  _rotations, _through_shuffle, _transpose_to, _transpose_to_groups,
-                                  _transposed_index, batch_one_form, relu_max_form, to_fast_deploy)
+from micronet.export.fast import (PROFILES, REWRITES, TARGETS, ChannelGather, ChannelRoll, ChannelTranspose, Coefficients,
+                                  Conv, CostModel, LinearCoefficients, Moved, PartnerConv, PixelPairs, Rotations,
+                                  RuntimeProfile, ShiftMax, batch_one_form, fast_plan, first_inexact_pass,
+                                  relu_max_form, to_fast_deploy)
+from micronet.export.fast import permutations as perms
+from micronet.export.fast.cost_model import merged_groups
+from micronet.export.fast.emit import grouped_taps
+from micronet.export.fast.parse import parse
+from micronet.export.fast.shift_max import coefficients_for
 from micronet.layers import MicroFactorizedDepthwise, shift_permutation, shuffle_permutation
 from micronet.model import build_model
 
@@ -36,7 +41,7 @@ def _recalibrated(variant: str, size: int = 96):
 # fast graph in float32 is 1.6e-5 from the float64 model (the reference form in float32: 2.5e-6), as it was
 # before the channel transposes and merged groups, so the bound is looser.
 @pytest.mark.parametrize("variant,size,batch,seed,limit,target",
-                         [(v, 96, 4, 2, LIMIT, t) for v in VARIANTS for t in TARGETS]
+                         [(v, 96, 4, 2, LIMIT, t) for v in VARIANTS for t in PROFILES]
                          + [(v, 224, 2, 5, 3 * LIMIT, "xnnpack") for v in ["m1", "m2", "m3", "release-m3"]]
                          + [(v, 224, 2, 5, 3 * LIMIT, "onnxruntime") for v in ["m0", "m3"]])
 def test_fast_matches_training_form(variant, size, batch, seed, limit, target):
@@ -64,9 +69,9 @@ def test_fast_at_224_and_model_untouched():
 @pytest.mark.parametrize("channels,groups", [(8, 2), (32, 8), (96, 8), (64, 16), (36, 36), (12, 1)])
 def test_shift_is_one_rotation_in_interleaved_order(channels, groups):
     shift = np.asarray(shift_permutation(channels, groups))
-    order, d = _interleaved_cycles(shift)
+    order, d = perms.interleaved_cycles(shift)
     assert sorted(order.tolist()) == list(range(channels))
-    pi = _inv(order)[shift[order]]
+    pi = perms.inverse(order)[shift[order]]
     assert np.array_equal(pi, (np.arange(channels) + d) % channels)
     assert d == np.gcd(groups, channels // groups)
 
@@ -74,7 +79,7 @@ def test_shift_is_one_rotation_in_interleaved_order(channels, groups):
 @pytest.mark.parametrize("channels,groups", [(24, 6), (32, 8), (64, 16)])
 def test_shift_is_two_masked_rotations_in_natural_order(channels, groups):
     shift = np.asarray(shift_permutation(channels, groups))
-    rot = _rotations(shift)
+    rot = perms.rotations(shift)
     assert rot is not None and len(rot) <= 2
     x = np.arange(channels)
     rebuilt = sum(np.where(mask, np.roll(x, -d), 0) for d, mask in rot.items())
@@ -83,16 +88,15 @@ def test_shift_is_two_masked_rotations_in_natural_order(channels, groups):
 
 def test_shuffle_relabelling_roundtrip():
     order = np.random.default_rng(0).permutation(24)
-    assert np.array_equal(_before_shuffle(_through_shuffle(order, 4), 4), order)
+    assert np.array_equal(perms.before_shuffle(perms.through_shuffle(order, 4), 4), order)
     # The relabelled order really describes the shuffled tensor.
     logical = np.arange(24) * 10
     stored = logical[order]
     shuffled = logical[np.asarray(shuffle_permutation(24, 4))]
-    assert np.array_equal(stored, shuffled[_through_shuffle(order, 4)])
+    assert np.array_equal(stored, shuffled[perms.through_shuffle(order, 4)])
 
 
-# --- the rewrites, one by one (export/fast.py docstring numbers) ----------------------------------------
-from micronet.export.fast import Coefficients, ShiftMax, _coefficients  # noqa: E402
+# --- the rewrites, one by one (the numbers of export/fast/__init__.py's catalogue) -------------------------
 from micronet.layers import DynamicShiftMax  # noqa: E402
 
 
@@ -100,56 +104,64 @@ def _shift_maxes(fast):
     return [m for m in fast.modules() if isinstance(m, ShiftMax)]
 
 
+def _plans(plan, kind, blocks=None):
+    return [u for u in plan.units if u.kind == kind and (blocks is None or u.block in blocks)]
+
+
 def test_block_a_shift_after_depthwise_is_one_rotation_by_the_multiplier():
     """Rewrite 2, diagonal taps: m0 blocks 2 and 3 (8 and 16 input channels, multiplier 4)."""
-    fast = to_fast_deploy(_recalibrated("m0"))
-    for block in (fast.blocks[1], fast.blocks[2]):
-        dw_then_sm = block.steps[0]
-        sm = dw_then_sm[1]
-        assert sm.producer is None and sm.permutation is None and sm.rotations == (4,)
+    model = _recalibrated("m0")
+    entries = _plans(fast_plan(model), "dw", blocks=(1, 2))
+    assert len(entries) == 2
+    for entry in entries:
+        assert entry.diagonal and entry.xtilde.kind == "rotations" and entry.xtilde.shifts == (4,)
+    rotations = [sm.xtilde.shifts for sm in _shift_maxes(to_fast_deploy(model))
+                 if sm.producer is None and isinstance(sm.xtilde, Rotations)]
+    assert rotations.count((4,)) >= 2
 
 
 def test_block_bc_shift_after_depthwise_is_one_rotation_or_one_roll():
     """Rewrite 2: never a permutation conv, never masked rotations after a B/C depthwise."""
     for size in (96, 224):
-        fast = to_fast_deploy(_recalibrated("m0", size))
-        for block in fast.blocks[3:6]:
-            sm = block.steps[1][1]
-            assert sm.permutation is None
-            assert (len(sm.rotations) == 1) != (sm.roll is not None)
+        entries = _plans(fast_plan(_recalibrated("m0", size)), "dw", blocks=(3, 4, 5))
+        assert len(entries) == 3
+        for entry in entries:
+            xt = entry.xtilde
+            assert xt.kind == "roll" or (xt.kind == "rotations" and len(xt.shifts) == 1)
 
 
 def test_grouped_taps_merge_groups_exactly():
     """Rewrite 9: a depthwise with a channel multiplier (6 groups of 1→4) runs as 2 groups of 3→12."""
     gen = torch.Generator().manual_seed(6)
     w, b = torch.randn(24, 1, 3, 3, generator=gen, dtype=torch.float64), torch.randn(24, dtype=torch.float64)
-    merged = _grouped_taps(w, b, 2, 1, 6)
+    merged = grouped_taps(w, b, 2, 1, 6, merged_groups(CostModel(), 6, 1, 24))
     assert merged.groups == 2 and merged.weight.shape == (24, 3, 3, 3)
     x = torch.randn(2, 6, 17, 17, generator=gen)
     ref = F.conv2d(x.double(), w, b, 2, 1, groups=6)
     assert torch.allclose(merged(x).double(), ref, rtol=1e-5, atol=1e-5)
     # Two inputs per group (a pending input), 16 groups of 2→4 → 4 groups of 8→16.
     w2 = torch.randn(64, 2, 5, 5, generator=gen, dtype=torch.float64)
-    merged = _grouped_taps(w2, torch.zeros(64, dtype=torch.float64), 2, 2, 16)
+    merged = grouped_taps(w2, torch.zeros(64, dtype=torch.float64), 2, 2, 16, merged_groups(CostModel(), 16, 2, 64))
     assert merged.groups == 4 and merged.weight.shape == (64, 8, 5, 5)
     x2 = torch.randn(1, 32, 21, 21, generator=gen)
     assert torch.allclose(merged(x2).double(), F.conv2d(x2.double(), w2, None, 2, 2, groups=16), rtol=1e-5, atol=1e-5)
     # A true depthwise stays one.
-    assert _grouped_taps(torch.randn(8, 1, 3, 3, dtype=torch.float64), None, 1, 1, 8).groups == 8
+    assert merged_groups(CostModel(), 8, 1, 8) == 8
+    assert merged_groups(CostModel(gemm_tile_outputs=8), 6, 1, 24) == 3  # the tile is the profile's
 
 
 @pytest.mark.parametrize("channels,groups", [(192, 8), (384, 8), (36, 6)])
 def test_shift_is_one_roll_in_the_natural_order_of_a_grouped_expand(channels, groups):
     """Rewrite 10: B/C's depthwise Shift-Max after a grouped expand (natural order, then S(g)) is one roll
-    of the channels viewed as (g, C/g), and _roll computes exactly that permutation."""
-    order = _through_shuffle(np.arange(channels), groups)
+    of the channels viewed as (g, C/g), and ChannelRoll computes exactly that permutation."""
+    order = perms.through_shuffle(np.arange(channels), groups)
     shift = np.asarray(shift_permutation(channels, channels // groups))
-    pi = _inv(order)[shift[order]]
-    roll = _roll2d(pi)
+    pi = perms.inverse(order)[shift[order]]
+    roll = perms.roll_2d(pi)
     assert roll is not None and roll[:2] == (groups, channels // groups)
     x = torch.arange(channels, dtype=torch.float32).view(1, channels, 1, 1).repeat(1, 1, 2, 3)
-    assert torch.equal(_roll(x, *roll), x[:, torch.as_tensor(pi)])
-    assert _roll2d(np.random.default_rng(0).permutation(channels)) is None
+    assert torch.equal(ChannelRoll(*roll)(x), x[:, torch.as_tensor(pi)])
+    assert perms.roll_2d(np.random.default_rng(0).permutation(channels)) is None
 
 
 def test_channel_transpose_plans_reach_their_target():
@@ -158,15 +170,15 @@ def test_channel_transpose_plans_reach_their_target():
     channels = 48
     base = np.arange(channels)
     target = base.reshape(2, 4, 6).transpose(1, 0, 2).reshape(-1)
-    plan = _transpose_to(base, target)
+    plan = perms.transpose_to(base, target)
     assert plan is not None and plan[1][-1] == len(plan[0]) - 1  # keeps the innermost axis (copies runs)
     x = torch.randn(1, channels, 3, 3)
     assert torch.equal(ChannelTranspose(*plan)(x), x[:, torch.as_tensor(target)])
-    stored = _through_shuffle(base, 6)  # a shuffled order: conv groups of 12 are strided
-    plan = _transpose_to_groups(stored, 4, channels)
-    moved = stored[_transposed_index(*plan)]
+    stored = perms.through_shuffle(base, 6)  # a shuffled order: conv groups of 12 are strided
+    plan = perms.transpose_to_groups(stored, 4, channels)
+    moved = stored[perms.transposed_index(*plan)]
     assert np.array_equal(moved // 12, np.repeat(np.arange(4), 12))
-    assert _transpose_to(base, np.random.default_rng(1).permutation(channels)) is None
+    assert perms.transpose_to(base, np.random.default_rng(1).permutation(channels)) is None
 
 
 @pytest.mark.parametrize("variant", ["m0", "m3", "release-m3"])
@@ -183,7 +195,7 @@ def test_relu_max_form_matches_and_has_no_maximum(variant):
     assert torch.equal(derived, out)
     ops = {str(n.target) for n in torch.export.export(fast8, (torch.zeros(1, 3, 96, 96),)).graph.nodes}
     assert "aten.maximum.default" not in ops and "aten.relu.default" in ops
-    assert not any(m.relu_max for m in to_fast_deploy(model).modules() if isinstance(m, ShiftMax))
+    assert not any(m.relu_max for m in _shift_maxes(to_fast_deploy(model)))
 
 
 def test_narrow_coefficients_are_widened_along_w():
@@ -203,35 +215,51 @@ def test_pending_into_a_depthwise_only_where_the_cost_model_says_so():
     """At 224 px block 1's K=1 Shift-Max stays a product for block 2's depthwise (56×56: materialising
     needs a partner conv there), block 2's is materialised for block 3's (a 5×5 with a doubled inner loop
     costs more at 28×28)."""
-    fast = to_fast_deploy(_recalibrated("m0", 224))
-    assert fast.blocks[0].steps[1].pending
-    assert not fast.blocks[1].steps[-1].pending and fast.blocks[1].steps[-1].partner is not None
-    assert fast.blocks[2].steps[0][0].conv.weight.shape[1] * fast.blocks[2].steps[0][0].conv.groups == 16
+    plan = fast_plan(_recalibrated("m0", 224))
+    last_pw = {u.block: u for u in plan.units if u.kind == "pw"}
+    first_dw = {u.block: u for u in reversed(plan.units) if u.kind == "dw"}
+    assert last_pw[0].pending_output and first_dw[1].pending_input
+    assert not last_pw[1].pending_output and last_pw[1].xtilde.kind == "partner"
+    assert not first_dw[2].pending_input
 
 
 def test_narrow_stem_computes_two_pixels_per_row():
     """Rewrite 13: m0's 6-channel stem is a 12-output 3×5 conv at stride (2, 4) and PixelPairs (exactness:
     the variant tests); m3's 16-channel stem, a full tile already, stays a 3×3 conv."""
     for size in (32, 96, 224):
-        stem = to_fast_deploy(_recalibrated("m0", size)).stem
-        assert isinstance(stem[1], PixelPairs)
-        conv = stem[0].conv
+        model = _recalibrated("m0", size)
+        assert fast_plan(model).stem.pixel_pairs
+        fast = to_fast_deploy(model)
+        assert sum(isinstance(m, PixelPairs) for m in fast.modules()) == 1
+        (conv,) = [m for m in fast.stem.modules() if isinstance(m, torch.nn.Conv2d)]
         assert conv.out_channels == 12 and conv.kernel_size == (3, 5) and conv.stride == (2, 4)
-    stem = to_fast_deploy(_recalibrated("m3")).stem
-    assert isinstance(stem.conv, torch.nn.Conv2d) and stem.conv.kernel_size == (3, 3)
+    model = _recalibrated("m3")
+    assert not fast_plan(model).stem.pixel_pairs
+    (conv,) = [m for m in to_fast_deploy(model).stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert conv.kernel_size == (3, 3)
+    assert not fast_plan(_recalibrated("m0"), disable={"pixel_pairs"}).stem.pixel_pairs
 
 
 def test_m3_squeezes_stay_grouped_behind_transposes_where_they_pay():
     """At 224 px the cost model transposes for grouped 1×1 convs at 28×28 and below, not at 56×56 (where
-    a transpose of short runs costs more than the dense conv it saves, measured)."""
-    fast = to_fast_deploy(_recalibrated("m3", 224))
+    a transpose of short runs costs more than the dense conv it saves, measured): in the plan, and the
+    emitted graph has exactly the planned transposes, at those sizes."""
+    model = _recalibrated("m3", 224)
+    plan = fast_plan(model)
+    transposed = [u for u in plan.units if u.kind == "pw" and u.grouped
+                  and any(m is not None and m.kind == "transpose" for m in (u.before, u.after))]
+    assert transposed and {u.hw for u in transposed} <= {(7, 7), (14, 14), (28, 28)}
+    assert {u.hw for u in transposed} >= {(14, 14), (28, 28)}
+    assert not [u for u in plan.units if u.kind == "pw" and u.hw == (56, 56) and (u.before or u.after)]
+    fast = to_fast_deploy(model)
+    moves = sum((u.before is not None) + (u.after is not None) for u in transposed)
     sizes = []
     for module in fast.modules():
         if isinstance(module, ChannelTranspose):
             module.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[-1]))
     with torch.no_grad():
         fast(torch.zeros(1, 3, 224, 224))
-    assert sizes and max(sizes) <= 28
+    assert len(sizes) == moves and max(sizes) <= 28
     grouped_1x1 = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
                    and 1 < m.groups < m.in_channels]
     assert len(grouped_1x1) >= 30
@@ -239,12 +267,17 @@ def test_m3_squeezes_stay_grouped_behind_transposes_where_they_pay():
 
 def test_pending_shift_max_feeds_a_grouped_depthwise_with_two_inputs_per_group():
     """Rewrite 5: block 1's K=1 Shift-Max is a product only; block 2's depthwise sums its two parts."""
-    fast = to_fast_deploy(_recalibrated("m0"))
-    pending = fast.blocks[0].steps[1]
-    assert isinstance(pending, ShiftMax) and pending.pending and pending.producer.out_channels == 16
-    dw = fast.blocks[1].steps[0][0].conv
+    model = _recalibrated("m0")
+    plan = fast_plan(model)
+    dw_plan = next(u for u in plan.units if u.kind == "dw" and u.block == 1)
+    assert dw_plan.pending_input and dw_plan.merged and dw_plan.groups == 2
+    fast = to_fast_deploy(model)
+    pending = [sm for sm in _shift_maxes(fast) if sm.pending]
+    assert pending and pending[0].producer.out_channels == 16 and pending[0].xtilde is None
     # 8 groups of 2 inputs → 4 outputs, merged into 2 groups of 8 → 16 (rewrite 9): zero weights across.
-    assert dw.groups == 2 and dw.in_channels == 16 and dw.out_channels == 32 and dw.weight.shape[1] == 8
+    dw = next(m.conv for m in fast.modules() if isinstance(m, Conv) and m.conv.kernel_size != (1, 1)
+              and m.conv.in_channels == 16 and m.conv.out_channels == 32)
+    assert dw.groups == 2 and dw.weight.shape[1] == 8
     for o in range(32):
         own = (o // 4) % 4
         others = [j for j in range(8) if j // 2 != own]
@@ -253,9 +286,12 @@ def test_pending_shift_max_feeds_a_grouped_depthwise_with_two_inputs_per_group()
 
 def test_final_block_stays_grouped():
     """Rewrite 6: m0's last 1×1 conv (96→576, 12 groups) is a grouped conv, x~ one rotation by a group."""
-    fast = to_fast_deploy(_recalibrated("m0"))
-    sm = fast.blocks[-1].steps[0]
-    assert sm.producer.groups == 12 and sm.partner.groups == 12 and sm.rotations == (48,)
+    model = _recalibrated("m0")
+    last = fast_plan(model).units[-1]
+    assert last.kind == "pw" and last.grouped and last.xtilde.kind == "partner" and last.xtilde.shifts == (48,)
+    sm = _shift_maxes(to_fast_deploy(model))[-1]
+    assert isinstance(sm.xtilde, PartnerConv)
+    assert sm.producer.groups == 12 and sm.xtilde.conv.groups == 12 and sm.xtilde.rotation == 48
 
 
 @pytest.mark.parametrize("variant", ["m0", "m3"])
@@ -281,7 +317,7 @@ def test_masked_coefficient_is_exactly_zero():
         sm.fc2.bias.normal_()
     order = np.arange(8)
     mask = np.array([True, False] * 4)
-    coef = _coefficients(sm, [[(0, order, None), (1, order, mask)]], torch.eye(8, dtype=torch.float64),
+    coef = coefficients_for(sm, [[(0, order, None), (1, order, mask)]], torch.eye(8, dtype=torch.float64),
                          torch.zeros(8, dtype=torch.float64))
     assert isinstance(coef, Coefficients)
     theta = coef(torch.randn(3, 8, 1, 1))
@@ -324,8 +360,10 @@ def test_onnxruntime_target_choices():
     sms = _shift_maxes(fast)
     for sm in sms:
         assert sm.widen is None and isinstance(sm.coef, LinearCoefficients)
-        assert sm.pending or (sm.gather is not None and sm.partner is None and not sm.rotations and sm.roll is None
-                              and sm.permutation is None)
+        assert sm.pending or (isinstance(sm.xtilde, Moved) and isinstance(sm.xtilde.move, ChannelGather))
+    plan = fast_plan(model, target="onnxruntime")
+    assert all(u.xtilde is None or u.xtilde.kind == "gather" for u in plan.units)
+    assert not any(u.kind == "dw" and (u.merged or u.pending_input) for u in plan.units)
     # No pending product feeds a depthwise pair (its (k,1) conv would take two inputs per group).
     leaves = [m for m in fast.blocks.modules() if isinstance(m, (ShiftMax, Conv, torch.nn.Conv2d))]
     for i, m in enumerate(leaves):
@@ -347,7 +385,7 @@ def test_gathered_shift_equals_the_released_index(channels, groups):
     gen = torch.Generator().manual_seed(channels)
     order = torch.randperm(channels, generator=gen).numpy()
     shift = np.asarray(shift_permutation(channels, groups))
-    pi = _inv(order)[shift[order]]
+    pi = perms.inverse(order)[shift[order]]
     z = torch.randn(2, channels, 3, 3, generator=gen)  # stored
     logical = torch.empty_like(z)
     logical[:, torch.as_tensor(order)] = z
@@ -364,33 +402,99 @@ def test_linear_coefficients_equal_the_conv_form():
             lin.bias.normal_(generator=gen)
     order = np.arange(16)
     blocks = [[(2 * e, order, None), (2 * e + 1, order, None)] for e in range(2)]
-    coef = _coefficients(sm, blocks, torch.eye(16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64))
+    coef = coefficients_for(sm, blocks, torch.eye(16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64))
     linear = coef.linear_form()
     x = torch.randn(3, 16, 5, 5, generator=gen)
     a, b = coef.from_map(x), linear.from_map(x)
     assert a.shape == b.shape == (3, 64, 1, 1)
     assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
     assert float(a.amin()) < -1.5 and float(a.amax()) > 0.5  # the clamp is reached on both sides
-    masked = _coefficients(sm, [[(0, order, None), (1, order, np.arange(16) % 2 == 0)]],
+    masked = coefficients_for(sm, [[(0, order, None), (1, order, np.arange(16) % 2 == 0)]],
                            torch.eye(16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64))
     assert masked.linear_form() is None
 
 
-@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Target) if f.type in (bool, "bool")])
-def test_every_target_switch_is_exact_on_its_own(field):
-    """The TARGETS table's switches are independent: the XNNPACK target with any one of them flipped still
-    computes the training form's function (the two real targets are checked above)."""
-    from micronet.export.fast import _Builder
-
-    base = TARGETS["xnnpack"]
-    target = dataclasses.replace(base, name=f"xnnpack-{field}", **{field: not getattr(base, field)})
+@pytest.mark.parametrize("field", REWRITES)
+def test_every_rewrite_switch_is_exact_on_its_own(field):
+    """The profile's switches are independent: the XNNPACK profile with any one of them flipped still
+    computes the training form's function (the two real profiles are checked above). A failure here names
+    the rewrite."""
+    base = PROFILES["xnnpack"]
+    profile = dataclasses.replace(base, name=f"xnnpack-{field}", **{field: not getattr(base, field)})
     for variant in ("m0", "release-m3"):
         model = _recalibrated(variant)
         x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(8))
         with torch.no_grad():
             ref = model(x).double()
-            out = _Builder(copy.deepcopy(model).eval(), target).build()(x).double()
+            out = to_fast_deploy(model, target=profile)(x).double()
         assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
+
+
+def test_every_switch_off_at_once_is_exact_and_disable_names_switches():
+    model = _recalibrated("m3")
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ref = model(x).double()
+        out = to_fast_deploy(model, disable=REWRITES)(x).double()
+    assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
+    plan = fast_plan(model, disable=REWRITES)
+    assert not any(u.kind == "pw" and u.grouped for u in plan.units)
+    assert not any(u.kind == "dw" and (u.merged or u.diagonal) for u in plan.units)
+    with pytest.raises(ValueError, match="unknown fast-graph rewrite"):
+        to_fast_deploy(model, disable={"pendnig"})
+
+
+def test_profiles_are_data():
+    """Every runtime difference is a field of the profile; TARGETS is the old name of PROFILES."""
+    assert TARGETS is PROFILES and set(PROFILES) == {"xnnpack", "onnxruntime"}
+    ort = PROFILES["onnxruntime"]
+    assert ort.gather_shifts and ort.linear_coefficients and not ort.merged_depthwise and not ort.pixel_pairs
+    assert isinstance(ort.costs, CostModel) and PROFILES["xnnpack"].costs == ort.costs
+    assert PROFILES["xnnpack"].without("pixel_pairs") == dataclasses.replace(PROFILES["xnnpack"], pixel_pairs=False)
+    assert "pending_products" in REWRITES and "name" not in REWRITES and "costs" not in REWRITES
+    assert all(isinstance(PROFILES["xnnpack"], RuntimeProfile) for _ in REWRITES)
+
+
+def test_first_inexact_pass_names_the_broken_rewrite(monkeypatch):
+    """With the rewrites switched on one at a time, a wrong rewrite is named (here pixel pairs with its two
+    pixels swapped); an exact graph names none."""
+    import micronet.export.fast.emit as emit
+
+    model = _recalibrated("m0")
+    assert first_inexact_pass(model) is None
+
+    class SwappedPairs(PixelPairs):
+        def forward(self, x):
+            return super().forward(torch.cat([x[:, x.shape[1] // 2:], x[:, :x.shape[1] // 2]], dim=1))
+
+    monkeypatch.setattr(emit, "PixelPairs", SwappedPairs)
+    assert first_inexact_pass(model) == "pixel_pairs"
+
+
+def test_parse_gives_one_unit_per_producer():
+    """The training form parsed once: m0's units with their kind, block, map size and activation."""
+    model = _recalibrated("m0", 224)
+    net = parse(model)
+    dw = [u for u in net.units if u.kind == "dw"]
+    assert len(dw) == 6 and net.units[0].hw == (112, 112) and net.units[-1].hw_out == (7, 7)
+    assert [u.block for u in net.units] == sorted(u.block for u in net.units)
+    assert sum(u.first for u in net.units) == sum(u.last for u in net.units) == len(model.blocks)
+    assert all((u.shift_max is None) or not u.relu6 for u in net.units)
+    assert net.units[0].mult == 4 and net.units[0].c1 * (net.units[0].mult // net.units[0].c1) == 4
+
+
+def test_plan_and_graph_agree_on_x_tilde_forms():
+    """Each Shift-Max's x~ module is the one the plan chose (one small module per form)."""
+    model = _recalibrated("m3", 224)
+    kinds = [u.xtilde.kind for u in fast_plan(model).units if u.xtilde is not None]
+    built = []
+    for sm in _shift_maxes(to_fast_deploy(model)):
+        if sm.pending:
+            continue
+        xt = sm.xtilde
+        built.append("partner" if isinstance(xt, PartnerConv) else "rotations" if isinstance(xt, Rotations)
+                     else {ChannelRoll: "roll", ChannelGather: "gather"}.get(type(xt.move), "permutation"))
+    assert built == kinds and "roll" in kinds and "permutation" not in kinds
 
 
 @pytest.mark.parametrize("variant", ["m0", "m3"])
@@ -421,3 +525,34 @@ def test_batch_one_form_is_exact_and_runs_in_onnx_runtime(variant, tmp_path):
         one(torch.zeros(2, 3, 96, 96))
     with pytest.raises(ValueError, match="build the graph for onnxruntime"):
         batch_one_form(to_fast_deploy(model))  # XNNPACK's widened coefficients
+
+
+def test_the_cost_model_is_the_profiles():
+    """The cost model is data on the profile: a runtime with an 8-wide GEMM tile merges depthwise groups to 8
+    outputs each (rewrite 9) and the graph stays exact."""
+    model = _recalibrated("m0")
+    narrow = dataclasses.replace(PROFILES["xnnpack"], name="neon-8", costs=CostModel(gemm_tile_outputs=8))
+    wide_groups = {u.position: u.groups for u in fast_plan(model).units if u.kind == "dw"}
+    narrow_groups = {u.position: u.groups for u in fast_plan(model, target=narrow).units if u.kind == "dw"}
+    assert any(narrow_groups[p] > wide_groups[p] for p in wide_groups)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ref, out = model(x).double(), to_fast_deploy(model, target=narrow)(x).double()
+    assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
+
+
+def test_permutation_helpers_are_pure_functions():
+    rng = np.random.default_rng(3)
+    p = rng.permutation(12)
+    assert np.array_equal(perms.inverse(p)[p], np.arange(12)) and perms.channels(p) == 12
+    assert perms.group_contiguous(np.arange(12), 3, 12)
+    assert not perms.group_contiguous(perms.through_shuffle(np.arange(12), 3), 3, 12)
+    assert perms.factorizations(12, 2) == [(2, 6), (3, 4), (4, 3), (6, 2)]
+    assert perms.transposed_index((2, 3), (1, 0)).tolist() == [0, 3, 1, 4, 2, 5]
+
+
+def test_plan_summary_reads_one_line_per_unit():
+    plan = fast_plan(_recalibrated("m0"), target="onnxruntime")
+    lines = plan.summary()
+    assert len(lines) == len(plan.units) + 1 and lines[0].startswith("stem: 3x3 conv")
+    assert all("x~ gather" in line or "x~ -" in line for line in lines[1:])

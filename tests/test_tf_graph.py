@@ -11,7 +11,7 @@ from torch import nn
 from micronet.errors import MicronetError
 from micronet.export import tf_graph, tflite as tflite_stage
 from micronet.export.deploy import recalibrate_batchnorm
-from micronet.export.fast import ChannelTranspose, PixelPairs, _roll, to_fast_deploy
+from micronet.export.fast import ChannelRoll, ChannelTranspose, PixelPairs, to_fast_deploy
 from micronet.export.inspect import run_tflite, tflite_op_inventory, xnnpack_coverage
 from micronet.model import build_model
 
@@ -148,7 +148,7 @@ class _ChannelViews(nn.Module):
     channel-split views the fast graph uses, held as (B·H·W, c1..ck) in TensorFlow."""
 
     def forward(self, x):
-        y = _roll(x, 4, 6, 1, 2) * 2.0
+        y = ChannelRoll(4, 6, 1, 2)(x) * 2.0
         return ChannelTranspose((2, 3, 4), (1, 0, 2))(y) + ChannelTranspose((4, 6), (1, 0))(x)
 
 
