@@ -27,6 +27,8 @@ from micronet.config import ACT_MAX
 from micronet.layers import ConvBN, DynamicShiftMax
 from micronet.model import MicroNet, SwishLinear
 
+from .folding import folded_conv, folded_linear
+
 ShiftImpl = Literal["roll", "slices", "gather"]
 SHIFT_IMPLEMENTATIONS: tuple[str, ...] = ("roll", "slices", "gather")
 DEFAULT_SHIFT: ShiftImpl = "roll"
@@ -34,23 +36,22 @@ DEFAULT_SHIFT: ShiftImpl = "roll"
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """One convolution computing conv followed by eval-mode BatchNorm."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight, bias = folded_conv(conv, bn)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True)
     with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+        fused.weight.copy_(weight.float())
+        fused.bias.copy_(bias.float())
     return fused
 
 
 def fold_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
     """One Linear computing Linear followed by eval-mode BatchNorm1d."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight, bias = folded_linear(linear, bn)
     fused = nn.Linear(linear.in_features, linear.out_features, bias=True)
     with torch.no_grad():
-        fused.weight.copy_(linear.weight * scale.view(-1, 1))
-        fused.bias.copy_((linear.bias - bn.running_mean) * scale + bn.bias)
+        fused.weight.copy_(weight.float())
+        fused.bias.copy_(bias.float())
     return fused
 
 

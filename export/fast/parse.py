@@ -11,28 +11,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from micronet.layers import ChannelShuffle, DynamicShiftMax, MicroFactorizedDepthwise
 from micronet.model import MicroNet
+
+from ..folding import folded_conv, folded_linear
 
 __all__ = ["Unit", "Stem", "Head", "ParsedNet", "parse", "fold"]
 
 
 def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Eval-mode conv+BN as (weight, bias), float64."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    w = conv.weight.double() * scale.view(-1, 1, 1, 1)
-    b0 = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    return w, (b0 - bn.running_mean.double()) * scale + bn.bias.double()
+    return folded_conv(conv, bn)
 
 
 def _fold_linear(unit) -> tuple[Tensor, Tensor]:
-    lin, bn = unit[0], unit[1]
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    bias = (lin.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()
-    return lin.weight.double() * scale[:, None], bias
+    return folded_linear(unit[0], unit[1])
 
 
 @dataclass
