@@ -55,17 +55,10 @@ def flag(name: str, help: str):
 
 @app.command()
 def variants(as_json: bool = flag("--json", help="machine-readable output")) -> None:
-    """List the variants with their measured params/MAdds beside the published figures."""
-    from micronet.counting import count_variant
-    from micronet.registry import VARIANTS
+    """List the variants with their exact params/MAdds beside the published figures and released weights."""
+    from micronet.registry import variant_rows
 
-    rows = []
-    for info in VARIANTS.values():
-        counts = count_variant(info.name)
-        rows.append({"name": info.name, "aliases": list(info.aliases), "params": counts.params, "madds": counts.madds,
-                     "paper_madds": info.paper_madds, "paper_params": info.paper_params,
-                     "release_checkpoint": info.checkpoint, "release_top1": info.release_top1,
-                     "description": info.description})
+    rows = variant_rows()
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -26,6 +26,7 @@ _LAZY = {
     "count_variant": "micronet.counting",
     "count_model": "micronet.counting",
     "VARIANTS": "micronet.registry",
+    "RELEASED_WEIGHTS": "micronet.registry",
     "resolve_variant": "micronet.registry",
     "MicronetError": "micronet.errors",
     "TrainConfig": "micronet.train",

@@ -1,42 +1,43 @@
 """Micro-Blocks A, B/C and the final pointwise row, built from one ``BlockRow``.
 
-Each block is a flat ``nn.Sequential`` of the ops that are really there (no empty placeholders);
-the mapping to the released checkpoints' fixed-slot keys lives in ``released_slots`` beside it and
-is applied at the edge by ``micronet.weights``.
+Each block is a flat ``nn.Sequential`` of the ops that are really there (no empty placeholders), so
+our checkpoints' keys are ``blocks.N.layers.K...``. The released checkpoints keep their layers at
+fixed slot positions with empty placeholders; that layout belongs to the loader
+(``micronet.weights``), which derives each layer's released slot from its role and the block kind.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .config import BASE_REDUCTION, BlockRow, VariantConfig
+from .config import BASE_REDUCTION, BlockKind, BlockRow, VariantConfig
 from .layers import ChannelShuffle, DynamicShiftMax, MicroFactorizedDepthwise, pointwise
 
-#: Offsets of every K=1 third-slot Shift-Max (released INIT_A_BLOCK3): starts as the identity.
-_SLOT3_INIT_A = (1.0, 0.0)
-_SLOT3_INIT_B = (0.0, 0.0)
+#: Offsets of every K=1 output Shift-Max (released INIT_A_BLOCK3): starts as the identity.
+_SQUEEZE_INIT_A = (1.0, 0.0)
+_SQUEEZE_INIT_B = (0.0, 0.0)
 
 
 def _activation(selector: int, channels: int, groups: int, reduction: int, variant: VariantConfig) -> nn.Module:
-    """Slot 1/2 activation: ReLU6 for selector 0, Dynamic Shift-Max with K=selector otherwise."""
+    """The activation after the expanding 1x1 or the depthwise stage: ReLU6 for selector 0,
+    Dynamic Shift-Max with K=selector otherwise."""
     if selector == 0:
         return nn.ReLU6()
     return DynamicShiftMax(channels, groups, reduction, branches=selector, init_a=variant.init_a, init_b=variant.init_b)
 
 
-def _slot3(channels: int, groups: int, reduction: int) -> DynamicShiftMax:
-    return DynamicShiftMax(channels, groups, reduction, branches=1, init_a=_SLOT3_INIT_A, init_b=_SLOT3_INIT_B)
+def _squeeze_activation(channels: int, groups: int, reduction: int) -> DynamicShiftMax:
+    """The Shift-Max after the squeezing 1x1 (``squeeze_act``): always K=1, starting as the identity."""
+    return DynamicShiftMax(channels, groups, reduction, branches=1, init_a=_SQUEEZE_INIT_A, init_b=_SQUEEZE_INIT_B)
 
 
 class MicroBlock(nn.Module):
-    """One row of the variant table. ``layers`` runs in order; ``released_slots`` maps our layer
-    index to the released code's fixed slot index (for checkpoint loading)."""
+    """One row of the variant table: ``layers`` runs in order, plus the residual when it fits."""
 
-    def __init__(self, layers: list[tuple[int | None, nn.Module]], residual: bool, kind: str) -> None:
+    def __init__(self, layers: list[nn.Module], residual: bool, kind: BlockKind) -> None:
         super().__init__()
         self.kind = kind
-        self.layers = nn.Sequential(*(m for _, m in layers))
-        self.released_slots = [slot for slot, _ in layers]
+        self.layers = nn.Sequential(*layers)
         self.residual = residual
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,52 +45,66 @@ class MicroBlock(nn.Module):
         return out + x if self.residual else out
 
 
+def _final_layers(row: BlockRow, cin: int, hidden: int, reduction: int) -> list[nn.Module]:
+    """The last row: a grouped 1x1 widening to the head, then an optional Shift-Max."""
+    layers: list[nn.Module] = [pointwise(cin, hidden, row.expand_groups)]
+    if row.squeeze_act:
+        layers.append(_squeeze_activation(hidden, row.shift_groups, reduction))
+    return layers
+
+
+def _a_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
+              variant: VariantConfig) -> list[nn.Module]:
+    """Micro-Block A: factorised depthwise (expanding), activation, shuffles, squeezing 1x1."""
+    layers = [
+        MicroFactorizedDepthwise(cin, row.kernel, row.stride, row.expansion1, row.expansion2),
+        _activation(row.depthwise_act, hidden, row.shift_groups, reduction, variant),
+        ChannelShuffle(row.shift_groups),
+    ]
+    if row.depthwise_act:
+        layers.append(ChannelShuffle(hidden // 2))
+    layers.append(pointwise(hidden, cout, row.squeeze_groups))
+    if row.squeeze_act:
+        layers.append(_squeeze_activation(cout, row.out_shift_groups, reduction // 2))
+    layers.append(ChannelShuffle(row.out_shift_groups))
+    if row.squeeze_act and cout % 2 == 0:
+        layers.append(ChannelShuffle(cout // 2))
+    return layers
+
+
+def _bc_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
+               variant: VariantConfig) -> list[nn.Module]:
+    """Micro-Block B/C: expanding 1x1, activation, shuffle, depthwise, activation, shuffle,
+    squeezing 1x1, optional Shift-Max and shuffles."""
+    layers = [
+        pointwise(cin, hidden, row.expand_groups),
+        _activation(row.expand_act, hidden, row.shift_groups, reduction, variant),
+        ChannelShuffle(row.shift_groups),
+        MicroFactorizedDepthwise(hidden, row.kernel, row.stride),
+        # The depthwise activation of B/C shifts inside groups of g2 channels (the released "expansion" grouping).
+        _activation(row.depthwise_act, hidden, hidden // row.shift_groups if row.shift_groups != 1 else 1,
+                    reduction, variant),
+    ]
+    if row.expand_act and row.depthwise_act:
+        layers.append(ChannelShuffle(hidden // 4))
+    elif row.expand_act or row.depthwise_act:
+        layers.append(ChannelShuffle(hidden // 2))
+    layers.append(pointwise(hidden, cout, row.squeeze_groups))
+    if row.squeeze_act:
+        layers.append(_squeeze_activation(cout, row.out_shift_groups, reduction // 2 if cout < hidden else reduction))
+    layers.append(ChannelShuffle(row.out_shift_groups))
+    if row.squeeze_act:
+        layers.append(ChannelShuffle(cout // 2))
+    return layers
+
+
 def build_block(row: BlockRow, cin: int, variant: VariantConfig) -> tuple[MicroBlock, int]:
     """Turn a row into a block; returns the block and its output channel count."""
-    hidden = cin * row.c1 * row.c2
-    reduction = BASE_REDUCTION * row.r
-    layers: list[tuple[int | None, nn.Module]]
-
+    hidden = cin * row.expansion1 * row.expansion2
+    reduction = BASE_REDUCTION * row.reduction_factor
     if row.kind == "final":
-        layers = [(0, pointwise(cin, hidden, row.g1))]
-        if row.y3:
-            layers.append((1, _slot3(hidden, row.g2, reduction)))
-        return MicroBlock(layers, residual=False, kind="final"), hidden
-
+        return MicroBlock(_final_layers(row, cin, hidden, reduction), residual=False, kind="final"), hidden
     cout = row.out_channels
-    if row.kind == "A":
-        layers = [
-            (0, MicroFactorizedDepthwise(cin, row.kernel, row.stride, row.c1, row.c2)),
-            (1, _activation(row.y2, hidden, row.g2, reduction, variant)),
-            (2, ChannelShuffle(row.g2)),
-        ]
-        if row.y2:
-            layers.append((3, ChannelShuffle(hidden // 2)))
-        layers.append((4, pointwise(hidden, cout, row.g3)))
-        if row.y3:
-            layers.append((5, _slot3(cout, row.g4, reduction // 2)))
-        layers.append((6, ChannelShuffle(row.g4)))
-        if row.y3 and cout % 2 == 0:
-            layers.append((7, ChannelShuffle(cout // 2)))
-    else:  # B/C
-        layers = [
-            (0, pointwise(cin, hidden, row.g1)),
-            (1, _activation(row.y1, hidden, row.g2, reduction, variant)),
-            (2, ChannelShuffle(row.g2)),
-            (3, MicroFactorizedDepthwise(hidden, row.kernel, row.stride)),
-            # Slot 2 of B/C shifts inside groups of g2 channels (the released "expansion" grouping).
-            (5, _activation(row.y2, hidden, hidden // row.g2 if row.g2 != 1 else 1, reduction, variant)),
-        ]
-        if row.y1 and row.y2:
-            layers.append((6, ChannelShuffle(hidden // 4)))
-        elif row.y1 or row.y2:
-            layers.append((6, ChannelShuffle(hidden // 2)))
-        layers.append((7, pointwise(hidden, cout, row.g3)))
-        if row.y3:
-            layers.append((8, _slot3(cout, row.g4, reduction // 2 if cout < hidden else reduction)))
-        layers.append((9, ChannelShuffle(row.g4)))
-        if row.y3:
-            layers.append((10, ChannelShuffle(cout // 2)))
-
-    residual = row.stride == 1 and cin == cout
-    return MicroBlock(layers, residual=residual, kind=row.kind), cout
+    build = _a_layers if row.kind == "A" else _bc_layers
+    layers = build(row, cin, hidden, cout, reduction, variant)
+    return MicroBlock(layers, residual=row.stride == 1 and cin == cout, kind=row.kind), cout

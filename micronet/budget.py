@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MicronetError
+from .registry import FIGURES_INPUT_SIZE, resolve_variant
 
 LIMIT_KEYS = ("madds", "params")
 OPTION_KEYS = ("input_size",)
@@ -25,14 +26,26 @@ OPTION_KEYS = ("input_size",)
 
 @dataclass
 class BudgetResult:
+    """One ceiling of the budgets file against the recomputed figure.
+
+    ``recorded`` is the variant's own figure from its metadata (``micronet.registry``) when the budget
+    is at the size the metadata states (224 px), else None. The ceiling stays the gate; a measured
+    figure that differs from the recorded one means the model changed and the metadata must follow.
+    """
+
     variant: str
     metric: str
     measured: int
     allowed: int
+    recorded: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.measured <= self.allowed
+
+    @property
+    def matches_metadata(self) -> bool | None:
+        return None if self.recorded is None else self.measured == self.recorded
 
 
 def read_budgets(path: str | Path) -> dict[str, dict[str, int]]:
@@ -51,8 +64,6 @@ def read_budgets(path: str | Path) -> dict[str, dict[str, int]]:
         raise MicronetError(f"cannot read budgets file {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MicronetError(f"budgets file {path} is not valid TOML: {exc}") from None
-    from .registry import resolve_variant
-
     if not data:
         raise MicronetError(f"budgets file {path} sets no budgets: add a [VARIANT] table with madds and/or params")
     for variant, table in data.items():
@@ -79,10 +90,19 @@ def check_budgets(path: str | Path) -> list[BudgetResult]:
 
     results = []
     for variant, table in read_budgets(path).items():
+        input_size = table.get("input_size", FIGURES_INPUT_SIZE)
         try:
-            counts = count_variant(variant, input_size=table.get("input_size", 224))
+            counts = count_variant(variant, input_size=input_size)
         except MicronetError as exc:  # e.g. an input_size that is not a multiple of 32
             raise MicronetError(f"budgets file {path}: [{variant}]: {exc}") from None
         measured = {"madds": counts.madds, "params": counts.params}
-        results += [BudgetResult(variant, key, measured[key], table[key]) for key in LIMIT_KEYS if key in table]
+        recorded = recorded_figures(variant) if input_size == FIGURES_INPUT_SIZE else {}
+        results += [BudgetResult(variant, key, measured[key], table[key], recorded.get(key))
+                    for key in LIMIT_KEYS if key in table]
     return results
+
+
+def recorded_figures(variant: str) -> dict[str, int]:
+    """A variant's own params and MAdds at 224 px from its metadata, whether or not a budget names them."""
+    info = resolve_variant(variant)
+    return {"madds": info.madds, "params": info.params}

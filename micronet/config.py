@@ -1,55 +1,78 @@
 """Declarative description of every MicroNet variant.
 
-Each variant is data: a stem, a list of block rows and a head. The rows keep the released code's
-field order (``s c ks c1 c2 g1 g2 g3 g4 y1 y2 y3 r``; its unused ``n`` and ``c3`` are dropped) so
-that they can be checked line by line against the released ``microconfig.py``, but every
-field has a name here instead of living in a comment. The block *type* is derived from the row, as
-the released code does: ``g1 == 0`` is a Micro-Block A, ``g4 == 0`` the final pointwise row,
-anything else a Micro-Block B/C.
+Each variant is data: a stem, a list of block rows and a head. The rows are written as compact
+whitespace tables in the released code's column order (``s c ks c1 c2 g1 g2 g3 g4 y1 y2 y3 r``; its
+unused ``n`` and ``c3`` are dropped) so that they can be checked line by line against the released
+``microconfig.py``; each column becomes a descriptively named field of ``BlockRow``
+(``RELEASED_COLUMNS`` says which). The block *kind* is derived from the row, as the released code
+does: no expanding 1x1 (``g1 == 0``) is a Micro-Block A, no output shift groups (``g4 == 0``) the
+final pointwise row, anything else a Micro-Block B/C.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 BlockKind = Literal["A", "BC", "final"]
 
 #: DY-Shift-Max coefficients are rescaled to [-ACT_MAX, ACT_MAX]; all released models use 2.0.
 ACT_MAX = 2.0
-#: Base reduction of the Shift-Max hyper-function (multiplied by a row's ``r``).
+#: Base reduction of the Shift-Max hyper-function (multiplied by a row's ``reduction_factor``).
 BASE_REDUCTION = 8
 
 
 @dataclass(frozen=True)
 class BlockRow:
-    """One Micro-Block, exactly as a row of the released ``microconfig.py`` (minus ``n`` and ``c3``).
+    """One Micro-Block: a row of the released ``microconfig.py`` (minus ``n`` and ``c3``), named.
 
-    ``y1/y2/y3`` select the activation of the three slots: 0 = ReLU6 (or nothing in slot 3),
-    1 = Dynamic Shift-Max with K=1, 2 = Dynamic Shift-Max with K=2.
+    Field (released column): meaning.
+
+    - ``stride`` (``s``), ``out_channels`` (``c``), ``kernel`` (``ks``): of the depthwise stage.
+    - ``expansion1`` (``c1``), ``expansion2`` (``c2``): the hidden width is ``in * c1 * c2``. In a
+      type A block they are the channel multipliers of the two factorised depthwise convs (kx1, 1xk);
+      in B/C ``c1`` is 1 and ``c2`` is the expansion of the expanding 1x1.
+    - ``expand_groups`` (``g1``): groups of the expanding 1x1; 0 = type A (no expanding 1x1).
+    - ``shift_groups`` (``g2``): shift/shuffle groups of the first two activations.
+    - ``squeeze_groups`` (``g3``): groups of the squeezing 1x1.
+    - ``out_shift_groups`` (``g4``): shift/shuffle groups of the output activation; 0 = final row.
+    - ``expand_act`` (``y1``), ``depthwise_act`` (``y2``): the activation after the expanding 1x1
+      and after the depthwise stage: 0 = ReLU6, 1 = Dynamic Shift-Max K=1, 2 = Dynamic Shift-Max K=2.
+    - ``squeeze_act`` (``y3``): 0 = none after the squeezing 1x1, else a Dynamic Shift-Max K=1.
+    - ``reduction_factor`` (``r``): the Shift-Max hyper-function reduces by ``BASE_REDUCTION * r``.
     """
 
     stride: int
     out_channels: int
     kernel: int
-    c1: int  # first expansion factor (depthwise channel multiplier in type A)
-    c2: int  # second expansion factor: hidden = in * c1 * c2
-    g1: int  # groups of the expanding 1x1 (0 = type A: no expanding 1x1)
-    g2: int  # shift/shuffle groups of the first two activation slots
-    g3: int  # groups of the squeezing 1x1
-    g4: int  # shift/shuffle groups of the third slot (0 = final row)
-    y1: int
-    y2: int
-    y3: int
-    r: int  # hyper-function reduction = BASE_REDUCTION * r
+    expansion1: int
+    expansion2: int
+    expand_groups: int
+    shift_groups: int
+    squeeze_groups: int
+    out_shift_groups: int
+    expand_act: int
+    depthwise_act: int
+    squeeze_act: int
+    reduction_factor: int
 
     @property
     def kind(self) -> BlockKind:
-        if self.g1 == 0:
+        if self.expand_groups == 0:
             return "A"
-        if self.g4 == 0:
+        if self.out_shift_groups == 0:
             return "final"
         return "BC"
+
+    @property
+    def activations(self) -> tuple[int, int, int]:
+        """The three activation selectors (``y1 y2 y3``) in block order."""
+        return self.expand_act, self.depthwise_act, self.squeeze_act
+
+
+#: The released ``microconfig.py`` column each ``BlockRow`` field holds, in table order.
+RELEASED_COLUMNS: dict[str, str] = dict(zip("s c ks c1 c2 g1 g2 g3 g4 y1 y2 y3 r".split(),
+                                            (f.name for f in fields(BlockRow)), strict=True))
 
 
 @dataclass(frozen=True)
@@ -70,8 +93,15 @@ class VariantConfig:
 
 
 def _rows(table: str) -> tuple[BlockRow, ...]:
-    """Parse a whitespace table ``s c ks c1 c2 g1 g2 g3 g4 y1 y2 y3 r`` into rows."""
-    return tuple(BlockRow(*map(int, line.split())) for line in table.strip().splitlines())
+    """Parse a whitespace table in the released column order (``RELEASED_COLUMNS``) into rows."""
+    rows = []
+    for line in table.strip().splitlines():
+        values = [int(v) for v in line.split()]
+        if len(values) != len(RELEASED_COLUMNS):
+            raise ValueError(f"a block row needs {len(RELEASED_COLUMNS)} columns "
+                             f"({' '.join(RELEASED_COLUMNS)}), got {line.strip()!r}")
+        rows.append(BlockRow(**dict(zip(RELEASED_COLUMNS.values(), values))))
+    return tuple(rows)
 
 
 # Paper M0 (= released M1, `msnx_dy6_exp6_6M_221`).

@@ -163,7 +163,7 @@ def variants_table(rows: list[dict]) -> Table:
                          no_wrap=col in ("variant", "params", "MAdds"))
     for r in rows:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
-        weights = f"{r['release_checkpoint']} ({r['release_top1']}%)" if r["release_checkpoint"] else "-"
+        weights = ", ".join(f"{w['file_name']} ({w['top1']}%)" for w in r["weights"]) or "-"
         table.add_row(name, f"{r['params']:,}", f"{r['madds']:,}", f"{r['paper_madds']} MAdds, {r['paper_params']}",
                       weights, r["description"])
     return table

@@ -1,9 +1,11 @@
 """Loading weights: our checkpoints and the authors' released ``micronet-m{0..3}.pth`` files.
 
 The released files use the released code's module tree (``features.i.layers.<fixed slot>...``,
-``classifier.0.linear...``) and usually a DataParallel ``module.`` prefix. Our modules are laid
-out differently (no empty placeholder slots), so the translation happens here, at the edge, and a
-checkpoint of the wrong variant is named from its tensor shapes instead of failing with a
+``classifier.0.linear...``) and usually a DataParallel ``module.`` prefix. Our blocks are flat lists
+of the layers that are really there, so the released layout (fixed slots with empty placeholders)
+is known only here, at the edge: ``RELEASED_SLOTS`` gives each layer's slot from its role in the
+block. A checkpoint of the wrong variant is named from its tensor shapes (and, for the authors'
+files, which published file it is, from ``micronet.registry``) instead of failing with a
 size-mismatch traceback.
 """
 
@@ -19,17 +21,59 @@ from torch import Tensor, nn
 
 from .blocks import MicroBlock
 from .errors import MicronetError
-from .layers import DynamicShiftMax, MicroFactorizedDepthwise
+from .layers import ChannelShuffle, ConvBN, DynamicShiftMax, MicroFactorizedDepthwise
 from .model import MicroNet
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+
+#: The released code's fixed slot of every layer that holds tensors, per block kind, keyed by the
+#: layer's role and how many layers of that role came before it in the block. Its blocks keep a
+#: slot for every op they might have (an empty placeholder when a row leaves it out):
+#:   A:     0 depthwise, 1 activation, 2-3 shuffles, 4 squeezing 1x1, 5 Shift-Max, 6-7 shuffles
+#:   B/C:   0 expanding 1x1, 1 activation, 2 shuffle, 3 depthwise, 4 (always empty), 5 activation,
+#:          6 shuffle, 7 squeezing 1x1, 8 Shift-Max, 9-10 shuffles
+#:   final: 0 pointwise 1x1, 1 Shift-Max
+#: Shuffles and ReLU6 hold no tensors, so they need no slot here; an activation is counted in its
+#: role whether it is a ReLU6 or a Shift-Max, since either fills the slot.
+RELEASED_SLOTS: dict[str, dict[tuple[str, int], int]] = {
+    "A": {("depthwise", 0): 0, ("activation", 0): 1, ("pointwise", 0): 4, ("activation", 1): 5},
+    "BC": {("pointwise", 0): 0, ("activation", 0): 1, ("depthwise", 0): 3, ("activation", 1): 5,
+           ("pointwise", 1): 7, ("activation", 2): 8},
+    "final": {("pointwise", 0): 0, ("activation", 0): 1},
+}
+
+
+def _role(module: nn.Module) -> str:
+    """What a block layer does, in the terms of ``RELEASED_SLOTS``."""
+    if isinstance(module, MicroFactorizedDepthwise):
+        return "depthwise"
+    if isinstance(module, ConvBN):
+        return "pointwise"
+    if isinstance(module, (DynamicShiftMax, nn.ReLU6)):
+        return "activation"
+    if isinstance(module, ChannelShuffle):
+        return "shuffle"
+    raise AssertionError(f"no released role for {type(module).__name__}")  # a new layer needs a rule
+
+
+def released_slots(block: MicroBlock) -> dict[int, int]:
+    """Our layer index -> the released slot index, for every layer of ``block`` that holds tensors."""
+    seen: dict[str, int] = {}
+    slots: dict[int, int] = {}
+    for index, module in enumerate(block.layers):
+        role = _role(module)
+        nth = seen.get(role, 0)
+        seen[role] = nth + 1
+        if role != "shuffle":
+            slots[index] = RELEASED_SLOTS[block.kind][(role, nth)]
+    return slots
 
 
 def _released_block_key(block: MicroBlock, index: int, rest: str) -> str:
     """Our ``layers.{j}.{rest}`` inside a block -> the released ``layers.{slot}.{...}``."""
     j, _, tail = rest.partition(".")
     module = block.layers[int(j)]
-    slot = block.released_slots[int(j)]
+    slot = released_slots(block)[int(j)]
     if isinstance(module, MicroFactorizedDepthwise):  # {conv}.{0 conv|1 bn}.param -> conv.{2*conv+k}
         a, b, param = tail.split(".", 2)
         tail = f"conv.{2 * int(a) + int(b)}.{param}"
@@ -127,13 +171,24 @@ def checkpoint_classes(state: Mapping[str, Tensor]) -> int | None:
     return None
 
 
+def _candidates(state: Mapping[str, Tensor]) -> list[str]:
+    """Registered variants in the order to try: for a file in the released layout, first the ones
+    the authors published weights for (the registry's entries), since that is what such a file
+    usually is."""
+    from .registry import VARIANTS
+
+    names = list(VARIANTS)
+    if is_released_layout(state):
+        names.sort(key=lambda name: not VARIANTS[name].weights)  # stable: registry order within each group
+    return names
+
+
 def detect_variant(state: Mapping[str, Tensor]) -> str | None:
     """The registered variant whose every tensor shape matches this state_dict, if any."""
     from .model import build_model
-    from .registry import VARIANTS
 
     classes = checkpoint_classes(state) or 1000
-    for name in VARIANTS:
+    for name in _candidates(state):
         with torch.device("meta"):
             candidate = build_model(name, num_classes=classes)
         ours = to_our_layout(state, candidate)
@@ -143,6 +198,17 @@ def detect_variant(state: Mapping[str, Tensor]) -> str | None:
     return None
 
 
+def released_files_note(variant: str) -> str:
+    """Which published file loads into ``variant`` ("the released micronet-m2.pth"), or "" if none.
+
+    The authors number their files one off from the paper (their M2 is the paper's M1), so a
+    message that names the variant also names the file a user is holding."""
+    from .registry import VARIANTS
+
+    files = [w.file_name for w in VARIANTS[variant].weights]
+    return f"the released {' or '.join(files)}" if files else ""
+
+
 def _mismatch_message(state: Mapping[str, Tensor], model: MicroNet, origin: str) -> str:
     detected = detect_variant(state)
     classes = checkpoint_classes(state)
@@ -150,8 +216,10 @@ def _mismatch_message(state: Mapping[str, Tensor], model: MicroNet, origin: str)
         return (f"{origin} has a {classes}-class classifier but the model was built with "
                 f"{model.num_classes} classes; pass --num-classes {classes}")
     if detected:
+        note = released_files_note(detected) if is_released_layout(state) else ""
+        loads = f" ({note} loads into {detected})" if note else ""
         return (f"{origin} is {_article(detected)} {detected} checkpoint ({classes} classes), not {model.config.name}; "
-                f"use --variant {detected}")
+                f"use --variant {detected}{loads}")
     return f"{origin} does not match any MicroNet variant (its tensor names or shapes are foreign)"
 
 

@@ -26,7 +26,7 @@ from micronet.console import (
     variants_table,
 )
 from micronet.counting import count_variant
-from micronet.registry import VARIANTS
+from micronet.registry import variant_rows
 
 
 def terminal(width: int) -> Console:
@@ -48,17 +48,6 @@ def assert_whole(text: str, cells) -> None:
 
 def max_line(text: str) -> int:
     return max(len(line) for line in text.splitlines())
-
-
-def variant_rows() -> list[dict]:
-    rows = []
-    for info in VARIANTS.values():
-        counts = count_variant(info.name)
-        rows.append({"name": info.name, "aliases": list(info.aliases), "params": counts.params,
-                     "madds": counts.madds, "paper_madds": info.paper_madds, "paper_params": info.paper_params,
-                     "release_checkpoint": info.checkpoint, "release_top1": info.release_top1,
-                     "description": info.description})
-    return rows
 
 
 RUNGS = [

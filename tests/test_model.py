@@ -88,7 +88,7 @@ def test_residual_rule():
         model = build_model(name)
         cin = cfg.stem_channels
         for row, block in zip(cfg.rows, model.blocks):
-            cout = cin * row.c1 * row.c2 if row.kind == "final" else row.out_channels
+            cout = cin * row.expansion1 * row.expansion2 if row.kind == "final" else row.out_channels
             assert block.residual == (row.stride == 1 and cin == cout), (name, row)
             cin = cout
     # m1 block 5 and release-m3 blocks 3, 5, 8, 10 are the residual ones the spec lists
