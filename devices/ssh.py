@@ -32,7 +32,7 @@ from typing import Any
 from micronet.errors import MicronetError
 
 from .base import AuthError, DeviceError, UnreachableError
-from .remote import RUNNER_PATH, WORKDIR_PREFIX, RunnerDevice, Transport, check_workdir
+from .remote import WORKDIR_PREFIX, RunnerDevice, Transport, check_workdir, probe_source
 from .target import Target
 
 SSH_ERROR_EXIT = 255
@@ -146,7 +146,7 @@ class SshTransport(Transport):
     # -- Transport ----------------------------------------------------------------------------------
 
     def probe(self) -> dict[str, Any]:
-        proc = self.call([self.python, "-", "--probe"], stdin=RUNNER_PATH.read_bytes())
+        proc = self.call([self.python, "-", "--probe"], stdin=probe_source())
         try:
             return json.loads(proc.stdout)
         except json.JSONDecodeError:
