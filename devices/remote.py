@@ -32,7 +32,7 @@ from micronet.errors import MicronetError
 from . import runner
 from .base import BenchJob, Device, DeviceCheck, DeviceRun, Progress, RunnerFailed
 from .fingerprint import summary_line
-from .target import Target
+from .target import DeviceSpec
 
 RUNNER_PATH = Path(runner.__file__).resolve()
 CORE_PATH = Path(runner.core.__file__).resolve()  # micronet/inference.py, which the runner imports
@@ -126,7 +126,7 @@ def runner_failure(proc: subprocess.CompletedProcess, device: str) -> RunnerFail
 class RunnerDevice(Device):
     """A device that runs ``runner.py`` through a ``Transport`` (SSH boards, emulation)."""
 
-    def __init__(self, target: Target, transport: Transport) -> None:
+    def __init__(self, target: DeviceSpec, transport: Transport) -> None:
         super().__init__(target)
         self.transport = transport
 

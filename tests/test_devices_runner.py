@@ -24,7 +24,7 @@ from micronet.devices.api import model_jobs
 from micronet.devices.base import BenchJob, ModelJob, RunnerFailed, ThermalPolicy
 from micronet.devices.emulation import HostRunnerDevice
 from micronet.devices.remote import ProcessTransport, RunnerDevice, probe_source
-from micronet.devices.target import Target
+from micronet.devices.target import DeviceSpec
 
 RUNNER = Path(runner.__file__)
 
@@ -51,7 +51,7 @@ class _ScratchDevice(RunnerDevice):
     kind = "process"
 
     def __init__(self, base: Path) -> None:
-        super().__init__(Target("process", "process", "scratch"),
+        super().__init__(DeviceSpec("process", "process", "scratch"),
                          ProcessTransport([sys.executable], env={"MICRONET_RUNNER_QUIET": "1", "PATH": "/usr/bin:/bin"},
                                           base_dir=base))
 
