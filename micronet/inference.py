@@ -1,30 +1,20 @@
 """The portable inference core: what every place that runs an exported model shares, and nothing else.
 
 Why one file with only the standard library and numpy: the desktop benchmark (``micronet.bench``), the
-export's parity check (``micronet.export.inspect``) and the on-device runner (``devices/runner.py``, run
-on a board that has no micronet and often an older Python) must feed a model, time it and read its
-answer in exactly the same way, or a Pi row and a desktop row in one table would measure different
-things. So this file is pushed beside the runner to the board (as ``micronet_inference.py``) and
-imported by the desktop code; a runtime is added here, once. It must never import micronet, and its
-syntax must stay Python 3.8-compatible (annotations are strings thanks to the ``__future__`` import).
+export's parity check (``micronet.export.inspect``) and the on-device runner (``devices/runner.py``, on a
+board with no micronet and often Python 3.8) must feed a model, time it and read its answer in exactly
+the same way, or a Pi row and a desktop row in one table would measure different things. So this file
+is pushed beside the runner (as ``micronet_inference.py``) and imported by the desktop code; a runtime
+is added here, once. It must never import micronet; runtimes are imported lazily, inside functions, and
+annotations stay strings (the ``__future__`` import) so that 3.8 can read the file.
 
-What it owns:
-
-* ``TensorSpec`` / ``Quantization`` and ``quantize`` / ``dequantize`` (real = (q - zero_point) * scale);
-* ``infer_layout`` (NCHW vs NHWC from the axis of size 1 or 3) and ``reconcile`` (a model's own view of a
-  tensor merged with its export manifest's; contradictions are errors);
-* ``RUNTIMES``: the file runtimes (name → format, module, library, distribution, pip) and ``open_session``,
-  a minimal adapter per format that loads a model and runs prepared input (TFLite through ai-edge-litert,
-  tflite-runtime or ``tf.lite``; ONNX through ONNX Runtime). Runtimes are imported lazily, inside
-  functions, so that importing this file costs nothing and measures nothing;
-* ``prepare`` (float32 NCHW batch → the model's native input) and ``to_logits``;
-* the latency loop (``timed_runs``, ``latency_stats``, ``measure``): first inference on its own, warm-up,
-  then ``run`` timed alone with ``perf_counter_ns`` and the garbage collector paused, sample std and
-  linear-interpolated percentiles;
-* ``ROW_FIELDS``: the report schema v1's row fields, in order.
-
-Every mistake is an ``InferenceError`` (a ``ValueError``) whose message is the whole explanation; the
-desktop turns it into a ``MicronetError``, the runner into an invalid row.
+It owns ``TensorSpec``/``Quantization`` with ``quantize``/``dequantize``; ``infer_layout`` and
+``reconcile`` (a model's own view of a tensor merged with its manifest's); ``RUNTIMES`` (name → format,
+module, library, distribution, pip) with one session per format (``open_session``: TFLite through
+ai-edge-litert, tflite-runtime or ``tf.lite``; ONNX Runtime); ``prepare``/``to_logits``; the latency
+loop (first inference alone, warm-up, then ``run`` timed with ``perf_counter_ns`` and the garbage
+collector paused; sample std, linear-interpolated percentiles); and the report's ``ROW_FIELDS``.
+Every mistake is an ``InferenceError`` (a ``ValueError``) whose message is the whole explanation.
 """
 
 from __future__ import annotations
@@ -105,13 +95,8 @@ class TensorSpec:
         return (self.shape[1], self.shape[2], self.shape[3])
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shape": list(self.shape),
-            "dtype": self.dtype,
-            "layout": self.layout,
-            "quantization": self.quantization.to_dict() if self.quantization else None,
-        }
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
+                "quantization": self.quantization.to_dict() if self.quantization else None}
 
 
 def quantize(x: np.ndarray, q: Quantization, dtype: str) -> np.ndarray:
@@ -290,7 +275,7 @@ def import_library(name: str) -> Any:
 
 
 class Session:
-    """One model loaded in one file runtime: its own tensor specs, ``run`` and the settings that shaped it.
+    """One model loaded in one file runtime: its own tensor specs and ``run``.
 
     ``inputs``/``outputs`` are what the model file says (no layout; TFLite quantization only): merge them
     with a manifest through ``reconcile``. ``run`` is the call latency measurement times, and only it.
@@ -304,19 +289,12 @@ class Session:
         self.info, self.lib, self.path, self.threads, self.xnnpack = info, lib, path, threads, xnnpack
         self.output_index = 0
 
-    def select_output(self, index: int) -> None:
-        self.output_index = index
-
     def fit(self, x: np.ndarray) -> np.ndarray:
         """Make the session take an input of ``x``'s shape (a dynamic batch), outside the timed run."""
         return x
 
     def run(self, native: Any) -> Any:
         raise NotImplementedError
-
-    def settings(self) -> dict:
-        """The runtime-specific knobs, echoed into the report row's settings."""
-        return session_settings(self.info.format, self.xnnpack)
 
     def close(self) -> None:
         """Drop the session/interpreter so the next one starts clean."""
@@ -459,7 +437,7 @@ def bind_model(session: Session, manifest: dict | None, where: str) -> Model:
     if len(session.inputs) != 1:
         raise InferenceError(f"{where} has {len(session.inputs)} inputs; the benchmark feeds exactly one image tensor")
     index = pick_output(session.outputs, manifest, where)
-    session.select_output(index)
+    session.output_index = index
     io = manifest or {}
     model_in = reconcile(session.inputs[0], io.get("input"), "input", where, session.info.default_layout)
     model_out = reconcile(session.outputs[index], io.get("output"), "output", where, None)
@@ -523,17 +501,12 @@ def first_and_warmup(step: Callable[[], Any], warmup: int, clock: Callable[[], i
     return first_ms
 
 
-def phase_dict(samples_ms: List[float], measured_s: float, stopped_by: str) -> dict:
-    """One timed phase as the report's latency object holds it."""
-    return {**latency_stats(samples_ms), "measured_s": measured_s, "stopped_by": stopped_by,
-            "samples_ms": list(samples_ms)}
-
-
 def measure(step: Callable[[], Any], warmup: int, runs: int | None, min_seconds: float | None,
             max_runs: int = DEFAULT_MAX_RUNS, clock: Callable[[], int] = time.perf_counter_ns) -> Tuple[float, dict]:
     """(first_ms, the report's ``latency`` object without an end-to-end phase) for ``step``."""
     first_ms = first_and_warmup(step, warmup, clock)
     samples_ms, measured_s, stopped_by = timed_runs(step, runs, min_seconds, max_runs, clock)
     latency = {"warmup": warmup, "runs_requested": runs, "min_seconds": min_seconds,
-               **phase_dict(samples_ms, measured_s, stopped_by), "end_to_end": None}
+               **latency_stats(samples_ms), "measured_s": measured_s, "stopped_by": stopped_by,
+               "samples_ms": samples_ms, "end_to_end": None}
     return first_ms, latency
