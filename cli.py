@@ -188,7 +188,7 @@ def bench_cmd(
         threads=threads_given or [], warmup=warmup, runs=runs, min_seconds=min_seconds, xnnpack=xnnpack, data=data,
         limit=limit, max_drop=max_drop, weights=weights, calibration=calibration, input_size=input_size,
         num_classes=num_classes, out=out, device=device, inventory=inventory, benchmark_binary=benchmark_binary,
-        cpu_mask=cpu_mask, cooldown=cooldown)
+        cpu_mask=cpu_mask, cooldown=cooldown, memory=memory)
     checked = request.check()  # every argument, before an export or a measurement starts
     with console.status("benchmarking", spinner="dots") as status:
         def progress(message: str) -> None:
@@ -200,21 +200,18 @@ def bench_cmd(
                                 weights=weights, calibration=calibration, input_size=input_size,
                                 num_classes=num_classes, with_reference=max_drop is not None, progress=progress)
         if checked.device is not None:
-            from micronet.devices.api import device_report
-
             on_desktop = [t.label for t in targets if t.path is None]
             if on_desktop:
                 console.print(f"not sent to {device} (PyTorch models run on the desktop only): {', '.join(on_desktop)}")
-            result = device_report(checked.device, [t.path for t in targets if t.path is not None],
-                                   runtime=runtime[0] if runtime else None, threads=threads_given, warmup=warmup,
-                                   runs=runs, min_seconds=min_seconds, xnnpack=checked.xnnpack, data=data, limit=limit,
-                                   inventory=inventory, benchmark_binary=benchmark_binary, cpu_mask=cpu_mask,
-                                   retry_throttled=True if retry_throttled else None, cooldown_s=cooldown,
-                                   memory=memory, progress=progress)
+            from micronet.devices.api import DeviceRunOptions, device_report
+
+            on_device = DeviceRunOptions(runtime=runtime[0] if runtime else None, inventory=inventory,
+                                         benchmark_binary=benchmark_binary, cpu_mask=cpu_mask,
+                                         retry_throttled=True if retry_throttled else None, cooldown_s=cooldown)
+            result = device_report(checked.device, [t.path for t in targets if t.path is not None], checked.measure,
+                                   on_device, progress=progress)
         else:
-            result = run_benchmark(targets, runtimes=runtime or None, threads=threads_given or [1], warmup=warmup,
-                                   runs=runs, min_seconds=min_seconds, data=data, limit=limit, progress=progress,
-                                   xnnpack=checked.xnnpack, memory=memory, end_to_end=end_to_end)
+            result = run_benchmark(targets, runtime or None, checked.measure, progress, end_to_end=end_to_end)
     paths = report.write_all(result, out)
     report.print_report(result, console=console)
     console.print("report: " + ", ".join(str(p) for p in paths))

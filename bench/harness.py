@@ -19,10 +19,11 @@ import numpy as np
 from micronet.errors import MicronetError
 
 from . import report as rep
-from .accuracy import ClassMismatch, check_classes, evaluate, validate_options
+from .accuracy import ClassMismatch, check_classes, evaluate
 from .environment import collect_environment, noise_warnings
-from .latency import measure_latency, validate_schedule
+from .latency import measure_latency
 from .memory import file_size, measure_memory, validate_inferences
+from .options import MeasureOptions
 from .runtimes import (
     RUNTIME_FORMATS,
     RUNTIMES,
@@ -41,7 +42,7 @@ Progress = Callable[[str], None]
 
 
 @dataclass
-class BenchTarget:
+class BenchModel:
     """One model to benchmark: a model file (its manifest is read from beside it) or a torch model.
 
     For torch give ``module`` (any ``torch.nn.Module``) or just ``variant`` (built with
@@ -70,9 +71,9 @@ class BenchTarget:
             raise MicronetError("a benchmark target needs a model file, a torch module or a variant name")
 
     @classmethod
-    def coerce(cls, item: Any) -> "BenchTarget":
-        """A path, a variant name, a torch module or a BenchTarget → BenchTarget."""
-        if isinstance(item, BenchTarget):
+    def coerce(cls, item: Any) -> "BenchModel":
+        """A path, a variant name, a torch module or a BenchModel → BenchModel."""
+        if isinstance(item, BenchModel):
             return item
         if isinstance(item, (str, Path)):
             if detect_format(item) == "torch":
@@ -148,7 +149,7 @@ class BenchTarget:
         return None, int(params)
 
 
-def _plan_runtimes(targets: Sequence[BenchTarget], runtimes: Sequence[str] | None) -> dict[int, list[str]]:
+def _plan_runtimes(targets: Sequence[BenchModel], runtimes: Sequence[str] | None) -> dict[int, list[str]]:
     """Which runtimes run which target; raise for anything the user asked for that cannot happen."""
     if runtimes is not None:
         runtimes = list(dict.fromkeys(runtimes))
@@ -234,40 +235,36 @@ def _end_to_end_loader(runtime: Runtime, images: Any) -> Callable[[], np.ndarray
 def run_benchmark(
     models: Sequence[Any],
     runtimes: Sequence[str] | None = None,
-    threads: Sequence[int] = (1,),
-    warmup: int = 10,
-    runs: int | None = 100,
-    min_seconds: float | None = None,
-    data: Any = None,
-    limit: int | None = None,
+    options: MeasureOptions | None = None,
     progress: Progress | None = None,
     *,
-    xnnpack: Sequence[bool] = (True,),
-    memory: bool = True,
     memory_inferences: int = 10,
     batch: int = 1,
     end_to_end: bool = False,
-    seed: int = 0,
+    **measure: Any,
 ) -> dict[str, Any]:
     """Benchmark every model in every applicable runtime; return the report dict (``report`` schema).
 
-    ``models``: ``BenchTarget``s, model file paths, variant names or torch modules.
+    ``models``: ``BenchModel``s, model file paths, variant names or torch modules.
     ``runtimes``: names from ``RUNTIMES``; None = every installed runtime that fits each format.
-    ``threads``: thread counts to try (each is its own row). ``xnnpack``: TFLite delegate settings to
-    try (``(True, False)`` compares them). ``warmup``/``runs``/``min_seconds``: the latency schedule
-    (``micronet.bench.latency``). ``data``: a labelled image folder (or ``LabelledImages``) for
+    ``options`` (``MeasureOptions``; its fields may also be given as keywords, which override it):
+    ``threads``: thread counts to try (each is its own row; default 1). ``xnnpack``: TFLite delegate
+    settings to try (``(True, False)`` compares them). ``warmup``/``runs``/``min_seconds``: the latency
+    schedule (``micronet.bench.latency``). ``data``: a labelled image folder (or ``LabelledImages``) for
     accuracy, scored once per model/runtime/XNNPACK and shared by its thread rows; ``limit`` caps the
     image count. ``memory``: measure peak RSS in a fresh process per row (a few seconds each).
     ``end_to_end``: also time preprocessing + inference per image. ``progress(message)`` is called
     before each step.
     """
-    validate_schedule(warmup, runs, min_seconds)
-    validate_options(limit, batch)
+    opts = MeasureOptions.build(options, **measure)
+    opts.check(batch)
+    warmup, runs, min_seconds, data, limit, memory, seed = (
+        opts.warmup, opts.runs, opts.min_seconds, opts.data, opts.limit, opts.memory, opts.seed)
     if memory:
         validate_inferences(memory_inferences)
-    thread_list = _check_threads(threads)
-    xnn_list = list(dict.fromkeys(bool(x) for x in xnnpack)) or [True]
-    targets = [BenchTarget.coerce(m) for m in models]
+    thread_list = _check_threads((1,) if opts.threads is None else opts.threads)
+    xnn_list = opts.xnnpack_list()
+    targets = [BenchModel.coerce(m) for m in models]
     if not targets:
         raise MicronetError("no models to benchmark")
     plan = _plan_runtimes(targets, runtimes)
@@ -298,8 +295,8 @@ def run_benchmark(
                                 madds=madds, params=params, size_bytes=size_bytes, size_mib=size_mib)
                     try:
                         say(f"latency: {what}")
-                        fields, accuracy = _measure(target, runtime_name, t, xnn, warmup, runs, min_seconds,
-                                                    images, limit, batch, end_to_end, seed, accuracy, say, what)
+                        fields, accuracy = _measure(target, runtime_name, t, xnn, opts, images, batch, end_to_end,
+                                                    accuracy, say, what)
                     except ClassMismatch:  # found only on loading (no manifest): no row of this run can be scored
                         raise
                     except Exception as exc:  # one broken combination must not end the run
@@ -327,30 +324,29 @@ def run_benchmark(
     return rep.make_report(environment, settings, rows, warnings)
 
 
-def _safe_counts(target: BenchTarget) -> tuple[int | None, int | None]:
+def _safe_counts(target: BenchModel) -> tuple[int | None, int | None]:
     try:
         return target.counts()
     except Exception:  # counting is a label on the row; never a reason to skip a measurement
         return None, None
 
 
-def _measure(target: BenchTarget, runtime_name: str, threads: int, xnn: bool | None, warmup: int,
-             runs: int | None, min_seconds: float | None, images: Any, limit: int | None, batch: int,
-             end_to_end: bool, seed: int, accuracy: dict | None, say: Progress, what: str,
+def _measure(target: BenchModel, runtime_name: str, threads: int, xnn: bool | None, opts: MeasureOptions,
+             images: Any, batch: int, end_to_end: bool, accuracy: dict | None, say: Progress, what: str,
              ) -> tuple[dict[str, Any], dict | None]:
     """Load once, time, score; returns the row fields and the accuracy to reuse for other thread counts."""
     runtime = get_runtime(runtime_name, threads=threads, xnnpack=xnn)
     try:
         init_s = runtime.load(target.source, manifest=target.manifest, input_size=target.input_size)
-        native = runtime.prepare(_synthetic_batch(runtime, seed))
+        native = runtime.prepare(_synthetic_batch(runtime, opts.seed))
         loader = _end_to_end_loader(runtime, images) if end_to_end else None
-        latency = measure_latency(runtime, native, warmup=warmup, runs=runs, min_seconds=min_seconds,
+        latency = measure_latency(runtime, native, warmup=opts.warmup, runs=opts.runs, min_seconds=opts.min_seconds,
                                   end_to_end=loader)
         notes: list[str] = []
         if images is not None:
             if accuracy is None:
                 say(f"accuracy: {what}")
-                accuracy = evaluate(runtime, images, _preprocessing_for(runtime), limit=limit, batch=batch)
+                accuracy = evaluate(runtime, images, _preprocessing_for(runtime), limit=opts.limit, batch=batch)
             else:
                 notes.append("accuracy measured once per model/runtime at the first thread count")
         return {

@@ -22,7 +22,6 @@ normalise one image). When given, a second phase with the same bounds times
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,9 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from micronet import inference as core
 from micronet.errors import MicronetError
 
-DEFAULT_MAX_RUNS = 100_000
+DEFAULT_MAX_RUNS = core.DEFAULT_MAX_RUNS
 _now_ns = time.perf_counter_ns  # module-level so tests can drive the schedule with a fake clock
 
 
@@ -51,20 +51,9 @@ class LatencyStats:
 
     @classmethod
     def from_samples(cls, samples_ms: list[float] | np.ndarray) -> "LatencyStats":
-        a = np.asarray(samples_ms, dtype=np.float64)
-        if a.size == 0:
+        if len(samples_ms) == 0:
             raise MicronetError("no latency samples to summarise")
-        p50, p90, p99 = np.percentile(a, [50, 90, 99])  # linear interpolation between order statistics
-        return cls(
-            count=int(a.size),
-            min_ms=float(a.min()),
-            mean_ms=float(a.mean()),
-            std_ms=float(a.std(ddof=1)) if a.size > 1 else 0.0,
-            p50_ms=float(p50),
-            p90_ms=float(p90),
-            p99_ms=float(p99),
-            max_ms=float(a.max()),
-        )
+        return cls(**core.latency_stats(samples_ms))  # the same statistics as the on-device runner
 
 
 @dataclass(frozen=True)
@@ -135,33 +124,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _timed_phase(step: Callable[[], Any], runs: int | None, min_seconds: float | None, max_runs: int) -> PhaseResult:
-    clock = _now_ns
-    min_ns = None if min_seconds is None else int(min_seconds * 1e9)
-    samples: list[int] = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = clock()
-        while True:
-            t0 = clock()
-            step()
-            t1 = clock()
-            samples.append(t1 - t0)
-            n = len(samples)
-            runs_done = runs is None or n >= runs
-            time_done = min_ns is None or t1 - start >= min_ns
-            if runs_done and time_done:
-                stopped_by = "runs" if runs is not None and n == runs else "min_seconds"
-                break
-            if n >= max_runs:
-                stopped_by = "max_runs"
-                break
-        elapsed = clock() - start
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    samples_ms = [s / 1e6 for s in samples]
-    return PhaseResult(LatencyStats.from_samples(samples_ms), samples_ms, elapsed / 1e9, stopped_by)
+    samples_ms, measured_s, stopped_by = core.timed_runs(step, runs, min_seconds, max_runs, clock=_now_ns)
+    return PhaseResult(LatencyStats.from_samples(samples_ms), samples_ms, measured_s, stopped_by)
 
 
 def measure_latency(
@@ -180,11 +144,7 @@ def measure_latency(
     with those methods works, which is how the tests drive it with a fake of known duration.
     """
     validate_schedule(warmup, runs, min_seconds, max_runs)
-    t0 = _now_ns()
-    runtime.run(native_input)
-    first_ms = (_now_ns() - t0) / 1e6
-    for _ in range(warmup):
-        runtime.run(native_input)
+    first_ms = core.first_and_warmup(lambda: runtime.run(native_input), warmup, clock=_now_ns)
     measured = _timed_phase(lambda: runtime.run(native_input), runs, min_seconds, max_runs)
     e2e = None
     if end_to_end is not None:

@@ -90,15 +90,11 @@ from pathlib import Path
 from typing import Any, Collection, Iterable, Sequence
 
 from micronet.errors import MicronetError
+from micronet.inference import ROW_FIELDS  # the row schema, shared with the on-device runner
 
 SCHEMA_VERSION = 1
 KIND = "micronet-bench-report"
 
-ROW_FIELDS = (
-    "model", "name", "variant", "format", "quantize", "runtime", "runtime_version", "threads", "xnnpack",
-    "xnnpack_applied", "device", "input", "madds", "params", "size_bytes", "size_mib", "init_ms", "first_ms",
-    "latency", "memory", "accuracy", "settings", "notes", "invalid", "invalid_reason",
-)
 _REQUIRED = ("model", "name", "format", "runtime", "threads")
 
 # CSV: (column, path into the row). Scalars only; the raw samples stay in the JSON.

@@ -17,16 +17,20 @@ from typing import Any, Sequence
 
 from micronet.errors import MicronetError
 
+from .options import MeasureOptions
+
 XNNPACK_CHOICES: dict[str, tuple[bool, ...]] = {"on": (True,), "off": (False,), "both": (True, False)}
 
 
 @dataclass
 class CheckedRequest:
-    """What the checks resolved: the TFLite XNNPACK settings, the scanned data, the device (None = local)."""
+    """What the checks resolved: the TFLite XNNPACK settings, the scanned data, the device (None = local),
+    and the measurement settings for the harness or the device (``measure``)."""
 
     xnnpack: tuple[bool, ...]
     images: Any = None
     device: Any = None
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class BenchRequest:
     benchmark_binary: Path | None = None
     cpu_mask: str | None = None
     cooldown: float | None = None
+    memory: bool = True
 
     @property
     def on_device(self) -> bool:
@@ -74,7 +79,13 @@ class BenchRequest:
             self._check_runtimes()
         check_output_folder(self.out)
         images = self._check_data()
-        return CheckedRequest(xnnpack=xnn, images=images, device=device)
+        return CheckedRequest(xnnpack=xnn, images=images, device=device, measure=self.measure_options(xnn))
+
+    def measure_options(self, xnnpack: tuple[bool, ...] = (True,)) -> MeasureOptions:
+        """The measurement settings of this request (threads None when not given: 1, or the inventory's)."""
+        return MeasureOptions(threads=list(self.threads) or None, warmup=self.warmup, runs=self.runs,
+                              min_seconds=self.min_seconds, xnnpack=xnnpack, data=self.data, limit=self.limit,
+                              memory=self.memory)
 
     def _check_what(self) -> None:
         """Model files, or a variant (or the matrix) with what to export of it."""
@@ -86,10 +97,10 @@ class BenchRequest:
             if self.fmt or self.quantize:
                 raise MicronetError("--format/--quantize choose what to export for --variant; "
                                     "a model file is what it is")
-            from .harness import BenchTarget
+            from .harness import BenchModel
 
             for path in self.models:  # existence, file format, manifest: all before anything runs
-                BenchTarget(path=Path(path))
+                BenchModel(path=Path(path))
             return
         from micronet.model import check_input_size
         from micronet.registry import resolve_variant
@@ -106,14 +117,7 @@ class BenchRequest:
             raise MicronetError(f"calibration folder not found: {self.calibration}")
 
     def _check_schedule(self) -> None:
-        from .accuracy import validate_options
-        from .harness import _check_threads
-        from .latency import validate_schedule
-
-        validate_schedule(self.warmup, self.runs, self.min_seconds)
-        validate_options(self.limit, 1)
-        if self.threads:
-            _check_threads(self.threads)
+        self.measure_options().check()
         if self.max_drop is not None:
             if self.data is None:
                 raise MicronetError("--max-drop needs --data: the accuracy drop is measured on your labelled images")

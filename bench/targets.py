@@ -10,7 +10,7 @@ from pathlib import Path
 
 from micronet.errors import MicronetError
 
-from .harness import BenchTarget
+from .harness import BenchModel
 
 BENCH_FORMATS = ("torch", "onnx", "tflite", "all")
 MATRIX_VARIANTS = ("m0", "m1", "m2", "m3")
@@ -35,7 +35,7 @@ def _exported_targets(fmt: str, quantize: str | None) -> tuple[bool, list[tuple[
     return False, resolve_targets(fmt, quantize, False)
 
 
-def reference_target(manifest: dict) -> BenchTarget:
+def reference_target(manifest: dict) -> BenchModel:
     """The PyTorch float model an exported file came from, rebuilt from its manifest (for --max-drop)."""
     from micronet.model import build_model
     from micronet.weights import load_weights
@@ -46,14 +46,14 @@ def reference_target(manifest: dict) -> BenchTarget:
                             "so there is no PyTorch reference to measure an accuracy drop against")
     model = build_model(manifest["variant"], num_classes=manifest["num_classes"], input_size=manifest["input_size"])
     load_weights(model, weights["path"])
-    return BenchTarget(module=model.eval(), variant=manifest["variant"], name=f"{manifest['variant']} (PyTorch)",
-                       input_size=manifest["input_size"])
+    return BenchModel(module=model.eval(), variant=manifest["variant"], name=f"{manifest['variant']} (PyTorch)",
+                      input_size=manifest["input_size"])
 
 
 def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = None, fmt: str | None = None,
                   quantize: str | None = None, matrix: bool = False, weights: Path | None = None,
                   calibration: Path | None = None, input_size: int = 224, num_classes: int = 1000,
-                  with_reference: bool = False, progress: Callable[[str], None] | None = None) -> list[BenchTarget]:
+                  with_reference: bool = False, progress: Callable[[str], None] | None = None) -> list[BenchModel]:
     """Targets for files, one variant, or the m0..m3 matrix; ``with_reference`` adds the PyTorch model."""
     from micronet.model import build_model
     from micronet.weights import load_weights
@@ -65,7 +65,7 @@ def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = Non
     if model_files:
         if fmt or quantize:
             raise MicronetError("--format/--quantize choose what to export for --variant; a model file is what it is")
-        targets = [BenchTarget(path=Path(p)) for p in model_files]
+        targets = [BenchModel(path=Path(p)) for p in model_files]
         if with_reference:
             seen = {}
             for t in targets:
@@ -75,16 +75,16 @@ def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = Non
         return targets
 
     include_torch, exports = _exported_targets((fmt or ("all" if matrix else "tflite")).lower(), quantize)
-    targets: list[BenchTarget] = []
+    targets: list[BenchModel] = []
     for name in (MATRIX_VARIANTS if matrix else [variant]):
         if include_torch or with_reference:
             model = build_model(name, num_classes=num_classes, input_size=input_size)
             if weights:
                 load_weights(model, weights)
-            targets.append(BenchTarget(module=model.eval(), variant=model.config.name,
-                                       name=f"{model.config.name} (PyTorch)", input_size=input_size))
+            targets.append(BenchModel(module=model.eval(), variant=model.config.name,
+                                      name=f"{model.config.name} (PyTorch)", input_size=input_size))
         if exports:
             paths = cache.exported(name, exports, input_size=input_size, num_classes=num_classes, weights=weights,
                                    calibration=calibration, progress=progress)
-            targets += [BenchTarget(path=p) for p in paths]
+            targets += [BenchModel(path=p) for p in paths]
     return targets

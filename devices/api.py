@@ -8,21 +8,24 @@ is pushed to a device where possible.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from micronet.bench.options import MeasureOptions
 from micronet.errors import MicronetError
 
 from .base import BenchJob, Device, DeviceCheck, DeviceRun, ModelJob, Progress, ThermalPolicy
-from .target import DEVICE_RUNTIMES, Inventory, Target, check_cpu_mask, load_inventory
+from .target import DEVICE_RUNTIMES, DeviceSpec, Inventory, check_cpu_mask, load_inventory
 
 
 DEFAULT_RETRIES = 3  # what --retry-throttled (a flag) means: up to 3 re-runs, each after cooling down
 
 
-def make_device(target: Target) -> Device:
+def make_device(target: DeviceSpec) -> Device:
     """The ``Device`` implementation for a parsed target."""
     if target.kind == "local":
         from .local import LocalDevice
@@ -39,14 +42,14 @@ def make_device(target: Target) -> Device:
     raise AssertionError(target.kind)
 
 
-def resolve(target: str, inventory: str | os.PathLike | Inventory | None = None) -> Target:
-    """A target string or inventory name → ``Target`` (inventory looked up as in ``load_inventory``)."""
+def resolve(target: str, inventory: str | os.PathLike | Inventory | None = None) -> DeviceSpec:
+    """A target string or inventory name → ``DeviceSpec`` (inventory looked up as in ``load_inventory``)."""
     return load_inventory(inventory).resolve(target)
 
 
 def model_jobs(model_paths: Sequence[str | os.PathLike]) -> list[ModelJob]:
     """Model files → jobs with the row fields the host knows (manifest checked against its file)."""
-    from micronet.bench.harness import BenchTarget
+    from micronet.bench.harness import BenchModel
 
     if not model_paths:
         raise MicronetError("no models to benchmark")
@@ -55,7 +58,7 @@ def model_jobs(model_paths: Sequence[str | os.PathLike]) -> list[ModelJob]:
         path = Path(item)
         if path.suffix.lower() not in (".tflite", ".onnx"):
             raise MicronetError(f"cannot benchmark {path} on a device: expected a .tflite or .onnx file")
-        t = BenchTarget(path=path)  # checks existence, reads and verifies the manifest
+        t = BenchModel(path=path)  # checks existence, reads and verifies the manifest
         madds, params = (None, None)
         try:
             madds, params = t.counts()
@@ -68,7 +71,7 @@ def model_jobs(model_paths: Sequence[str | os.PathLike]) -> list[ModelJob]:
     return jobs
 
 
-def _threads(value: int | Sequence[int] | None, target: Target) -> list[int]:
+def _threads(value: int | Sequence[int] | None, target: DeviceSpec) -> list[int]:
     if value is None:
         return list(target.options.threads or (1,))
     values = [value] if isinstance(value, int) else list(value)
@@ -77,61 +80,79 @@ def _threads(value: int | Sequence[int] | None, target: Target) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+@dataclass(frozen=True)
+class DeviceRunOptions:
+    """What a device run needs beyond the measurement settings (``MeasureOptions``): each ``None`` means
+    the inventory's value for the device (``devices.toml``), else the built-in default.
+
+    ``runtime``: litert | tflite-runtime | tf-lite | onnxruntime; None = the device's best for each model
+    (Android always uses ``benchmark_model``). ``eval_inputs``: your own ``.npz`` (``x`` float32 N×C×H×W
+    preprocessed, ``y`` labels) for SSH devices. ``inventory``: path or ``Inventory``.
+    ``benchmark_binary``: Android ``benchmark_model``. ``cpu_mask``: hex affinity mask.
+    ``retry_throttled``: re-runs of a throttled measurement after cooling down (True = 3).
+    ``cooldown_s``: pause between models, s. ``keep_outputs``: pull back the raw outputs on the
+    evaluation inputs (``DeviceRun.outputs[model index]``), which the arm64 parity check compares.
+    """
+
+    runtime: str | None = None
+    eval_inputs: str | os.PathLike | None = None
+    inventory: str | os.PathLike | Inventory | None = None
+    benchmark_binary: str | os.PathLike | None = None
+    cpu_mask: str | None = None
+    retry_throttled: int | bool | None = None
+    cooldown_s: float | None = None
+    keep_outputs: bool = False
+
+
+def _options(measure: MeasureOptions | None, device: DeviceRunOptions | None,
+             keywords: dict[str, Any]) -> tuple[MeasureOptions, DeviceRunOptions]:
+    """The two option objects, with keyword overrides sorted into them (an unknown keyword: TypeError)."""
+    mine, rest = MeasureOptions.split(keywords)
+    return MeasureOptions.build(measure, **mine), dataclasses.replace(device or DeviceRunOptions(), **rest)
+
+
 def benchmark_on_device(
-    target: str | Target,
+    target: str | DeviceSpec,
     model_paths: Sequence[str | os.PathLike],
+    measure: MeasureOptions | None = None,
+    device: DeviceRunOptions | None = None,
     *,
-    runtime: str | None = None,
-    threads: int | Sequence[int] | None = None,
-    warmup: int = 10,
-    runs: int | None = 100,
-    min_seconds: float | None = None,
-    xnnpack: bool | Sequence[bool] = True,
-    data: Any = None,
-    limit: int | None = None,
-    eval_inputs: str | os.PathLike | None = None,
-    inventory: str | os.PathLike | Inventory | None = None,
-    benchmark_binary: str | os.PathLike | None = None,
-    cpu_mask: str | None = None,
-    retry_throttled: int | bool | None = None,
-    cooldown_s: float | None = None,
-    memory: bool = True,
-    seed: int = 0,
-    keep_outputs: bool = False,
     progress: Progress | None = None,
+    **keywords: Any,
 ) -> DeviceRun:
     """Benchmark model files on one device; the full answer (rows, device environment, raw outputs).
 
-    See ``run_on_device`` for the arguments; ``keep_outputs`` also pulls back the raw outputs on the
-    evaluation inputs (``DeviceRun.outputs[model index]``), which the arm64 parity check compares.
+    See ``run_on_device`` for the arguments.
     """
     from micronet.bench.latency import validate_schedule
 
-    resolved = target if isinstance(target, Target) else resolve(target, inventory)
-    validate_schedule(warmup, runs, min_seconds)
-    if runtime is not None and resolved.kind != "local" and runtime not in DEVICE_RUNTIMES:
-        raise MicronetError(f"runtime {runtime!r} cannot run on {resolved.name}; choose from {', '.join(DEVICE_RUNTIMES)}")
+    m, d = _options(measure, device, keywords)
+    resolved = target if isinstance(target, DeviceSpec) else resolve(target, d.inventory)
+    validate_schedule(m.warmup, m.runs, m.min_seconds)
+    if d.runtime is not None and resolved.kind != "local" and d.runtime not in DEVICE_RUNTIMES:
+        raise MicronetError(f"runtime {d.runtime!r} cannot run on {resolved.name}; choose from {', '.join(DEVICE_RUNTIMES)}")
     options = resolved.options
     jobs = model_jobs(model_paths)
-    xnn = [bool(xnnpack)] if isinstance(xnnpack, bool) else list(dict.fromkeys(bool(x) for x in xnnpack))
-    if isinstance(retry_throttled, bool):  # the CLI's --retry-throttled flag
-        retry = DEFAULT_RETRIES if retry_throttled else 0
+    xnn = m.xnnpack_list()
+    if isinstance(d.retry_throttled, bool):  # the CLI's --retry-throttled flag
+        retry = DEFAULT_RETRIES if d.retry_throttled else 0
     else:
-        retry = options.retry_throttled if retry_throttled is None else retry_throttled
+        retry = options.retry_throttled if d.retry_throttled is None else d.retry_throttled
     if not isinstance(retry, int) or retry < 0:
-        raise MicronetError(f"retry_throttled must be a number of retries >= 0, got {retry_throttled!r}")
-    thermal = ThermalPolicy(retry_throttled=retry, cooldown_s=options.cooldown_s if cooldown_s is None else float(cooldown_s),
+        raise MicronetError(f"retry_throttled must be a number of retries >= 0, got {d.retry_throttled!r}")
+    thermal = ThermalPolicy(retry_throttled=retry,
+                            cooldown_s=options.cooldown_s if d.cooldown_s is None else float(d.cooldown_s),
                             max_temp_c=options.max_temp_c, cool_to_c=options.cool_to_c,
                             cool_timeout_s=options.cool_timeout_s)
-    job = BenchJob(models=jobs, threads=_threads(threads, resolved), runtime=runtime or options.runtime, xnnpack=xnn,
-                   warmup=warmup, runs=runs, min_seconds=min_seconds, seed=seed,
-                   cpu_mask=check_cpu_mask(cpu_mask, "--cpu-mask") if cpu_mask else options.cpu_mask,
-                   thermal=thermal, keep_outputs=keep_outputs, memory=memory,
-                   benchmark_binary=Path(benchmark_binary).expanduser() if benchmark_binary else None)
-    device = make_device(resolved)
+    job = BenchJob(models=jobs, threads=_threads(m.threads, resolved), runtime=d.runtime or options.runtime,
+                   xnnpack=xnn, warmup=m.warmup, runs=m.runs, min_seconds=m.min_seconds, seed=m.seed,
+                   cpu_mask=check_cpu_mask(d.cpu_mask, "--cpu-mask") if d.cpu_mask else options.cpu_mask,
+                   thermal=thermal, keep_outputs=d.keep_outputs, memory=m.memory,
+                   benchmark_binary=Path(d.benchmark_binary).expanduser() if d.benchmark_binary else None)
+    dev = make_device(resolved)
     with tempfile.TemporaryDirectory(prefix="micronet-eval-") as scratch:
-        _attach_eval(job, resolved.kind, data, limit, eval_inputs, Path(scratch))
-        return device.benchmark(job, progress)
+        _attach_eval(job, resolved.kind, m.data, m.limit, d.eval_inputs, Path(scratch))
+        return dev.benchmark(job, progress)
 
 
 def _attach_eval(job: BenchJob, kind: str, data: Any, limit: int | None, eval_inputs: str | os.PathLike | None,
@@ -160,60 +181,48 @@ def _attach_eval(job: BenchJob, kind: str, data: Any, limit: int | None, eval_in
 
 
 def run_on_device(
-    target: str,
+    target: str | DeviceSpec,
     model_paths: Sequence[str | os.PathLike],
+    measure: MeasureOptions | None = None,
+    device: DeviceRunOptions | None = None,
     *,
-    runtime: str | None = None,
-    threads: int | Sequence[int] | None = None,
-    warmup: int = 10,
-    runs: int | None = 100,
-    min_seconds: float | None = None,
-    xnnpack: bool | Sequence[bool] = True,
-    data: Any = None,
-    limit: int | None = None,
-    eval_inputs: str | os.PathLike | None = None,
-    inventory: str | os.PathLike | Inventory | None = None,
-    benchmark_binary: str | os.PathLike | None = None,
-    cpu_mask: str | None = None,
-    retry_throttled: int | bool | None = None,
-    cooldown_s: float | None = None,
-    memory: bool = True,
-    seed: int = 0,
     progress: Progress | None = None,
+    **keywords: Any,
 ) -> list[dict[str, Any]]:
     """Benchmark model files on one device; report-schema v1 rows with ``device`` set.
 
     ``target``: ``local``, ``ssh://[user@]host[:port]``, ``adb[:SERIAL]`` or a ``devices.toml`` name
-    (``inventory``: path or ``Inventory``; default lookup in ``target.load_inventory``).
-    ``runtime``: litert | tflite-runtime | tf-lite | onnxruntime; None = the device's best for each
-    model (Android always uses ``benchmark_model``). ``threads``: one count or several (each its own
-    row); None = the inventory's, else 1. ``warmup``/``runs``/``min_seconds``: the latency schedule.
-    ``xnnpack``: True, False, or both as a list. ``data``: a labelled image folder (or
-    ``LabelledImages``) for accuracy: scored in-process locally, pushed as pre-processed ``.npz`` to an
-    SSH device, not scored on Android (noted on the rows); ``limit`` caps the images.
-    ``eval_inputs``: your own ``.npz`` (``x`` float32 N×C×H×W preprocessed, ``y`` labels) for SSH
-    devices. ``benchmark_binary``: Android ``benchmark_model`` (else the inventory's).
-    ``cpu_mask``: hex affinity mask. ``retry_throttled``: re-runs of a throttled measurement after
-    cooling down (True = 3, None = the inventory's). ``cooldown_s``: pause between models, s.
-    ``memory``: fresh-process RSS (local only; the others report what they can).
+    (looked up in ``device.inventory``, default lookup in ``target.load_inventory``).
+    ``measure`` (``MeasureOptions``): ``threads``: one count or several (each its own row); None = the
+    inventory's, else 1. ``warmup``/``runs``/``min_seconds``: the latency schedule. ``xnnpack``: True,
+    False, or both as a list. ``data``: a labelled image folder (or ``LabelledImages``) for accuracy:
+    scored in-process locally, pushed as pre-processed ``.npz`` to an SSH device, not scored on Android
+    (noted on the rows); ``limit`` caps the images. ``memory``: fresh-process RSS (local only; the others
+    report what they can). ``device``: see ``DeviceRunOptions``. The fields of either object may also
+    be given as keywords (``run_on_device("pi", files, runs=20, cpu_mask="f")``), which override them.
     """
-    return benchmark_on_device(
-        target, model_paths, runtime=runtime, threads=threads, warmup=warmup, runs=runs, min_seconds=min_seconds,
-        xnnpack=xnnpack, data=data, limit=limit, eval_inputs=eval_inputs, inventory=inventory,
-        benchmark_binary=benchmark_binary, cpu_mask=cpu_mask, retry_throttled=retry_throttled,
-        cooldown_s=cooldown_s, memory=memory, seed=seed, progress=progress).rows
+    return benchmark_on_device(target, model_paths, measure, device, progress=progress, **keywords).rows
 
 
-def device_report(target: str, model_paths: Sequence[str | os.PathLike], **kwargs: Any) -> dict[str, Any]:
+def device_report(
+    target: str | DeviceSpec,
+    model_paths: Sequence[str | os.PathLike],
+    measure: MeasureOptions | None = None,
+    device: DeviceRunOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    **keywords: Any,
+) -> dict[str, Any]:
     """Like ``run_on_device`` but a whole report (schema v1) whose ``environment`` is the *device's*
     fingerprint, so ``merge_reports`` tags the rows with the board's hostname and CPU, not the desktop's."""
     from micronet.bench import report as rep
 
-    run = benchmark_on_device(target, model_paths, **kwargs)
-    settings = {key: kwargs.get(key) for key in ("runtime", "threads", "warmup", "runs", "min_seconds", "xnnpack",
-                                                  "limit", "cpu_mask", "retry_throttled", "cooldown_s", "seed")}
-    settings["device"] = run.device
-    settings["data"] = None if kwargs.get("data") is None else str(kwargs["data"])
+    m, d = _options(measure, device, keywords)
+    run = benchmark_on_device(target, model_paths, m, d, progress=progress)
+    settings = {"runtime": d.runtime, "threads": m.threads, "warmup": m.warmup, "runs": m.runs,
+                "min_seconds": m.min_seconds, "xnnpack": m.xnnpack, "limit": m.limit, "cpu_mask": d.cpu_mask,
+                "retry_throttled": d.retry_throttled, "cooldown_s": d.cooldown_s, "seed": m.seed,
+                "device": run.device, "data": None if m.data is None else str(m.data)}
     return rep.make_report(run.environment, settings, run.rows)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from micronet.errors import MicronetError
 
-from .target import Target
+from .target import DeviceSpec
 
 Progress = Callable[[str], None]
 
@@ -76,6 +76,14 @@ class BenchJob:
     memory: bool = True  # local device only: fresh-process peak RSS
     benchmark_binary: Path | None = None  # adb only
 
+    def measure_options(self) -> Any:
+        """The job's measurement settings as the desktop harness takes them (``MeasureOptions``)."""
+        from micronet.bench.options import MeasureOptions
+
+        return MeasureOptions(threads=self.threads, warmup=self.warmup, runs=self.runs, min_seconds=self.min_seconds,
+                              xnnpack=self.xnnpack, data=self.data, limit=self.limit, memory=self.memory,
+                              seed=self.seed)
+
 
 @dataclass
 class DeviceRun:
@@ -118,7 +126,7 @@ class Device(abc.ABC):
 
     kind: str = ""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: DeviceSpec) -> None:
         self.target = target
 
     @property

@@ -42,7 +42,7 @@ from micronet.errors import MicronetError
 
 from .base import DeviceRun, Progress
 from .remote import ProcessTransport, RunnerDevice
-from .target import Target
+from .target import DeviceSpec
 
 SUITE = "bookworm"  # Raspberry Pi OS 12 is Debian bookworm: the same Python 3.11 and glibc 2.36
 MIRROR = "http://deb.debian.org/debian"
@@ -183,7 +183,7 @@ class HostRunnerDevice(RunnerDevice):
     kind = "process"
 
     def __init__(self, python: str = sys.executable) -> None:
-        super().__init__(Target("process", f"process:{python}", f"runner on {platform.machine()}"),
+        super().__init__(DeviceSpec("process", f"process:{python}", f"runner on {platform.machine()}"),
                          ProcessTransport([python], env={**os.environ, "MICRONET_RUNNER_QUIET": "1"}))
 
 
@@ -194,7 +194,7 @@ class EmulatedDevice(RunnerDevice):
 
     def __init__(self, root: Path) -> None:
         argv, env = emulated_python(root)
-        super().__init__(Target("emulated", f"qemu-arm64:{root}", DEVICE_NAME), ProcessTransport(argv, env=env))
+        super().__init__(DeviceSpec("emulated", f"qemu-arm64:{root}", DEVICE_NAME), ProcessTransport(argv, env=env))
 
     def _device_run(self, result: dict, outputs: dict) -> DeviceRun:
         run = super()._device_run(result, outputs)

@@ -51,16 +51,13 @@ class LocalDevice(Device):
         return DeviceCheck(self.name, self.target.text, True, runtimes, summary)
 
     def benchmark(self, job: BenchJob, progress: Progress | None = None) -> DeviceRun:
-        from micronet.bench.harness import BenchTarget, run_benchmark
+        from micronet.bench.harness import BenchModel, run_benchmark
 
         if job.eval_meta is not None and job.data is None:
             raise MicronetError("the local device scores accuracy on an image folder: give data, not eval_inputs")
-        targets = [BenchTarget(path=m.path, manifest=m.manifest) for m in job.models]
+        targets = [BenchModel(path=m.path, manifest=m.manifest) for m in job.models]
         with _affinity(job.cpu_mask):
-            report = run_benchmark(
-                targets, runtimes=[job.runtime] if job.runtime else None, threads=job.threads, warmup=job.warmup,
-                runs=job.runs, min_seconds=job.min_seconds, data=job.data, limit=job.limit, progress=progress,
-                xnnpack=job.xnnpack, memory=job.memory, seed=job.seed)
+            report = run_benchmark(targets, [job.runtime] if job.runtime else None, job.measure_options(), progress)
         rows = report["results"]
         for row in rows:
             row["device"] = self.name

@@ -32,9 +32,11 @@ from micronet.errors import MicronetError
 from . import runner
 from .base import BenchJob, Device, DeviceCheck, DeviceRun, Progress, RunnerFailed
 from .fingerprint import summary_line
-from .target import Target
+from .target import DeviceSpec
 
 RUNNER_PATH = Path(runner.__file__).resolve()
+CORE_PATH = Path(runner.core.__file__).resolve()  # micronet/inference.py, which the runner imports
+RUNNER_FILES = {"runner.py": RUNNER_PATH, runner.CORE_FILE: CORE_PATH}  # {name on the device: local file}
 WORKDIR_PREFIX = "micronet-run."
 
 
@@ -64,6 +66,22 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def probe(self) -> dict[str, Any]:
         """``runner.py --probe`` output: runtimes and environment; nothing is written on the device."""
+
+
+def probe_source() -> bytes:
+    """``runner.py --probe`` as one script for ``python3 -`` (nothing is written on the device): the core
+    registered as the module ``micronet_inference`` from its source text, then the runner run as ``__main__``."""
+    name = Path(runner.CORE_FILE).stem
+    script = (
+        "import sys, types\n"
+        f"core = types.ModuleType({name!r})\n"
+        f"core.__file__ = {runner.CORE_FILE!r}\n"
+        f"sys.modules[{name!r}] = core\n"
+        f"exec(compile({CORE_PATH.read_text(encoding='utf-8')!r}, {runner.CORE_FILE!r}, 'exec'), core.__dict__)\n"
+        f"exec(compile({RUNNER_PATH.read_text(encoding='utf-8')!r}, 'runner.py', 'exec'), "
+        "{'__name__': '__main__', '__file__': 'runner.py'})\n"
+    )
+    return script.encode("utf-8")
 
 
 def check_workdir(path: str) -> str:
@@ -108,7 +126,7 @@ def runner_failure(proc: subprocess.CompletedProcess, device: str) -> RunnerFail
 class RunnerDevice(Device):
     """A device that runs ``runner.py`` through a ``Transport`` (SSH boards, emulation)."""
 
-    def __init__(self, target: Target, transport: Transport) -> None:
+    def __init__(self, target: DeviceSpec, transport: Transport) -> None:
         super().__init__(target)
         self.transport = transport
 
@@ -158,7 +176,7 @@ class RunnerDevice(Device):
 
     def _stage(self, job: BenchJob, stage: Path) -> dict[str, Path]:
         """{name on the device: local file}: runner, models, manifests, eval inputs and the request."""
-        files: dict[str, Path] = {"runner.py": RUNNER_PATH}
+        files: dict[str, Path] = dict(RUNNER_FILES)
         names, manifests, evals = [], [], []
         eval_names: dict[Path, str] = {}
         for i, model in enumerate(job.models):
@@ -272,7 +290,7 @@ class ProcessTransport(Transport):
             raise MicronetError(f"cannot remove {workdir}: {exc.strerror}") from None
 
     def probe(self) -> dict[str, Any]:
-        proc = self._run([*self.interpreter, "-", "--probe"], RUNNER_PATH.read_bytes(), 300)
+        proc = self._run([*self.interpreter, "-", "--probe"], probe_source(), 300)
         if proc.returncode != 0:
             raise runner_failure(proc, "the interpreter")
         return json.loads(proc.stdout)

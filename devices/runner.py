@@ -2,20 +2,24 @@
 """micronet's on-device benchmark runner: pushed to a Raspberry Pi (or any Linux board), run there, and
 its ``result.json`` pulled back.
 
-Why a separate, self-contained file: the device has no micronet, no torch, no image library, often an
-older Python. So this file imports only the standard library, numpy, and whichever TFLite/ONNX
-runtime the device has (``ai_edge_litert``, ``tflite_runtime``, ``tensorflow.lite``, ``onnxruntime``),
-and it must never import micronet. It reproduces the desktop harness's method (the same synthetic
-input from the same seed, first inference timed on its own, warm-up, then ``run`` timed alone with
-the garbage collector paused, sample std, linear-interpolated percentiles) so that a Pi row and a
-desktop row in one table measure the same thing. Rows follow the report schema v1
-(``micronet.bench.report``) field for field; the host re-checks them with ``make_row``.
+Why a separate file: the device has no micronet, no torch, no image library, often an older Python
+(3.8+). So this file imports only the standard library, numpy, whichever TFLite/ONNX runtime the
+device has, and the portable inference core ``micronet/inference.py``, pushed beside it as
+``micronet_inference.py`` (on the host it is imported from the package). The core is what the desktop
+harness uses too: the same runtime sessions, input preparation, latency loop (first inference timed
+on its own, warm-up, then ``run`` timed alone with the garbage collector paused, sample std,
+linear-interpolated percentiles) and row fields, so that a Pi row and a desktop row in one table
+measure the same thing. This file adds what only a board needs: the request, its fingerprint and the
+thermal guard. Rows follow the report schema v1 field for field; the host re-checks them with
+``make_row``.
 
 Usage (the host does this)::
 
     python3 runner.py request.json     # writes result.json (+ outputs-N.npy) beside request.json
     python3 runner.py --supervise request.json   # the same in a child; reports a crash by signal
-    python3 - --probe < runner.py      # prints {"runtimes": ..., "environment": ...}; touches nothing
+    python3 - --probe < bundle         # prints {"runtimes": ..., "environment": ...}; touches nothing
+                                       # (bundle: the core registered as a module, then this file;
+                                       # see ``micronet.devices.remote.probe_source``)
 
 Device fingerprint and thermal guard: board model (``/proc/device-tree/model``), CPU, cores,
 governor and frequency, SoC temperature (°C) and, on a Raspberry Pi, ``vcgencmd get_throttled``
@@ -29,8 +33,6 @@ for a request that cannot run at all (no numpy, runtime not installed, bad CPU m
 
 from __future__ import annotations
 
-import gc
-import importlib
 import json
 import os
 import platform
@@ -41,27 +43,22 @@ import sys
 import time
 from datetime import datetime, timezone
 
+try:
+    import micronet_inference as core  # on a board: the core file pushed beside this one
+except ImportError:
+    try:
+        from micronet import inference as core  # on the host, inside the package
+    except ImportError:
+        sys.stderr.write("micronet-runner: error: micronet_inference.py must sit beside runner.py\n")
+        sys.exit(3)
+
+CORE_FILE = "micronet_inference.py"  # the name the core has beside the runner on a device
 PROTOCOL = 1
 EXIT_FATAL = 3
 RESULT_FILE = "result.json"
 
-# Must equal micronet.bench.report.ROW_FIELDS (a test checks it): rows are written in schema order.
-ROW_FIELDS = (
-    "model", "name", "variant", "format", "quantize", "runtime", "runtime_version", "threads", "xnnpack",
-    "xnnpack_applied", "device", "input", "madds", "params", "size_bytes", "size_mib", "init_ms", "first_ms",
-    "latency", "memory", "accuracy", "settings", "notes", "invalid", "invalid_reason",
-)
-
-# name -> (format, module that marks it installed, module to import, distribution for the version, pip name)
-RUNTIMES = {
-    "litert": ("tflite", "ai_edge_litert", "ai_edge_litert.interpreter", "ai-edge-litert", "ai-edge-litert"),
-    "tflite-runtime": ("tflite", "tflite_runtime", "tflite_runtime.interpreter", "tflite-runtime", "tflite-runtime"),
-    "tf-lite": ("tflite", "tensorflow", "tensorflow", "tensorflow", "tensorflow"),
-    "onnxruntime": ("onnx", "onnxruntime", "onnxruntime", "onnxruntime", "onnxruntime"),
-}
-PREFERENCE = {"tflite": ("litert", "tflite-runtime", "tf-lite"), "onnx": ("onnxruntime",)}
-LIBRARIES = ("ai-edge-litert", "tflite-runtime", "tensorflow", "onnxruntime", "numpy")
-_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+ROW_FIELDS = core.ROW_FIELDS
+LIBRARIES = tuple(dict.fromkeys(info.distribution for info in core.RUNTIMES.values())) + ("numpy",)
 
 # Raspberry Pi firmware throttle bits (vcgencmd get_throttled): 0-3 now, 16-19 "since boot".
 THROTTLE_BITS = {
@@ -207,17 +204,7 @@ def thermal_problems(before: dict, after: dict, max_temp_c: float | None) -> lis
 
 
 def library_versions() -> dict:
-    try:
-        from importlib import metadata
-    except ImportError:  # Python < 3.8
-        return {name: None for name in LIBRARIES}
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except Exception:
-            out[name] = None
-    return out
+    return {name: core.distribution_version(name) for name in LIBRARIES}
 
 
 def environment(threads: list | None = None) -> dict:
@@ -266,24 +253,16 @@ def environment(threads: list | None = None) -> dict:
     }
 
 
-def _find_spec(module: str):
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-
-
 def available_runtimes() -> dict:
     """{runtime name: version or "unknown"} of the runtimes installed on this device (nothing imported)."""
     versions = library_versions()
-    return {name: versions.get(spec[3]) or "unknown" for name, spec in RUNTIMES.items() if _find_spec(spec[1])}
+    return {name: versions.get(info.distribution) or "unknown" for name, info in core.RUNTIMES.items()
+            if core.find_spec(info.module)}
 
 
 def probe() -> dict:
     numpy_version = None
-    if _find_spec("numpy"):
+    if core.find_spec("numpy"):
         numpy_version = library_versions().get("numpy") or "unknown"
     return {"runner_protocol": PROTOCOL, "numpy": numpy_version, "runtimes": available_runtimes(),
             "environment": environment()}
@@ -292,226 +271,59 @@ def probe() -> dict:
 # ================================================================================= models
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= 240 else line[:237] + "..."
-
-
-def infer_layout(shape, default: str) -> str:
-    if len(shape) != 4:
-        raise ValueError(f"the runner feeds a 4-D image batch, the model's input has shape {list(shape)}")
-    first, last = shape[1] in (1, 3), shape[3] in (1, 3)
-    if first and not last:
-        return "NCHW"
-    if last and not first:
-        return "NHWC"
-    return default
-
-
-def _quant(value) -> tuple | None:
-    """(scale, zero_point) from a TFLite tuple or a manifest dict; a zero scale means none."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        scale, zero_point = value.get("scale"), value.get("zero_point")
-    else:
-        scale, zero_point = value
-    if scale is None or float(scale) == 0.0:
-        return None
-    return float(scale), int(zero_point or 0)
-
-
 class Model:
-    """One model loaded in one runtime: ``prepare`` (float32 NCHW → native), ``run`` (timed), ``to_logits``."""
+    """One model loaded in one runtime through the core: ``prepare`` (float32 NCHW → native), ``run``
+    (timed), ``to_logits``; plus the row's ``input`` and ``settings``."""
 
-    def __init__(self, np, runtime: str, path: str, manifest: dict | None, threads: int, xnnpack: bool | None):
-        self.np, self.runtime, self.path, self.manifest = np, runtime, path, manifest or {}
+    def __init__(self, runtime: str, path: str, manifest: dict | None, threads: int, xnnpack: bool | None):
+        self.runtime, self.path, self.manifest = runtime, path, manifest or {}
         self.threads, self.xnnpack = threads, xnnpack
-        self.format = RUNTIMES[runtime][0]
+        self.format = core.RUNTIMES[runtime].format
         self.xnnpack_applied = None
-        self.lib = importlib.import_module(RUNTIMES[runtime][2])  # before init timing, like the harness
+        self.lib = core.import_library(runtime)  # before init timing, like the harness
 
     def load(self) -> float:
         start = time.perf_counter()
-        if self.format == "tflite":
-            self._load_tflite()
-        else:
-            self._load_onnx()
-        return time.perf_counter() - start
-
-    def _load_tflite(self) -> None:
-        lib = self.lib
-        if self.runtime == "tf-lite":
-            interpreter_cls, resolver = lib.lite.Interpreter, getattr(lib.lite.experimental, "OpResolverType", None)
-        else:
-            interpreter_cls, resolver = lib.Interpreter, getattr(lib, "OpResolverType", None)
-        kwargs = {"model_path": self.path, "num_threads": self.threads}
-        if resolver is not None:
-            kwargs["experimental_op_resolver_type"] = (
-                resolver.AUTO if self.xnnpack else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        elif not self.xnnpack:
-            raise RunnerError(f"this {self.runtime} cannot switch XNNPACK off (no OpResolverType): upgrade it")
-        it = interpreter_cls(**kwargs)
-        it.allocate_tensors()
         try:
-            self.xnnpack_applied = any(op["op_name"] == "DELEGATE" for op in it._get_ops_details())
-        except Exception:
-            self.xnnpack_applied = None
-        inputs, outputs = it.get_input_details(), it.get_output_details()
-        if len(inputs) != 1:
-            raise ValueError(f"the model has {len(inputs)} inputs; the runner feeds exactly one image tensor")
-        detail = inputs[0]
-        signature = detail.get("shape_signature")
-        dims = signature if signature is not None and len(signature) else detail["shape"]
-        self.in_shape = [int(d) if d > 0 else None for d in dims]
-        self.in_dtype = self.np.dtype(detail["dtype"]).name
-        self.in_quant = _quant(detail.get("quantization")) or _quant(self.manifest.get("input", {}).get("quantization"))
-        out = self._pick_output([o["name"] for o in outputs])
-        self.out_dtype = self.np.dtype(outputs[out]["dtype"]).name
-        self.out_quant = _quant(outputs[out].get("quantization"))
-        self._it, self._in_index, self._out_index = it, detail["index"], outputs[out]["index"]
-        self._finish_spec("NHWC")
-
-    def _load_onnx(self) -> None:
-        ort = self.lib
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(self.path, sess_options=options, providers=["CPUExecutionProvider"])
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1:
-            raise ValueError(f"the model has {len(inputs)} inputs; the runner feeds exactly one image tensor")
-        types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
-                 "tensor(uint8)": "uint8"}
-        self.in_shape = [d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape]
-        self.in_dtype = types.get(inputs[0].type, inputs[0].type)
-        self.in_quant = _quant(self.manifest.get("input", {}).get("quantization"))
-        out = self._pick_output([o.name for o in outputs])
-        self.out_dtype = types.get(outputs[out].type, outputs[out].type)
-        self.out_quant = _quant(self.manifest.get("output", {}).get("quantization"))
-        self._session, self._in_name, self._out_names = session, inputs[0].name, [outputs[out].name]
-        self._finish_spec("NCHW")
-
-    def _pick_output(self, names: list) -> int:
-        wanted = self.manifest.get("output", {}).get("name")
-        if wanted in names:
-            return names.index(wanted)
-        if len(names) != 1:
-            raise ValueError(f"the model has outputs {names} and no manifest says which holds the logits")
-        return 0
-
-    def _finish_spec(self, default_layout: str) -> None:
-        self.layout = self.manifest.get("input", {}).get("layout") or infer_layout(self.in_shape, default_layout)
-        if self.in_dtype in _INT_RANGES and self.in_quant is None:
-            raise ValueError(f"the input is {self.in_dtype} but neither the model nor the manifest gives its scale")
-        shape = self.in_shape
-        self.chw = (shape[3], shape[1], shape[2]) if self.layout == "NHWC" else (shape[1], shape[2], shape[3])
-        self.fixed_batch = shape[0]
+            session = core.open_session(self.runtime, self.path, self.threads, self.xnnpack, lib=self.lib)
+        except core.SwitchUnsupported as exc:
+            raise RunnerError(str(exc)) from None
+        seconds = time.perf_counter() - start
+        self.xnnpack_applied = session.xnnpack_applied
+        self._model = core.bind_model(session, self.manifest, "the model")
+        self.fixed_batch, self.chw = self._model.input.fixed_batch, self._model.input.chw
+        return seconds
 
     def input_dict(self) -> dict:
-        return {"name": self.manifest.get("input", {}).get("name"), "shape": self.in_shape, "dtype": self.in_dtype,
-                "layout": self.layout, "quantization": None if self.in_quant is None else
-                {"scale": self.in_quant[0], "zero_point": self.in_quant[1]}}
+        return dict(self._model.input.to_dict(), name=self.manifest.get("input", {}).get("name"))
 
     def prepare(self, x):
-        np = self.np
-        if self.layout == "NHWC":
-            x = x.transpose(0, 2, 3, 1)
-        if self.in_quant is not None and self.in_dtype in _INT_RANGES:
-            lo, hi = _INT_RANGES[self.in_dtype]
-            scale, zero_point = self.in_quant
-            x = np.clip(np.round(x / scale + zero_point), lo, hi).astype(self.in_dtype)
-        else:
-            x = x.astype(self.in_dtype, copy=False)
-        x = np.ascontiguousarray(x)
-        if self.format == "tflite":
-            current = tuple(self._it.get_input_details()[0]["shape"])
-            if x.shape != current:  # a dynamic batch: resize outside the timed run
-                self._it.resize_tensor_input(self._in_index, list(x.shape), strict=True)
-                self._it.allocate_tensors()
-        return x
+        return self._model.prepare(x)
 
     def run(self, native):
-        if self.format == "tflite":
-            self._it.set_tensor(self._in_index, native)
-            self._it.invoke()
-            return self._it.get_tensor(self._out_index)
-        return self._session.run(self._out_names, {self._in_name: native})[0]
+        return self._model.run(native)
 
     def to_logits(self, raw):
-        np = self.np
-        y = np.asarray(raw)
-        if self.out_quant is not None:
-            y = (y.astype(np.float32) - np.float32(self.out_quant[1])) * np.float32(self.out_quant[0])
-        else:
-            y = y.astype(np.float32, copy=False)
-        return y.reshape(y.shape[0], -1)
+        return self._model.to_logits(raw)
 
     def settings(self) -> dict:
         out = {"runtime": self.runtime, "version": available_runtimes().get(self.runtime), "threads": self.threads,
                "xnnpack": self.xnnpack, "xnnpack_applied": self.xnnpack_applied}
-        if self.format == "tflite":
-            out["op_resolver"] = "AUTO" if self.xnnpack else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
-        else:
-            out.update(inter_op_threads=1, execution_mode="sequential", graph_optimization="all",
-                       providers=["CPUExecutionProvider"])
-        return out
+        return {**out, **core.session_settings(self.format, self.xnnpack)}
 
     def close(self) -> None:
-        self._it = self._session = None
+        model = getattr(self, "_model", None)
+        if model is not None:
+            model.session.close()
+        self._model = None
 
 
 # ================================================================================= measuring
 
 
-def latency_stats(np, samples_ms: list) -> dict:
-    a = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"count": int(a.size), "min_ms": float(a.min()), "mean_ms": float(a.mean()),
-            "std_ms": float(a.std(ddof=1)) if a.size > 1 else 0.0, "p50_ms": float(p50), "p90_ms": float(p90),
-            "p99_ms": float(p99), "max_ms": float(a.max())}
-
-
-def measure_latency(np, model: Model, native, warmup: int, runs: int | None, min_seconds: float | None,
-                    max_runs: int = 100_000) -> tuple:
-    """(first_ms, latency object): the harness schedule, run by run with ``perf_counter_ns``."""
-    clock = time.perf_counter_ns
-    t0 = clock()
-    model.run(native)
-    first_ms = (clock() - t0) / 1e6
-    for _ in range(warmup):
-        model.run(native)
-    min_ns = None if min_seconds is None else int(min_seconds * 1e9)
-    samples = []
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = clock()
-        while True:
-            a = clock()
-            model.run(native)
-            b = clock()
-            samples.append(b - a)
-            n = len(samples)
-            if (runs is None or n >= runs) and (min_ns is None or b - start >= min_ns):
-                stopped_by = "runs" if runs is not None and n == runs else "min_seconds"
-                break
-            if n >= max_runs:
-                stopped_by = "max_runs"
-                break
-        elapsed = clock() - start
-    finally:
-        if enabled:
-            gc.enable()
-    samples_ms = [s / 1e6 for s in samples]
-    latency = {"warmup": warmup, "runs_requested": runs, "min_seconds": min_seconds,
-               **latency_stats(np, samples_ms), "measured_s": elapsed / 1e9, "stopped_by": stopped_by,
-               "samples_ms": samples_ms, "end_to_end": None}
-    return first_ms, latency
+def measure_latency(model: Model, native, warmup: int, runs: int | None, min_seconds: float | None) -> tuple:
+    """(first_ms, latency object): the harness schedule, by the core's loop."""
+    return core.measure(lambda: model.run(native), warmup, runs, min_seconds)
 
 
 def evaluate(np, model: Model, x, y, meta: dict) -> tuple:
@@ -574,18 +386,18 @@ def _set_affinity(mask: str | None) -> list | None:
 
 def _choose_runtime(fmt: str, wanted: str | None, available: dict) -> str:
     if wanted:
-        spec = RUNTIMES.get(wanted)
-        if spec is None:
-            raise RunnerError(f"unknown runtime {wanted!r}; choose from {', '.join(RUNTIMES)}")
-        if spec[0] != fmt:
-            raise RunnerError(f"runtime {wanted} runs {spec[0]} models, not {fmt}")
+        info = core.RUNTIMES.get(wanted)
+        if info is None:
+            raise RunnerError(f"unknown runtime {wanted!r}; choose from {', '.join(core.RUNTIMES)}")
+        if info.format != fmt:
+            raise RunnerError(f"runtime {wanted} runs {info.format} models, not {fmt}")
         if wanted not in available:
-            raise RunnerError(f"runtime {wanted} is not installed on this device: pip install {spec[4]}")
+            raise RunnerError(f"runtime {wanted} is not installed on this device: pip install {info.distribution}")
         return wanted
-    for name in PREFERENCE.get(fmt, ()):
+    for name in core.PREFERENCE.get(fmt, ()):
         if name in available:
             return name
-    names = " or ".join(RUNTIMES[n][4] for n in PREFERENCE.get(fmt, ()))
+    names = " or ".join(core.RUNTIMES[n].distribution for n in core.PREFERENCE.get(fmt, ()))
     raise RunnerError(f"no {fmt} runtime on this device: pip install {names}")
 
 
@@ -638,7 +450,7 @@ def run_request(request: dict, workdir: str, say=lambda message: None) -> dict:
         if spec.get("eval"):
             with np.load(os.path.join(workdir, spec["eval"]), allow_pickle=False) as data:
                 evaluation = (data["x"].astype(np.float32, copy=False), data["y"].astype(np.int64, copy=False))
-        xnn_list = list(request.get("xnnpack") or [True]) if RUNTIMES[runtime][0] == "tflite" else [None]
+        xnn_list = list(request.get("xnnpack") or [True]) if core.RUNTIMES[runtime].format == "tflite" else [None]
         for xnn in xnn_list:
             accuracy = None
             for t in threads_list:
@@ -668,10 +480,10 @@ def _measure_row(np, request, workdir, spec, manifest, runtime, threads, xnn, ev
         before = thermal_state()
         model = None
         try:
-            model = Model(np, runtime, os.path.join(workdir, spec["file"]), manifest, threads, xnn)
+            model = Model(runtime, os.path.join(workdir, spec["file"]), manifest, threads, xnn)
             init_s = model.load()
             native = model.prepare(_synthetic(np, model, int(request.get("seed") or 0)))
-            first_ms, latency = measure_latency(np, model, native, int(request.get("warmup", 10)),
+            first_ms, latency = measure_latency(model, native, int(request.get("warmup", 10)),
                                                 request.get("runs"), request.get("min_seconds"))
             after = thermal_state()
             fields = {"input": model.input_dict(), "xnnpack_applied": model.xnnpack_applied, "init_ms": init_s * 1e3,
@@ -682,7 +494,7 @@ def _measure_row(np, request, workdir, spec, manifest, runtime, threads, xnn, ev
         except Exception as exc:  # one broken combination must not end the run
             after, fields = thermal_state(), {}
             # ValueError carries the runner's own explanations; anything else is named by its type.
-            error = _first_line(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {_first_line(exc)}"
+            error = core.first_line(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {core.first_line(exc)}"
         problems = [] if error else thermal_problems(before, after, thermal.get("max_temp_c"))
         attempts.append({"temp_before_c": before["temperature_c"], "temp_after_c": after["temperature_c"],
                          "throttled_before": _hex(before["throttled"]), "throttled_after": _hex(after["throttled"]),
@@ -715,7 +527,7 @@ def _measure_row(np, request, workdir, spec, manifest, runtime, threads, xnn, ev
                 row["accuracy"] = accuracy
                 notes.append("accuracy measured once per model/runtime at the first thread count")
         except Exception as exc:
-            notes.append(f"accuracy not measured: {type(exc).__name__}: {_first_line(exc)}")
+            notes.append(f"accuracy not measured: {type(exc).__name__}: {core.first_line(exc)}")
     if model is not None:
         model.close()
     notes.append("memory not measured on remote devices (the runner measures in one process)")

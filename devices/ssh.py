@@ -32,8 +32,8 @@ from typing import Any
 from micronet.errors import MicronetError
 
 from .base import AuthError, DeviceError, UnreachableError
-from .remote import RUNNER_PATH, WORKDIR_PREFIX, RunnerDevice, Transport, check_workdir
-from .target import Target
+from .remote import WORKDIR_PREFIX, RunnerDevice, Transport, check_workdir, probe_source
+from .target import DeviceSpec
 
 SSH_ERROR_EXIT = 255
 
@@ -51,7 +51,7 @@ _MKDTEMP = ("import os, sys, tempfile\n"
             "print(tempfile.mkdtemp(prefix=sys.argv[1], dir=base))\n")
 
 
-def ssh_base_args(target: Target, program: str = "ssh") -> list[str]:
+def ssh_base_args(target: DeviceSpec, program: str = "ssh") -> list[str]:
     """``ssh`` and its options for ``target``, up to (not including) the destination."""
     o = target.options
     args = [program, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={o.connect_timeout_s}",
@@ -67,12 +67,12 @@ def ssh_base_args(target: Target, program: str = "ssh") -> list[str]:
     return args
 
 
-def ssh_command(target: Target, remote_argv: list[str]) -> list[str]:
+def ssh_command(target: DeviceSpec, remote_argv: list[str]) -> list[str]:
     """The full argument list for running ``remote_argv`` on the device; the remote shell sees it quoted."""
     return [*ssh_base_args(target), "--", target.ssh_destination, shlex.join(remote_argv)]
 
 
-def classify_failure(stderr: str, target: Target) -> DeviceError | None:
+def classify_failure(stderr: str, target: DeviceSpec) -> DeviceError | None:
     """Turn ``ssh``'s own error output into one line, or None if the error is not ``ssh``'s."""
     where = target.text
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
@@ -106,7 +106,7 @@ def classify_failure(stderr: str, target: Target) -> DeviceError | None:
 class SshTransport(Transport):
     """Run commands and move files on an SSH device with the ``ssh`` client alone."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: DeviceSpec) -> None:
         self.target = target
         self.python = target.options.python
 
@@ -146,7 +146,7 @@ class SshTransport(Transport):
     # -- Transport ----------------------------------------------------------------------------------
 
     def probe(self) -> dict[str, Any]:
-        proc = self.call([self.python, "-", "--probe"], stdin=RUNNER_PATH.read_bytes())
+        proc = self.call([self.python, "-", "--probe"], stdin=probe_source())
         try:
             return json.loads(proc.stdout)
         except json.JSONDecodeError:
@@ -179,5 +179,5 @@ class SshTransport(Transport):
 class SshDevice(RunnerDevice):
     kind = "ssh"
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: DeviceSpec) -> None:
         super().__init__(target, SshTransport(target))

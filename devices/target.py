@@ -91,8 +91,11 @@ OPTION_NAMES = tuple(f.name for f in fields(DeviceOptions))
 
 
 @dataclass(frozen=True)
-class Target:
-    """A parsed target: ``kind`` plus what that kind needs to connect."""
+class DeviceSpec:
+    """A parsed device target: ``kind`` plus what that kind needs to connect, and its inventory options.
+
+    (Named apart from the other "targets" of the project: a benchmark model is a ``BenchModel``, an
+    export's format/quantisation pair an export target.)"""
 
     kind: str  # "local" | "ssh" | "adb"
     text: str  # the target string as written (normalised)
@@ -112,26 +115,26 @@ class Target:
 # ------------------------------------------------------------------------------------------ parsing
 
 
-def parse_target(text: str, *, name: str | None = None, options: DeviceOptions | None = None) -> Target:
-    """``local`` | ``ssh://[user@]host[:port]`` | ``adb`` | ``adb:SERIAL`` → ``Target``; anything else is an error."""
+def parse_target(text: str, *, name: str | None = None, options: DeviceOptions | None = None) -> DeviceSpec:
+    """``local`` | ``ssh://[user@]host[:port]`` | ``adb`` | ``adb:SERIAL`` → ``DeviceSpec``; anything else is an error."""
     if not isinstance(text, str) or not text.strip():
         raise MicronetError("empty device target: use local, ssh://user@host[:port] or adb[:SERIAL]")
     raw = text.strip()
     opts = options or DeviceOptions()
     if raw == "local":
-        return Target("local", "local", name or "local", options=opts)
+        return DeviceSpec("local", "local", name or "local", options=opts)
     if raw == "adb" or raw.startswith("adb:"):
         serial = raw[4:] or None
         if serial is not None and not _SERIAL.match(serial):
             raise MicronetError(f"bad adb serial {serial!r} in target {raw!r}: letters, digits and . _ : - only")
-        return Target("adb", raw, name or raw, serial=serial, options=opts)
+        return DeviceSpec("adb", raw, name or raw, serial=serial, options=opts)
     if raw.startswith("ssh://"):
         return _parse_ssh(raw, name, opts)
     raise MicronetError(f"unknown device target {raw!r}: use local, ssh://user@host[:port], adb[:SERIAL] "
                         "or a name from devices.toml")
 
 
-def _parse_ssh(raw: str, name: str | None, opts: DeviceOptions) -> Target:
+def _parse_ssh(raw: str, name: str | None, opts: DeviceOptions) -> DeviceSpec:
     rest = raw[len("ssh://"):].rstrip("/")
     if not rest or "/" in rest or "?" in rest or "#" in rest:
         raise MicronetError(f"bad ssh target {raw!r}: expected ssh://user@host[:port]")
@@ -157,7 +160,7 @@ def _parse_ssh(raw: str, name: str | None, opts: DeviceOptions) -> Target:
         if not _HOST.match(host):
             raise MicronetError(f"bad host name {host!r} in {raw!r}: letters, digits and . _ - only")
     text = "ssh://" + (f"{user}@" if user else "") + host + (f":{port}" if port else "")
-    return Target("ssh", text, name or text, user=user, host=host, port=port, options=opts)
+    return DeviceSpec("ssh", text, name or text, user=user, host=host, port=port, options=opts)
 
 
 def _port(text: str, raw: str) -> int:
@@ -172,7 +175,7 @@ def _port(text: str, raw: str) -> int:
 @dataclass(frozen=True)
 class InventoryEntry:
     name: str
-    target: Target
+    target: DeviceSpec
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,7 @@ class Inventory:
     defaults: DeviceOptions
     devices: dict[str, InventoryEntry]
 
-    def resolve(self, text: str) -> Target:
+    def resolve(self, text: str) -> DeviceSpec:
         """An inventory name, or a raw target string with the defaults applied."""
         if text in self.devices:
             return self.devices[text].target
@@ -272,7 +275,7 @@ _SSH_ONLY = frozenset({"python", "identity", "ssh_config", "ssh_options"})
 _ADB_ONLY = frozenset({"benchmark_binary", "adb"})
 
 
-def _check_kind_options(target: Target, keys: set[str], where: str) -> None:
+def _check_kind_options(target: DeviceSpec, keys: set[str], where: str) -> None:
     """An option that cannot apply to this kind of device is almost always a typo'd target."""
     wrong = (keys & _ADB_ONLY) if target.kind != "adb" else (keys & _SSH_ONLY)
     if target.kind == "local":

@@ -110,62 +110,40 @@ def tflite_io_spec(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             "output": _tensor_spec(schema, subgraph, subgraph.Outputs(0))}
 
 
-def _quantize(x: np.ndarray, dtype: np.dtype, quantization: tuple[float, int]) -> np.ndarray:
-    scale, zero_point = quantization
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
-
-
-def _input_layout(model_shape: list[int], batch_shape: tuple[int, ...]) -> str:
-    _, c, h, w = batch_shape
-    nchw, nhwc = list(model_shape[1:]) == [c, h, w], list(model_shape[1:]) == [h, w, c]
-    if nhwc and not nchw:
-        return "NHWC"
-    if nchw:
-        return "NCHW"
-    raise MicronetError(f"model input {model_shape} fits neither NCHW nor NHWC of the batch {list(batch_shape)}")
-
-
 def run_tflite(path: str | os.PathLike, batch_nchw_float: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Float32 logits (N, classes) of the .tflite at ``path`` for an NCHW float32 batch.
+    """Float32 logits (N, ...) of the .tflite at ``path`` for an NCHW float32 batch, in ai-edge-litert.
 
-    Feeds the model the way it was built: transposed to NHWC when its input is channels-last, quantized
-    with its own input scale/zero point when its input is int8/uint8, one sample at a time when its batch
-    is fixed at 1 (the whole batch at once when the batch dimension is dynamic). The output is dequantized
-    with the model's output scale/zero point.
+    Feeds the model the way it was built, through the inference core the benchmark and the on-device
+    runner use (``micronet.inference``): transposed to NHWC when its input is channels-last, quantized
+    with its own input scale/zero point when its input is integer, one chunk at a time when its batch is
+    fixed (the whole batch at once when the batch dimension is dynamic). The output is dequantized with
+    the model's output scale/zero point and keeps the model's output shape.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from micronet import inference as core
+    from micronet.quiet import native_stderr
 
     batch = np.asarray(batch_nchw_float, dtype=np.float32)
     if batch.ndim != 4:
         raise MicronetError(f"run_tflite needs an NCHW batch, got shape {batch.shape}")
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    if _input_layout(list(inp["shape"]), batch.shape) == "NHWC":
-        batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
-    if inp["dtype"] in (np.int8, np.uint8):
-        batch = _quantize(batch, inp["dtype"], inp["quantization"])
-    dynamic_batch = int(inp["shape_signature"][0]) == -1
-    chunk = len(batch) if dynamic_batch else int(inp["shape"][0])
+    try:
+        with native_stderr():  # LiteRT announces its XNNPACK delegate on stderr here, once per process
+            model = core.bind_model(core.open_session("litert", str(path), threads), None, str(path))
+    except core.InferenceError as exc:
+        raise MicronetError(str(exc)) from None
+    spec = model.input
+    if spec.chw != batch.shape[1:]:
+        raise MicronetError(f"model input {[d or 1 for d in spec.shape]} fits neither NCHW nor NHWC of the batch "
+                            f"{list(batch.shape)}")
+    chunk = spec.fixed_batch or len(batch)
     if len(batch) % chunk:
         raise MicronetError(f"model batch is fixed at {chunk}; got {len(batch)} samples")
-    if dynamic_batch:
-        interpreter.resize_tensor_input(inp["index"], list(batch.shape))
-    from micronet.quiet import native_stderr
-
-    with native_stderr():  # LiteRT announces its XNNPACK delegate on stderr here, once per process
-        interpreter.allocate_tensors()
-    outputs = []
-    for start in range(0, len(batch), chunk):
-        interpreter.set_tensor(inp["index"], batch[start:start + chunk])
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(out["index"]).copy())
+    with native_stderr():  # a dynamic batch is resized and re-allocated here
+        natives = [model.prepare(batch[start:start + chunk]) for start in range(0, len(batch), chunk)]
+    outputs = [np.array(model.run(native)) for native in natives]
+    model.session.close()
     logits = np.concatenate(outputs)
-    if out["dtype"] in (np.int8, np.uint8):
-        scale, zero_point = out["quantization"]
-        logits = (logits.astype(np.float32) - zero_point) * scale
-    return logits.astype(np.float32)
+    quant = model.output.quantization
+    return (core.dequantize(logits, quant) if quant else logits).astype(np.float32)
 
 
 def xnnpack_coverage(path: str | os.PathLike) -> dict[str, Any]:

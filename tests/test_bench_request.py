@@ -133,7 +133,7 @@ def test_the_noise_warning_is_said_once(monkeypatch):
 
     monkeypatch.setattr(harness, "noise_warnings", lambda env, threads: ["machine busy: test"])
     said: list[str] = []
-    report = harness.run_benchmark([harness.BenchTarget(variant="m0", input_size=32)], warmup=1, runs=2,
+    report = harness.run_benchmark([harness.BenchModel(variant="m0", input_size=32)], warmup=1, runs=2,
                                    memory=False, progress=said.append)
     assert report["warnings"] == ["machine busy: test"]
     assert not [m for m in said if "machine busy" in m]

@@ -21,7 +21,7 @@ from fixtures.models import write_tflite
 
 from micronet.bench import runtimes as rt_mod
 from micronet.bench.accuracy import evaluate
-from micronet.bench.harness import BenchTarget, run_benchmark
+from micronet.bench.harness import BenchModel, run_benchmark
 from micronet.bench.latency import measure_latency
 from micronet.bench.memory import file_size, measure_memory
 from micronet.bench.report import merge_reports, write_json
@@ -330,7 +330,7 @@ def test_run_benchmark_report_round_trips(models, tmp_path):
     data = _image_folder(tmp_path / "data", CLASSES)
     progress: list[str] = []
     report = run_benchmark(
-        [BenchTarget(module=models["net"], name="tiny-torch"), models["onnx"], models["tflite_int8"]],
+        [BenchModel(module=models["net"], name="tiny-torch"), models["onnx"], models["tflite_int8"]],
         runtimes=["torch", "onnxruntime", "litert"], threads=[1], warmup=1, runs=5, min_seconds=None,
         data=data, limit=4, progress=progress.append, xnnpack=(True, False), memory=False,
     )

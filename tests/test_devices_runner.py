@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,12 +18,13 @@ import pytest
 from fixtures.models import SIZE, tiny_int8_tflite, tiny_onnx
 from micronet.bench import report as rep
 from micronet.bench import runtimes as bench_runtimes
+from micronet import inference as core
 from micronet.devices import runner
 from micronet.devices.api import model_jobs
 from micronet.devices.base import BenchJob, ModelJob, RunnerFailed, ThermalPolicy
 from micronet.devices.emulation import HostRunnerDevice
-from micronet.devices.remote import ProcessTransport, RunnerDevice
-from micronet.devices.target import Target
+from micronet.devices.remote import ProcessTransport, RunnerDevice, probe_source
+from micronet.devices.target import DeviceSpec
 
 RUNNER = Path(runner.__file__)
 
@@ -49,7 +51,7 @@ class _ScratchDevice(RunnerDevice):
     kind = "process"
 
     def __init__(self, base: Path) -> None:
-        super().__init__(Target("process", "process", "scratch"),
+        super().__init__(DeviceSpec("process", "process", "scratch"),
                          ProcessTransport([sys.executable], env={"MICRONET_RUNNER_QUIET": "1", "PATH": "/usr/bin:/bin"},
                                           base_dir=base))
 
@@ -57,25 +59,87 @@ class _ScratchDevice(RunnerDevice):
 # ------------------------------------------------------------------------------------------ self-contained
 
 
-def test_runner_imports_only_stdlib_numpy_and_runtimes():
-    tree = ast.parse(RUNNER.read_text())
+CORE = Path(core.__file__)
+
+
+def _imports(path: Path, top_level_only: bool = False) -> set:
+    """Top-level names of the modules a file imports (absolute imports only)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
     imported = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
+    return imported
+
+
+def test_the_core_imports_only_stdlib_and_numpy(tmp_path):
+    imported = _imports(CORE)
     assert "micronet" not in imported
     assert imported - set(sys.stdlib_module_names) <= {"numpy"}, imported - set(sys.stdlib_module_names)
-    modules = {spec[2].split(".")[0] for spec in runner.RUNTIMES.values()}  # imported by name at run time
+    modules = {info.library.split(".")[0] for info in core.RUNTIMES.values()}  # imported by name at run time
     assert modules == {"ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime"}
+    # In an isolated interpreter (no PYTHONPATH, no checkout on the path) the core alone imports, and
+    # importing it loads neither micronet nor any runtime.
+    (tmp_path / "micronet_inference.py").write_bytes(CORE.read_bytes())
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import micronet_inference; "
+            "heavy = {'micronet', 'ai_edge_litert', 'onnxruntime', 'tensorflow', 'torch'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
-def test_runner_speaks_the_report_schema_and_runtime_names():
-    assert runner.ROW_FIELDS == rep.ROW_FIELDS
-    for name, (fmt, module, library, distribution, _pip) in runner.RUNTIMES.items():
+def test_runner_imports_only_stdlib_numpy_and_the_core():
+    imported = _imports(RUNNER)
+    assert imported - set(sys.stdlib_module_names) <= {"numpy", "micronet_inference", "micronet"}
+    tree = ast.parse(RUNNER.read_text())
+    from_micronet = [(n.module, [a.name for a in n.names]) for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("micronet")]
+    assert from_micronet == [("micronet", ["inference"])]  # only the host's fallback for the core
+
+
+@pytest.mark.parametrize("path", [RUNNER, CORE], ids=["runner", "core"])
+def test_board_files_parse_as_python_3_8(path):
+    """A Raspberry Pi's Python may be 3.8: no match statements, annotations never evaluated."""
+    tree = ast.parse(path.read_text(), feature_version=(3, 8))
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and n.names[0].name == "annotations"
+               for n in tree.body)
+    assert not any(type(n).__name__ == "Match" for n in ast.walk(tree))
+
+
+def test_runner_and_desktop_share_the_core():
+    assert runner.core is core and runner.ROW_FIELDS is rep.ROW_FIELDS is core.ROW_FIELDS
+    for name, info in core.RUNTIMES.items():
         cls = bench_runtimes.RUNTIMES[name]
-        assert (cls.format, cls.module, cls.library, cls.distribution) == (fmt, module, library, distribution)
+        assert (cls.format, cls.module, cls.library, cls.distribution, cls.pip) == (
+            info.format, info.module, info.library, info.distribution, info.pip)
+
+
+def test_runner_runs_from_a_folder_holding_only_itself_and_the_core(tiny, tmp_path):
+    """What a board holds: runner.py and micronet_inference.py (plus the request's files), no micronet
+    (-E -s: no PYTHONPATH, no user site; the script's folder stays first on the path as on a board)."""
+    board = tmp_path / "board"
+    board.mkdir()
+    (board / "runner.py").write_bytes(RUNNER.read_bytes())
+    request = _request(tiny, board, retry=0)
+    (board / "request.json").write_text(json.dumps(request))
+    env = {"PATH": "/usr/bin:/bin", "MICRONET_RUNNER_QUIET": "1"}
+    argv = [sys.executable, "-E", "-s", str(board / "runner.py"), "--supervise", str(board / "request.json")]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == runner.EXIT_FATAL
+    assert proc.stderr.strip() == "micronet-runner: error: micronet_inference.py must sit beside runner.py"
+    (board / runner.CORE_FILE).write_bytes(CORE.read_bytes())
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((board / "result.json").read_text())["results"][0]
+    assert list(row) == list(rep.ROW_FIELDS) and not row["invalid"] and row["latency"]["count"] == 3
+    # The probe needs no files on the device: core and runner travel as one script on stdin.
+    proc = subprocess.run([sys.executable, "-E", "-s", "-", "--probe"], input=probe_source(), capture_output=True,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "litert" in json.loads(proc.stdout)["runtimes"]
 
 
 def test_probe_lists_runtimes_without_writing(tmp_path):
