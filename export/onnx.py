@@ -1,27 +1,11 @@
 """PyTorch → ONNX stage: export, simplify, check; and run the result with onnxruntime.
 
-Exporter: ``torch.onnx.export(..., dynamo=True)``, which always writes opset 18 (spec P5). Measured against
-the legacy TorchScript exporter (``dynamo=False``, opset 17) on the lead's ``m0`` at 224×224 with BN
-statistics re-estimated, on the 2-core machine, each .tflite benchmarked interleaved (median of 5×200 runs,
-1 thread, ai-edge-litert 2.1.0):
-
-* export: dynamo 5.7-6.3 s, legacy 0.4-1.5 s (test net: 1.3-5 s vs 0.1-0.2 s);
-* nodes, raw → simplified: dynamo 415 → 414, legacy 682 → 387;
-* onnx2tf → SavedModel: 17.8 s vs 18.6 s (same within noise);
-* parity against float64 PyTorch: ORT 1.8e-6 vs 2.0e-6 and TFLite fp32 6.1e-6 vs 6.3e-6 relative; the
-  int8 models agree (cosine 0.9934 vs 0.9934 against their fp32);
-* TFLite ops: 427 vs 442 — onnx2tf turns the dynamo graph's ``Split`` into 15 ``SPLIT`` where the legacy
-  graph yields 46 ``STRIDED_SLICE`` (and ``GATHER_ND`` where legacy has ``GATHER``);
-* **TFLite fp32 1.62 ms vs 2.04 ms, fp16 1.75 ms vs 2.18 ms** (~20 % faster); int8 and ORT fp32
-  (1.73 vs 1.67 ms) equal within noise.
-
-The faster deployed model outweighs ~5 s more export time and the fixed opset 18. The opset is not the cause
-(legacy at opset 18 converts to the same slower graph), and the legacy exporter is deprecated in torch 2.13.
-
-Simplifier: onnxsim. On the dynamo graph it and onnxslim both remove almost nothing (415 → 414 vs 411
-nodes on m0, 99 → 99 on the test net) and lead to the same TFLite ops and numerics; onnxsim takes
-0.05-0.1 s against onnxslim's 0.1-0.7 s, verifies its result against the original with onnxruntime, and is
-what onnx2tf would otherwise run itself (the TFLite stage passes ``not_use_onnxsim`` since it is done here).
+Exporter: ``torch.onnx.export(..., dynamo=True)``, which always writes opset 18 whatever opset is asked for.
+Chosen over the legacy TorchScript exporter (opset 17, deprecated in torch 2.13) because its graphs convert to
+faster float TFLite (onnx2tf turns its ``Split`` into SPLIT where the legacy graph yields STRIDED_SLICEs); it
+costs a few seconds more per export. Simplifier: onnxsim (removes the few foldable nodes, verifies its result
+with onnxruntime, and is what onnx2tf would otherwise run itself; the TFLite stage passes
+``not_use_onnxsim``). The measured comparison is in ``docs/export-stages.md``.
 
 Determinism: exporting the same model twice, in one process or two, gives byte-identical files.
 """

@@ -1,9 +1,8 @@
 """A deploy graph (PyTorch, NCHW) lowered op for op to TensorFlow in NHWC, saved as a SavedModel.
 
 Why not onnx2tf for the fast graph: onnx2tf guesses which axis is the channel axis from tensor sizes and
-wraps every op it is unsure of in a TRANSPOSE pair (measured on m0: 15 TRANSPOSE and 22 STRIDED_SLICE
-in NCHW around each channel rotation, and depthwise convs behind a broadcast ADD lowered to grouped
-CONV_2D). The deploy graphs only ever hold 4-D feature maps whose channel axis is dim 1, or 2-D
+wraps every op it is unsure of in a TRANSPOSE pair (around each channel rotation of the fast graph) and
+lowers depthwise convs behind a broadcast ADD to grouped CONV_2D (figures in docs/export-stages.md). The deploy graphs only ever hold 4-D feature maps whose channel axis is dim 1, or 2-D
 (batch, features) vectors after the global pool, so the layout question has one answer: NCHW dim
 ``d`` is NHWC dim ``NHWC_AXIS[d]``. Lowering the ``torch.export`` graph with that rule gives exactly the
 ops the deploy graph asks for, and nothing else.
@@ -31,17 +30,16 @@ from micronet.errors import MicronetError
 
 #: NCHW axis → NHWC axis, for 4-D feature maps.
 NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
-#: The longest CONCATENATION the XNNPACK delegate of ai-edge-litert 2.1.0 takes (measured: 4 yes, 6 no).
+#: The longest CONCATENATION the XNNPACK delegate of ai-edge-litert 2.1.0 takes (docs/export-stages.md).
 MAX_CONCAT = 4
-#: The most outputs of a SPLIT it takes (measured: 4 yes, 6 no).
+#: The most outputs of a SPLIT it takes.
 MAX_SPLIT = 4
 #: XNNPACK's largest tensor rank (XNN_MAX_TENSOR_DIMS): a channel-split view is (B·H·W, c1..ck).
 MAX_TRANSPOSE_RANK = 6
 #: A float32 depthwise conv whose channels × taps exceed this runs as SPLIT → depthwise per part → CONCAT:
 #: XNNPACK's f32 kernel walks all channels per output pixel, and once the taps' inputs and weights outgrow
-#: L1 it slows down 2× (measured: 14×14×384 5×5 0.106 → 0.057 ms as two halves, copies included; 7×7×768
-#: 0.046 → 0.032 ms as three parts; 14×14×256 5×5, 6400, unchanged). The int8 kernel reads 4× fewer bytes
-#: and is left whole.
+#: L1 it slows down (docs/export-stages.md has the timings). The int8 kernel reads 4× fewer bytes and is
+#: left whole.
 F32_DEPTHWISE_MAX_WEIGHTS = 6400
 #: Channels XNNPACK's f32 depthwise kernel takes per step (25p16c, 9p16c): each part keeps whole steps.
 DEPTHWISE_CHANNEL_TILE = 16

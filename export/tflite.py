@@ -14,12 +14,12 @@ Two steps, because they cost very differently and fail for different reasons:
    dead local port, and the child refuses and records every outgoing connection (``network_attempts`` in the
    record; it must be empty).
 
-   Flags, measured on the test net (2 cores): onnx2tf's own CLI run (``-osd``) takes 10-11 s, of which
-   ~0.8 s is an onnxsim pass over a graph the ONNX stage already simplified (``not_use_onnxsim``) and ~4 s
-   writes float32/float16 .tflite files this module rebuilds anyway (skipped with the API's
-   ``disable_model_save``; the child then writes the SavedModel as ``-osd`` does, its signature keyed
-   ``input`` → ``logits``). Same ops and bit-identical outputs as the CLI route in ~5 s. ``-dgc`` (split
-   grouped convs) was rejected: 3× slower models (toolchain spec §2.2). ``-coion`` (rename the .tflite
+   Flags: onnx2tf's own CLI run (``-osd``) spends part of its time on an onnxsim pass over a graph the ONNX
+   stage already simplified (``not_use_onnxsim``) and on float32/float16 .tflite files this module rebuilds
+   anyway (skipped with the API's ``disable_model_save``; the child then writes the SavedModel as ``-osd``
+   does, its signature keyed ``input`` → ``logits``): same ops and bit-identical outputs in about half the
+   time. ``-dgc`` (split grouped convs) was rejected: it makes much slower models. Figures in
+   ``docs/export-stages.md``. ``-coion`` (rename the .tflite
    I/O) only acts on onnx2tf's own .tflite files, which are not used; no other flag is set.
 
    Known onnx2tf limit: it guesses which axis is the channel axis by size, so a reshape whose sizes collide
@@ -31,7 +31,7 @@ Two steps, because they cost very differently and fail for different reasons:
 
 2. ``saved_model_to_tflite`` converts the SavedModel with ``tf.lite.TFLiteConverter.from_saved_model`` into
    one of ``QUANTIZATIONS``. This is what onnx2tf's ``-oiqt`` does internally and gives identical int8
-   results (spec §2.2) at a fraction of onnx2tf's all-variants run (76 s). Only TFLite builtin ops are
+   results at a fraction of the time of onnx2tf's run that writes every variant. Only TFLite builtin ops are
    allowed, so a graph needing a Flex (SELECT_TF_OPS) op fails here, loudly, instead of producing a file
    the stock runtime cannot load. It runs in this process (TensorFlow is imported on first use, ~3-5 s,
    recorded as ``tensorflow_import_s``) with file descriptors 1 and 2 sent to a log, since the converter
