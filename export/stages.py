@@ -24,7 +24,7 @@ from micronet.preprocess import Preprocessing
 from .calibration import CalibrationData
 from .ladder import Ladder, Progress
 from .plan import TRAINING
-from .request import ExportRequest, artifact_name
+from .request import QUANTIZATIONS, ExportRequest, artifact_name
 
 #: How the ladder names the training form's logits, the reference of every deploy-form rung.
 TRAINING_REFERENCE = "pytorch training form"
@@ -278,5 +278,5 @@ STAGES: dict[str, Stage] = {
     "tf_graph": tf_graph,
     "tf_graph_int8": tf_graph_int8,
     "onnx2tf": onnx2tf,
-    **{f"tflite_{q}": tflite(q) for q in ("float32", "float16", "dynamic", "int8")},
+    **{f"tflite_{q}": tflite(q) for q in QUANTIZATIONS},
 }
