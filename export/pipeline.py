@@ -99,7 +99,8 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
         batches = [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, len(data.calibration), 32)]
         batches = [b for b in batches if len(b) > 1] or [torch.from_numpy(data.calibration)]
         weights["batchnorm_recalibrated_on"] = recalibrate_batchnorm(model, batches)
-    return ExportContext(request, variant, model, weights, data, preprocessing, ladder, say)
+    return ExportContext(request=request, variant=variant, model=model, weights=weights, data=data,
+                         preprocessing=preprocessing, ladder=ladder, say=say)
 
 
 def build(ctx: ExportContext, export_plan: ExportPlan) -> dict[str, Artifact]:
