@@ -119,10 +119,10 @@ def export_cmd(
 ) -> None:
     """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
     from micronet.console import EXPORT_DROP, PARITY_DROP, console, export_summary, parity_table, print_table
-    from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_targets
+    from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_kinds
 
     request = ExportRequest(
-        variant=variant, targets=resolve_targets(fmt, quantize, all_formats), weights=weights,
+        variant=variant, kinds=resolve_kinds(fmt, quantize, all_formats), weights=weights,
         calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
         dynamic_batch=dynamic_batch, graph=graph,

@@ -60,10 +60,11 @@ def _fingerprint(variant: str, input_size: int, num_classes: int, weights: Path 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def exported(variant: str, targets: Sequence[tuple[str, str]], *, input_size: int = 224, num_classes: int = 1000,
+def exported(variant: str, kinds: Sequence[tuple[str, str]], *, input_size: int = 224, num_classes: int = 1000,
              weights: Path | None = None, calibration: Path | None = None, cache_dir: Path | None = None,
              progress: Callable[[str], None] | None = None) -> list[Path]:
-    """Paths of ``variant`` exported as each (format, quantization) in ``targets``, exporting if needed."""
+    """Paths of ``variant`` exported as each artifact kind (format, quantization) in ``kinds``, exporting if
+    needed."""
     from micronet.export.manifest import read_manifest
     from micronet.export.pipeline import ExportRequest, artifact_name, export
     from micronet.registry import resolve_variant
@@ -72,7 +73,7 @@ def exported(variant: str, targets: Sequence[tuple[str, str]], *, input_size: in
     if weights is not None and not Path(weights).is_file():
         raise MicronetError(f"weights file not found: {weights}")
     folder = (cache_dir or exports_cache()) / f"{variant}-{input_size}-{_fingerprint(variant, input_size, num_classes, weights, calibration)}"
-    paths = [folder / artifact_name(variant, input_size, f, q) for f, q in targets]
+    paths = [folder / artifact_name(variant, input_size, f, q) for f, q in kinds]
 
     def valid(path: Path) -> bool:
         try:
@@ -80,11 +81,11 @@ def exported(variant: str, targets: Sequence[tuple[str, str]], *, input_size: in
         except MicronetError:  # a manifest that no longer verifies: re-export
             return False
 
-    missing = [t for t, p in zip(targets, paths) if not valid(p)]
+    missing = [k for k, p in zip(kinds, paths) if not valid(p)]
     if missing:
         if progress:
             progress(f"exporting {variant} ({', '.join(f'{f} {q}' for f, q in missing)}) into the cache {folder}")
-        export(ExportRequest(variant=variant, targets=list(missing), weights=weights, calibration=calibration,
+        export(ExportRequest(variant=variant, kinds=list(missing), weights=weights, calibration=calibration,
                              input_size=input_size, num_classes=num_classes, output_dir=folder), progress=progress)
     elif progress:
         progress(f"using cached exports of {variant} in {folder}")

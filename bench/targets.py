@@ -9,17 +9,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from micronet.errors import MicronetError
+from micronet.export.request import ArtifactKind, resolve_kinds
 
 from .harness import BenchModel
 
 BENCH_FORMATS = ("torch", "onnx", "tflite", "all")
 MATRIX_VARIANTS = ("m0", "m1", "m2", "m3")
 #: "all": the float reference, ONNX, and the two TFLite files people ship.
-ALL_FORMATS: tuple[tuple[str, str], ...] = (("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8"))
+ALL_FORMATS: tuple[ArtifactKind, ...] = (ArtifactKind("onnx", "float32"), ArtifactKind("tflite", "float32"),
+                                         ArtifactKind("tflite", "int8"))
 
 
-def _exported_targets(fmt: str, quantize: str | None) -> tuple[bool, list[tuple[str, str]]]:
-    """(include torch, export targets) for one ``--format``/``--quantize`` choice."""
+def _exported_kinds(fmt: str, quantize: str | None) -> tuple[bool, list[ArtifactKind]]:
+    """(include torch, artifact kinds to export) for one ``--format``/``--quantize`` choice."""
     if fmt not in BENCH_FORMATS:
         raise MicronetError(f"unknown format {fmt!r}; choose one of: {', '.join(BENCH_FORMATS)}")
     if fmt == "all":
@@ -30,9 +32,7 @@ def _exported_targets(fmt: str, quantize: str | None) -> tuple[bool, list[tuple[
         if quantize not in (None, "float32"):
             raise MicronetError("--quantize applies to --format tflite")
         return True, []
-    from micronet.export.pipeline import resolve_targets
-
-    return False, resolve_targets(fmt, quantize, False)
+    return False, resolve_kinds(fmt, quantize, False)
 
 
 def reference_target(manifest: dict) -> BenchModel:
@@ -74,7 +74,7 @@ def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = Non
             targets = list(seen.values()) + targets
         return targets
 
-    include_torch, exports = _exported_targets((fmt or ("all" if matrix else "tflite")).lower(), quantize)
+    include_torch, kinds = _exported_kinds((fmt or ("all" if matrix else "tflite")).lower(), quantize)
     targets: list[BenchModel] = []
     for name in (MATRIX_VARIANTS if matrix else [variant]):
         if include_torch or with_reference:
@@ -83,8 +83,8 @@ def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = Non
                 load_weights(model, weights)
             targets.append(BenchModel(module=model.eval(), variant=model.config.name,
                                       name=f"{model.config.name} (PyTorch)", input_size=input_size))
-        if exports:
-            paths = cache.exported(name, exports, input_size=input_size, num_classes=num_classes, weights=weights,
+        if kinds:
+            paths = cache.exported(name, kinds, input_size=input_size, num_classes=num_classes, weights=weights,
                                    calibration=calibration, progress=progress)
             targets += [BenchModel(path=p) for p in paths]
     return targets

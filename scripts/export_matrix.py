@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from micronet.export.pipeline import ALL_TARGETS, ExportRequest, export
+from micronet.export.pipeline import ALL_KINDS, ExportRequest, export
 
 
 def _row(variant: str, manifests: dict[str, dict], wall_s: float) -> dict:
@@ -53,7 +53,7 @@ def main() -> None:
     rows = []
     for variant in args.variants:
         start = time.perf_counter()
-        result = export(ExportRequest(variant=variant, targets=list(ALL_TARGETS), input_size=args.input_size,
+        result = export(ExportRequest(variant=variant, kinds=list(ALL_KINDS), input_size=args.input_size,
                                       output_dir=args.out / variant), progress=lambda m: print(f"[{variant}] {m}"))
         manifests = {json.loads(p.read_text())["quantize"] if json.loads(p.read_text())["format"] == "tflite"
                      else "onnx": json.loads(p.read_text()) for p in result.manifests}

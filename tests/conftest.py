@@ -81,7 +81,7 @@ def exported_m0_small(tmp_path_factory):
     from micronet.export.pipeline import ExportRequest, export
 
     out = tmp_path_factory.mktemp("exported_m0_small")
-    result = export(ExportRequest(variant="m0", targets=[("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")],
+    result = export(ExportRequest(variant="m0", kinds=[("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")],
                                   input_size=64, calib_count=32, holdout=8, output_dir=out))
     return {p.name.split(".", 1)[1].removesuffix(".tflite"): p for p in result.artifacts}
 

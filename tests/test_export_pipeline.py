@@ -14,7 +14,7 @@ from micronet.errors import MicronetError
 from micronet.model import build_model
 from micronet.weights import save_released_layout
 from micronet.export import parity
-from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_targets
+from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_kinds
 
 from test_cli import assert_one_line_error, run_cli
 
@@ -52,7 +52,8 @@ def test_all_formats_written_with_manifests(exported_all):
         else:
             assert "warning" not in m["calibration"] and "no int8 ranges" in m["calibration"]["note"]
         assert m["input"]["preprocessing"]["input_size"] == SIZE
-        assert all(r["passed"] for r in m["parity"]) and m["parity"][0]["rung"] == "deploy"
+        assert all(r["passed"] for r in m["parity"])
+        assert m["parity"][0]["rung"] == ("deploy_fast_onnxruntime" if stem.endswith(".onnx") else "deploy_fast")
         assert m["tool_versions"]["onnx2tf"] == "1.29.24"
 
 
@@ -63,7 +64,10 @@ def test_tflite_manifests_record_layout_ops_and_quantization(exported_all):
         assert m["input"]["layout"] == "NHWC" and m["input"]["shape"] == [1, SIZE, SIZE, 3]
         assert m["ops"]["total"] == sum(m["ops"]["by_op"].values()) > 100
         assert not any(op.startswith(("FLEX", "CUSTOM")) for op in m["ops"]["by_op"])
-        assert {r["rung"] for r in m["parity"]} >= {"onnx", "tflite_float32", f"tflite_{q}"}
+        # Each file's own lineage: no ONNX rung (TFLite is lowered from the fast graph, not converted from ONNX).
+        assert [r["rung"] for r in m["parity"]] == ["deploy_fast", "tflite_float32"] + (
+            [f"tflite_{q}"] if q != "float32" else [])
+        assert "onnx" not in m["stages"]
     int8 = _manifest(exported_all / f"micronet-m0-{SIZE}.int8.tflite")
     assert int8["input"]["dtype"] == int8["output"]["dtype"] == "int8"
     assert int8["input"]["quantization"]["scale"] > 0 and int8["per_channel"] is True
@@ -106,19 +110,20 @@ def test_int8_runs_in_litert_with_the_manifest_quantization(exported_all):
     assert parity.compare(np.concatenate(ref), logits)["cosine"] > 0.97
 
 
-def test_target_resolution():
-    assert resolve_targets(None, None, False) == [("tflite", "int8")]
-    assert resolve_targets("tflite", "float16", False) == [("tflite", "float16")]
-    assert resolve_targets("onnx", None, False) == [("onnx", "float32")]
-    assert len(resolve_targets(None, None, True)) == 5
+def test_kind_resolution():
+    assert resolve_kinds(None, None, False) == [("tflite", "int8")]
+    assert resolve_kinds("tflite", "float16", False) == [("tflite", "float16")]
+    [onnx] = resolve_kinds("onnx", None, False)
+    assert (onnx.format, onnx.quantize) == ("onnx", "float32")
+    assert len(resolve_kinds(None, None, True)) == 5
     for args in (("onnx", "int8", False), ("coreml", None, False), ("tflite", "int4", False), ("onnx", None, True)):
         with pytest.raises(MicronetError):
-            resolve_targets(*args)
+            resolve_kinds(*args)
 
 
 def test_onnx_is_byte_identical_across_exports(tmp_path):
     for name in ("a", "b"):
-        export(ExportRequest(variant="m0", targets=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
+        export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
                              output_dir=tmp_path / name))
     a, b = (tmp_path / n / "micronet-m0-64.onnx" for n in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()
@@ -128,9 +133,9 @@ def test_a_broken_rung_fails_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setitem(parity.THRESHOLDS, "onnx", parity.Threshold("rel_max_abs_err", 0.0, False, "pytorch"))
     out = tmp_path / "out"
     with pytest.raises(ParityFailure, match="parity rung 'onnx' broke") as info:
-        export(ExportRequest(variant="m0", targets=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
+        export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
                              output_dir=out))
-    assert [r["rung"] for r in info.value.rungs] == ["deploy", "deploy_fast_onnxruntime", "onnx"]
+    assert [r["rung"] for r in info.value.rungs] == ["deploy_fast_onnxruntime", "onnx"]
     assert not info.value.rungs[-1]["passed"]
     assert list(out.iterdir()) == []
 
@@ -141,7 +146,7 @@ def test_loaded_weights_are_recorded(tmp_path, monkeypatch):
     model = build_model("m0", num_classes=10, input_size=64)
     torch.save(save_released_layout(model), tmp_path / "w.pth")
     monkeypatch.chdir(tmp_path)  # the weights given relative to the working directory, as a user types them
-    result = export(ExportRequest(variant="release-m1", targets=[("onnx", "float32")], input_size=64, num_classes=10,
+    result = export(ExportRequest(variant="release-m1", kinds=[("onnx", "float32")], input_size=64, num_classes=10,
                                   calib_count=16, holdout=4, weights=Path("w.pth"), output_dir=Path("o")))
     m = _manifest(result.artifacts[0])
     assert m["weights"]["state"] == "loaded" and m["weights"]["layout"] == "released"
@@ -165,7 +170,7 @@ def test_unreadable_calibration_images_are_reported(tmp_path):
     for i in range(2):
         (images / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
     said: list[str] = []
-    export(ExportRequest(variant="m0", targets=[("onnx", "float32")], input_size=64, calib_count=14, holdout=4,
+    export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=14, holdout=4,
                          calibration=images, output_dir=tmp_path / "o"), progress=said.append)
     line = next(s for s in said if "unreadable" in s)
     assert "skipped 2 unreadable calibration images: broken0.jpg, broken1.jpg (broken0.jpg: " in line
@@ -231,7 +236,8 @@ def test_onnx_comes_from_the_fast_graph_built_for_onnx_runtime(exported_all):
     path = exported_all / f"micronet-m0-{SIZE}.onnx"
     m = _manifest(path)
     assert m["graph"] == "fast" and m["stages"]["onnx"]["graph"] == "fast/onnxruntime"
-    assert [r["rung"] for r in m["parity"]] == ["deploy", "deploy_fast_onnxruntime", "onnx"]
+    assert [r["rung"] for r in m["parity"]] == ["deploy_fast_onnxruntime", "onnx"]
+    assert m["parity"][1]["reference"] == "deploy_fast_onnxruntime"
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("Gather") >= 10 and "Concat" not in ops and ops.count("Gemm") >= 2 * 15
     assert m["stages"]["onnx"]["batch_one_products"] is True and ops.count("BatchNormalization") >= 2 * 15
@@ -244,7 +250,7 @@ def test_dynamic_batch_onnx_keeps_multiplied_products(tmp_path):
 
     from micronet.export.onnx import run_onnx
 
-    result = export(ExportRequest(variant="m0", targets=[("onnx", "float32")], input_size=64, calib_count=16,
+    result = export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=16,
                                   holdout=4, output_dir=tmp_path, dynamic_batch=True))
     m = _manifest(result.artifacts[0])
     assert m["stages"]["onnx"]["batch_one_products"] is False and all(r["passed"] for r in m["parity"])
@@ -254,7 +260,7 @@ def test_dynamic_batch_onnx_keeps_multiplied_products(tmp_path):
 
 @pytest.mark.slow
 def test_reference_graph_still_converts_through_onnx2tf(tmp_path):
-    result = export(ExportRequest(variant="m0", targets=[("tflite", "float32")], input_size=SIZE, calib_count=16,
+    result = export(ExportRequest(variant="m0", kinds=[("tflite", "float32")], input_size=SIZE, calib_count=16,
                                   holdout=4, output_dir=tmp_path, graph="reference"))
     m = _manifest(result.artifacts[0])
     assert m["graph"] == "reference" and m["stages"]["onnx2tf"]["input_layout"] == "NHWC"

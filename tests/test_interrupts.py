@@ -144,17 +144,18 @@ def test_an_interrupt_wrapped_into_an_error_still_reads_interrupted(name, code):
 
 # --- a real export, interrupted at each stage -------------------------------------------------------------------
 
+INT8 = ("-f", "tflite", "-q", "int8")
 STAGES = {
-    # id: (signal, progress line that starts the stage, seconds after it)
-    "SIGTERM-preparing": (signal.SIGTERM, "warning: EMBEDDED DEFAULT", 0.0),  # inputs prepared, nothing staged
-    "SIGINT-onnx": (signal.SIGINT, "exporting ONNX", 0.5),  # inside the dynamo exporter
-    "SIGTERM-tf-graph": (signal.SIGTERM, "lowering it to TensorFlow", 1.0),  # the fast graph → SavedModel
-    "SIGINT-int8": (signal.SIGINT, "building TFLite int8", 0.5),  # TF's int8 converter and its calibration callback
+    # id: (signal, progress line that starts the stage, seconds after it, what is exported)
+    "SIGTERM-preparing": (signal.SIGTERM, "warning: EMBEDDED DEFAULT", 0.0, INT8),  # inputs prepared, nothing staged
+    "SIGINT-onnx": (signal.SIGINT, "exporting ONNX", 0.5, ("-f", "onnx")),  # inside the dynamo exporter
+    "SIGTERM-tf-graph": (signal.SIGTERM, "lowering it to TensorFlow", 1.0, INT8),  # the fast graph → SavedModel
+    "SIGINT-int8": (signal.SIGINT, "building TFLite int8", 0.5, INT8),  # TF's int8 converter and its calibration
 }
 
 
-def _interrupt_export(out: Path, signum: int, line: str, delay: float) -> tuple[int, str, str]:
-    cmd = [sys.executable, "-m", "micronet.cli", "export", "--variant", "m0", "-f", "tflite", "-q", "int8",
+def _interrupt_export(out: Path, signum: int, line: str, delay: float, kind: tuple[str, ...]) -> tuple[int, str, str]:
+    cmd = [sys.executable, "-m", "micronet.cli", "export", "--variant", "m0", *kind,
            "--input-size", "64", "--calib-count", "8", "--output", str(out)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
     seen = []
@@ -174,10 +175,10 @@ def _interrupt_export(out: Path, signum: int, line: str, delay: float) -> tuple[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, line, delay", STAGES.values(), ids=STAGES.keys())
-def test_an_interrupted_export_says_so_and_leaves_nothing(tmp_path, signum, line, delay):
+@pytest.mark.parametrize("signum, line, delay, kind", STAGES.values(), ids=STAGES.keys())
+def test_an_interrupted_export_says_so_and_leaves_nothing(tmp_path, signum, line, delay, kind):
     out = tmp_path / "exports"
-    code, stdout, stderr = _interrupt_export(out, signum, line, delay)
+    code, stdout, stderr = _interrupt_export(out, signum, line, delay, kind)
     assert code == 128 + signum, stdout[-2000:] + stderr[-2000:]
     assert stderr == "interrupted\n"  # one line: no traceback, no "Aborted!", no error wrapping the interrupt
     assert list(out.iterdir()) == []  # no artifact, no manifest, no staging folder
@@ -195,7 +196,7 @@ def test_next_export_removes_a_killed_exports_staging_and_says_so(tmp_path):
         dead.kill()
         dead.wait()
         said: list[str] = []
-        result = export(ExportRequest(targets=[("onnx", "float32")], input_size=64, calib_count=8, holdout=4,
+        result = export(ExportRequest(kinds=[("onnx", "float32")], input_size=64, calib_count=8, holdout=4,
                                       output_dir=out), progress=said.append)
         assert not dead_folder.exists() and live_folder.is_dir()  # a concurrent export keeps its folder
         assert any(f"removed stale staging folder {dead_folder}" in s and "interrupted export" in s for s in said)

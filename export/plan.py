@@ -1,0 +1,95 @@
+"""Which graphs and files an export builds: only those the requested artifact kinds need.
+
+A plan is data: a list of steps, each naming the artifact it builds (``stages.STAGES`` holds the stage that
+builds it), the artifact it is built from and, for the quantized TFLite files, the artifact it is judged
+against. Tests and ``micronet export`` read it without building anything.
+
+With the fast graph (the default):
+
+* ONNX: the fast graph for ONNX Runtime (rung ``deploy_fast_onnxruntime``), its batch-of-one form unless
+  ``--dynamic-batch``, the ONNX file (rung ``onnx``).
+* TFLite: the fast graph for XNNPACK (rung ``deploy_fast``), its SavedModel, float32 TFLite (rung
+  ``tflite_float32``, judged against the fast graph it was lowered from; the reference of every quantized
+  file, so it is built even when not asked for); int8 also the ``relu_max`` form and its SavedModel.
+
+With ``--graph reference``: the reference deploy form (rung ``deploy``) and its ONNX file, which onnx2tf
+converts to the SavedModel of every TFLite file (float32 judged against the ONNX file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import parity
+from .request import ALL_KINDS, QUANTIZATIONS, ArtifactKind, ExportRequest
+
+#: The artifact every plan starts from: the training form and its logits (export/stages.py).
+TRAINING = "training"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # the artifact it builds; a judged artifact's rung has the same name
+    source: str  # the artifact it is built from (and, unless ``reference`` is set, judged against)
+    reference: str | None = None  # judged against this artifact's logits instead
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    steps: tuple[Step, ...]
+    shipped: dict[ArtifactKind, str]  # each requested kind → the step that builds its file
+
+    @property
+    def names(self) -> list[str]:
+        return [step.name for step in self.steps]
+
+    def lineage(self, name: str) -> list[str]:
+        """The rungs that judge artifact ``name`` and everything it was built or judged from, sources first:
+        the ``parity`` list of its manifest."""
+        if name == TRAINING:
+            return []
+        step = next(s for s in self.steps if s.name == name)
+        rungs = self.lineage(step.source)
+        for rung in self.lineage(step.reference) if step.reference else []:
+            if rung not in rungs:
+                rungs.append(rung)
+        return rungs + ([name] if name in parity.THRESHOLDS else [])
+
+
+def plan(request: ExportRequest) -> ExportPlan:
+    """The steps that build ``request.kinds`` and nothing else."""
+    onnx = ArtifactKind("onnx", "float32") in request.kinds
+    quantized = [q for q in QUANTIZATIONS if ArtifactKind("tflite", q) in request.kinds and q != "float32"]
+    tflite = quantized or ArtifactKind("tflite", "float32") in request.kinds
+    if request.graph == "reference":
+        steps = _reference_steps(tflite, quantized)
+    else:
+        steps = (_onnx_steps(request.dynamic_batch) if onnx else []) + (_tflite_steps(quantized) if tflite else [])
+    shipped = {kind: "onnx" if kind.format == "onnx" else f"tflite_{kind.quantize}"
+               for kind in ALL_KINDS if kind in request.kinds}
+    return ExportPlan(tuple(steps), shipped)
+
+
+def _onnx_steps(dynamic_batch: bool) -> list[Step]:
+    steps = [Step("deploy_fast_onnxruntime", TRAINING)]
+    if not dynamic_batch:
+        steps.append(Step("batch_one", "deploy_fast_onnxruntime"))
+    return steps + [Step("onnx", steps[-1].name)]
+
+
+def _tflite_steps(quantized: list[str]) -> list[Step]:
+    steps = [Step("deploy_fast", TRAINING), Step("tf_graph", "deploy_fast")]
+    if "int8" in quantized:
+        steps += [Step("relu_max", "deploy_fast"), Step("tf_graph_int8", "relu_max")]
+    steps.append(Step("tflite_float32", "tf_graph"))
+    return steps + [Step(f"tflite_{q}", "tf_graph_int8" if q == "int8" else "tf_graph", reference="tflite_float32")
+                    for q in quantized]
+
+
+def _reference_steps(tflite: bool, quantized: list[str]) -> list[Step]:
+    """``--graph reference``: the ONNX file is always built; onnx2tf converts it for TFLite."""
+    steps = [Step("deploy", TRAINING), Step("onnx", "deploy")]
+    if tflite:
+        steps += [Step("onnx2tf", "onnx"), Step("tflite_float32", "onnx2tf")]
+        steps += [Step(f"tflite_{q}", "onnx2tf", reference="tflite_float32") for q in quantized]
+    return steps

@@ -1,0 +1,101 @@
+"""What an export is asked for: the artifact kinds (format, quantization), the request, and what comes back.
+
+An ``ArtifactKind`` is one file the user can ask for (ONNX float32, TFLite int8, ...). It is a named tuple so
+``("tflite", "int8")`` still compares equal to it, but it has its own name: "target" means a runtime profile, a
+device and a benchmark model elsewhere in micronet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from micronet.errors import MicronetError
+
+FORMATS = ("onnx", "tflite")
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+#: Graphs the artifacts can be built from. "fast": the ONNX artifact is export/fast.py's graph built for ONNX
+#: Runtime (target "onnxruntime"), TFLite the one built for XNNPACK lowered op for op to TensorFlow in NHWC
+#: (export/tf_graph.py; no onnx2tf). "reference": both from the reference deploy form (export/deploy.py),
+#: TFLite through onnx2tf.
+TFLITE_GRAPHS = ("fast", "reference")
+
+
+class ArtifactKind(NamedTuple):
+    """One kind of file an export writes: its format and quantization."""
+
+    format: str  # "onnx" or "tflite"
+    quantize: str  # one of QUANTIZATIONS ("float32" for ONNX)
+
+
+ALL_KINDS: tuple[ArtifactKind, ...] = (ArtifactKind("onnx", "float32"),) + tuple(
+    ArtifactKind("tflite", q) for q in QUANTIZATIONS)
+
+
+@dataclass
+class ExportRequest:
+    variant: str = "m0"
+    kinds: list[ArtifactKind] = field(default_factory=lambda: [ArtifactKind("tflite", "int8")])
+    weights: Path | None = None
+    calibration: Path | None = None
+    calib_count: int = 200
+    holdout: int = 32
+    seed: int = 0
+    input_size: int = 224
+    num_classes: int = 1000
+    output_dir: Path = Path("exports")
+    io_dtype: str = "int8"  # int8 model input/output type: int8 or uint8
+    per_channel: bool = True
+    dynamic_batch: bool = False
+    graph: str = "fast"  # the graph the artifacts are built from: "fast" (export/fast.py) or "reference"
+
+    def __post_init__(self) -> None:
+        self.kinds = [ArtifactKind(*kind) for kind in self.kinds]  # plain (format, quantize) tuples are welcome
+
+    def check(self) -> None:
+        """Refuse a request that cannot be exported, before any work (the export takes minutes)."""
+        if not self.kinds:
+            raise MicronetError("nothing to export: no format requested")
+        for kind in self.kinds:
+            if kind not in ALL_KINDS:
+                raise MicronetError(f"cannot export {kind.format} {kind.quantize}; "
+                                    f"choose from: {', '.join(f'{f} {q}' for f, q in ALL_KINDS)}")
+        if self.calib_count < 1:
+            raise MicronetError(f"--calib-count must be at least 1, got {self.calib_count}")
+        if self.graph not in TFLITE_GRAPHS:
+            raise MicronetError(f"unknown graph {self.graph!r}; choose one of: {', '.join(TFLITE_GRAPHS)}")
+        if self.io_dtype not in ("int8", "uint8"):
+            raise MicronetError(f"int8 input/output type must be int8 or uint8, got {self.io_dtype!r}")
+
+
+@dataclass
+class ExportResult:
+    artifacts: list[Path]
+    manifests: list[Path]
+    rungs: list[dict]  # the whole parity ladder, in the order it was judged
+    timings_s: dict[str, float]
+    steps: list[str] = field(default_factory=list)  # the plan's steps that ran, in order (export/plan.py)
+
+
+def resolve_kinds(fmt: str | None, quantize: str | None, all_formats: bool) -> list[ArtifactKind]:
+    """The artifact kinds the CLI's ``--format/--quantize/--all`` ask for."""
+    if all_formats:
+        if fmt or quantize:
+            raise MicronetError("--all writes every format; do not combine it with --format or --quantize")
+        return list(ALL_KINDS)
+    fmt = (fmt or "tflite").lower()
+    if fmt not in FORMATS:
+        raise MicronetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise MicronetError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
+    if fmt == "onnx":
+        if quantize not in (None, "float32"):
+            raise MicronetError(f"--quantize {quantize} applies to --format tflite; ONNX is exported in float32")
+        return [ArtifactKind("onnx", "float32")]
+    return [ArtifactKind("tflite", quantize or "int8")]
+
+
+def artifact_name(variant: str, input_size: int, fmt: str, quantize: str) -> str:
+    suffix = "onnx" if fmt == "onnx" else f"{quantize}.tflite"
+    return f"micronet-{variant}-{input_size}.{suffix}"

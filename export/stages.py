@@ -1,0 +1,282 @@
+"""The export's stages: each builds one artifact from another and, where it changes the computation, judges
+it on the parity ladder.
+
+Every stage has one signature, ``stage(ctx, source) -> Artifact``: ``source`` is the artifact it is built
+from, carrying the logits the new one is judged against; the result carries the new artifact (a PyTorch
+graph, a file or a SavedModel folder), its own logits and the manifest records of its making. ``STAGES``
+maps every artifact name to the stage that builds it; export/plan.py says which of them an export needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from micronet.errors import MicronetError
+from micronet.preprocess import Preprocessing
+
+from .calibration import CalibrationData
+from .ladder import Ladder, Progress
+from .plan import TRAINING
+from .request import QUANTIZATIONS, ExportRequest, artifact_name
+
+#: How the ladder names the training form's logits, the reference of every deploy-form rung.
+TRAINING_REFERENCE = "pytorch training form"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One built thing and what the next stage needs of it."""
+
+    name: str  # the plan's name for it; a judged artifact's rung has the same name
+    value: Any  # a torch module, or the Path of a file or SavedModel folder
+    logits: np.ndarray  # on the held-out images: the reference of the next rung
+    reference: str  # whose logits ``logits`` are, as the next rung records it
+    layout: str  # input layout: NCHW (PyTorch, ONNX) or NHWC (TensorFlow, TFLite)
+    records: dict[str, dict]  # manifest ``stages`` records of its making (its sources' included)
+
+    def judged_against(self, other: Artifact) -> Artifact:
+        """This artifact as the source of a stage whose result is judged against ``other``'s logits (the
+        quantized TFLite files against float32 TFLite): ``other``'s records join the lineage."""
+        return dataclasses.replace(self, logits=other.logits, reference=other.reference,
+                                   records={**other.records, **self.records})
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What every stage may read: the request, the prepared model and images, where to write, the ladder."""
+
+    request: ExportRequest
+    variant: str  # the canonical variant name
+    model: Any  # the training form, in eval mode (BatchNorm re-estimated for untrained weights)
+    weights: dict  # the manifest's ``weights`` record
+    data: CalibrationData
+    preprocessing: Preprocessing
+    ladder: Ladder
+    say: Progress
+    staging: Path | None = None  # the staging folder, once the export has one
+
+    @cached_property
+    def holdout(self):
+        """The held-out images as a tensor (NCHW float32)."""
+        import torch
+
+        return torch.from_numpy(self.data.holdout)
+
+    @property
+    def example(self):
+        """The example input the exporters trace: one zero image."""
+        import torch
+
+        size = self.request.input_size
+        return torch.zeros(1, 3, size, size)
+
+    @cached_property
+    def calibration_nhwc(self) -> np.ndarray:
+        from .calibration import nhwc
+
+        return nhwc(self.data.calibration)
+
+    def training(self) -> Artifact:
+        """The training form with its logits: the source of every deploy form."""
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(self.holdout).numpy()
+        return Artifact(TRAINING, self.model, logits, TRAINING_REFERENCE, "NCHW", {})
+
+    def file(self, fmt: str, quantize: str) -> Path:
+        """Where the artifact of that kind is written in the staging folder."""
+        assert self.staging is not None, "files are written only inside the staging folder"
+        return self.staging / artifact_name(self.variant, self.request.input_size, fmt, quantize)
+
+
+Stage = Callable[[ExportContext, Artifact], Artifact]
+
+
+# --- PyTorch graphs --------------------------------------------------------------------------------------------
+
+def _judged_form(ctx: ExportContext, name: str, graph, source: Artifact) -> Artifact:
+    """``graph`` judged against ``source``'s logits as rung ``name`` (quietly: no progress line)."""
+    import torch
+
+    with torch.no_grad():
+        logits = graph(ctx.holdout).numpy()
+    ctx.ladder.judge(name, source.reference, source.logits, logits, announce=False)
+    return Artifact(name, graph, logits, name, "NCHW", source.records)
+
+
+def _transformed(source: Artifact, name: str, graph) -> Artifact:
+    """A form of ``source`` that computes the same function (not judged: its successor is, against
+    ``source``'s logits)."""
+    return dataclasses.replace(source, name=name, value=graph)
+
+
+def deploy_form(ctx: ExportContext, training: Artifact) -> Artifact:
+    """The reference deploy form (BatchNorm folded, Shift-Max constants folded): ``--graph reference``."""
+    import torch
+
+    from .deploy import to_deploy
+
+    with torch.no_grad():
+        graph = to_deploy(training.value)
+    return _judged_form(ctx, "deploy", graph, training)
+
+
+def fast_graph_for_onnxruntime(ctx: ExportContext, training: Artifact) -> Artifact:
+    """export/fast.py's graph built for ONNX Runtime: the source of the ONNX file."""
+    import torch
+
+    from .fast import to_fast_deploy
+
+    ctx.say("building the fast deploy graph for ONNX Runtime")
+    with torch.no_grad():
+        graph = to_fast_deploy(training.value, target="onnxruntime")
+    return _judged_form(ctx, "deploy_fast_onnxruntime", graph, training)
+
+
+def batch_one(ctx: ExportContext, graph: Artifact) -> Artifact:
+    """The batch-of-one form for an ONNX file with a fixed batch: its products are BatchNormalizations with
+    mean 0, variance 1, epsilon 0 and compute exactly the same (the onnx rung checks the file against the
+    logits of the graph it came from)."""
+    from .fast import batch_one_form
+
+    return _transformed(graph, "batch_one", batch_one_form(graph.value))
+
+
+def fast_graph_for_xnnpack(ctx: ExportContext, training: Artifact) -> Artifact:
+    """export/fast.py's graph built for XNNPACK (permutations folded into weights): the source of TFLite."""
+    import torch
+
+    from .fast import to_fast_deploy
+
+    ctx.say("building the fast deploy graph (permutations folded into weights) and lowering it to TensorFlow")
+    with torch.no_grad():
+        graph = to_fast_deploy(training.value)
+    return _judged_form(ctx, "deploy_fast", graph, training)
+
+
+def relu_max(ctx: ExportContext, graph: Artifact) -> Artifact:
+    """The fast graph's ``relu_max`` form (max(p, q) as q + relu(p - q), p - q formed on the coefficients), the
+    source of int8 TFLite: XNNPACK runs int8 MAXIMUM in its slow built-in kernel, and its int8 MUL/ADD are
+    slower than float ones."""
+    from .fast import relu_max_form
+
+    return _transformed(graph, "relu_max", relu_max_form(graph.value))
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+def onnx_file(ctx: ExportContext, graph: Artifact) -> Artifact:
+    """The ONNX file, judged in ONNX Runtime against the graph it was exported from (rung ``onnx``)."""
+    from . import onnx as onnx_export
+
+    ctx.say("exporting ONNX")
+    path = ctx.file("onnx", "float32")
+    record = onnx_export.export_onnx(graph.value, ctx.example, path, dynamic_batch=ctx.request.dynamic_batch)
+    record["graph"] = "fast/onnxruntime" if ctx.request.graph == "fast" else "reference"
+    record["batch_one_products"] = graph.name == "batch_one"
+    logits = onnx_export.run_onnx(path, ctx.data.holdout)
+    ctx.ladder.judge("onnx", graph.reference, graph.logits, logits)
+    return Artifact("onnx", path, logits, "onnx", "NCHW", {**graph.records, "onnx": record})
+
+
+def lower_to_saved_model(graph, example, folder: Path, *, relu_max: bool = False) -> dict:
+    """A fast graph lowered op for op to a TensorFlow SavedModel in ``folder`` (NHWC; export/tf_graph.py);
+    a ``relu_max`` form is lowered with max(a, b) written as b + relu(a - b). Returns the stage record."""
+    from . import tf_graph
+
+    record = tf_graph.export_saved_model(graph, example, folder, max_via_relu=relu_max)
+    return {**record, "relu_max": True} if relu_max else record
+
+
+def lower_fast_graph(fast, example, folder: Path, int8: bool = True) -> tuple[dict[str, Path], dict[str, dict]]:
+    """The fast graph lowered to TensorFlow SavedModels in ``folder``: ``float`` (for float32, float16 and
+    dynamic TFLite) and, with ``int8``, its ``relu_max`` form. Returns the SavedModel folders and their manifest
+    stage records (``tf_graph``, ``tf_graph_int8``). scripts/bench_fast.py calls this, so it times exactly
+    what the export ships."""
+    from .fast import relu_max_form
+
+    folders = {"float": folder / "tf_graph"}
+    records = {"tf_graph": lower_to_saved_model(fast, example, folders["float"])}
+    if int8:
+        folders["int8"] = folder / "tf_graph_int8"
+        records["tf_graph_int8"] = lower_to_saved_model(relu_max_form(fast), example, folders["int8"], relu_max=True)
+    return folders, records
+
+
+def _saved_model(ctx: ExportContext, graph: Artifact, name: str) -> Artifact:
+    assert ctx.staging is not None
+    folder = ctx.staging / name
+    record = lower_to_saved_model(graph.value, ctx.example, folder, relu_max=graph.name == "relu_max")
+    return dataclasses.replace(graph, name=name, value=folder, layout=record["input_layout"],
+                               records={**graph.records, name: record})
+
+
+def tf_graph(ctx: ExportContext, graph: Artifact) -> Artifact:
+    """The fast graph as a SavedModel: the source of float32, float16 and dynamic-range TFLite."""
+    return _saved_model(ctx, graph, "tf_graph")
+
+
+def tf_graph_int8(ctx: ExportContext, graph: Artifact) -> Artifact:
+    """The ``relu_max`` form as a SavedModel: the source of int8 TFLite."""
+    return _saved_model(ctx, graph, "tf_graph_int8")
+
+
+def onnx2tf(ctx: ExportContext, onnx: Artifact) -> Artifact:
+    """The ONNX file converted to a SavedModel by onnx2tf (``--graph reference``)."""
+    from . import tflite as tflite_convert
+
+    assert ctx.staging is not None
+    ctx.say("converting ONNX → TensorFlow SavedModel with onnx2tf (the slow step)")
+    saved_model, record = tflite_convert.onnx_to_saved_model(onnx.value, ctx.staging / "onnx2tf")
+    return dataclasses.replace(onnx, name="onnx2tf", value=saved_model, layout=record.get("input_layout", "NHWC"),
+                               records={**onnx.records, "onnx2tf": record})
+
+
+def tflite(quantize: str) -> Stage:
+    """The stage that converts a SavedModel to a TFLite file in ``quantize`` (rung ``tflite_<quantize>``,
+    judged against the source's logits: the graph it was lowered from for float32, float32 TFLite else)."""
+
+    def stage(ctx: ExportContext, saved_model: Artifact) -> Artifact:
+        from . import inspect as tfl_inspect
+        from . import tflite as tflite_convert
+
+        ctx.say(f"building TFLite {quantize}")
+        path = ctx.file("tflite", quantize)
+        record = tflite_convert.saved_model_to_tflite(
+            saved_model.value, path, quantize, ctx.calibration_nhwc if quantize == "int8" else None,
+            io_dtype=ctx.request.io_dtype, per_channel=ctx.request.per_channel)
+        foreign = tfl_inspect.non_builtin_ops(tfl_inspect.tflite_op_inventory(path))
+        if foreign:
+            raise MicronetError(f"TFLite {quantize} uses non-builtin ops {foreign}; only builtin ops are allowed")
+        logits = tfl_inspect.run_tflite(path, ctx.data.holdout)
+        name = f"tflite_{quantize}"
+        ctx.ladder.judge(name, saved_model.reference, saved_model.logits, logits)
+        # A quantized file's source carries float32 TFLite's records (its reference): its own replaces that one.
+        sources = {k: v for k, v in saved_model.records.items() if k != "tflite"}
+        return Artifact(name, path, logits, name, saved_model.layout, {**sources, "tflite": record})
+
+    stage.__name__ = stage.__qualname__ = f"tflite_{quantize}"
+    return stage
+
+
+#: The stage that builds each artifact the plan can name.
+STAGES: dict[str, Stage] = {
+    "deploy": deploy_form,
+    "deploy_fast_onnxruntime": fast_graph_for_onnxruntime,
+    "batch_one": batch_one,
+    "onnx": onnx_file,
+    "deploy_fast": fast_graph_for_xnnpack,
+    "relu_max": relu_max,
+    "tf_graph": tf_graph,
+    "tf_graph_int8": tf_graph_int8,
+    "onnx2tf": onnx2tf,
+    **{f"tflite_{q}": tflite(q) for q in QUANTIZATIONS},
+}
