@@ -15,7 +15,7 @@ from micronet.errors import MicronetError
 
 FORMATS = ("onnx", "tflite")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
-#: Graphs the artifacts can be built from. "fast": the ONNX artifact is export/fast.py's graph built for ONNX
+#: Graphs the artifacts can be built from. "fast": the ONNX artifact is export/fast/'s graph built for ONNX
 #: Runtime (target "onnxruntime"), TFLite the one built for XNNPACK lowered op for op to TensorFlow in NHWC
 #: (export/tf_graph.py; no onnx2tf). "reference": both from the reference deploy form (export/deploy.py),
 #: TFLite through onnx2tf.
@@ -48,7 +48,7 @@ class ExportRequest:
     io_dtype: str = "int8"  # int8 model input/output type: int8 or uint8
     per_channel: bool = True
     dynamic_batch: bool = False
-    graph: str = "fast"  # the graph the artifacts are built from: "fast" (export/fast.py) or "reference"
+    graph: str = "fast"  # the graph the artifacts are built from: "fast" (export/fast/) or "reference"
 
     def __post_init__(self) -> None:
         self.kinds = [ArtifactKind(*kind) for kind in self.kinds]  # plain (format, quantize) tuples are welcome

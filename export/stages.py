@@ -130,7 +130,7 @@ def deploy_form(ctx: ExportContext, training: Artifact) -> Artifact:
 
 
 def fast_graph_for_onnxruntime(ctx: ExportContext, training: Artifact) -> Artifact:
-    """export/fast.py's graph built for ONNX Runtime: the source of the ONNX file."""
+    """export/fast/'s graph built for ONNX Runtime: the source of the ONNX file."""
     import torch
 
     from .fast import to_fast_deploy
@@ -151,7 +151,7 @@ def batch_one(ctx: ExportContext, graph: Artifact) -> Artifact:
 
 
 def fast_graph_for_xnnpack(ctx: ExportContext, training: Artifact) -> Artifact:
-    """export/fast.py's graph built for XNNPACK (permutations folded into weights): the source of TFLite."""
+    """export/fast/'s graph built for XNNPACK (permutations folded into weights): the source of TFLite."""
     import torch
 
     from .fast import to_fast_deploy
