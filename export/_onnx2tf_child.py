@@ -22,7 +22,7 @@ import sys
 import time
 
 
-def _refuse_network(attempts: list) -> None:
+def refuse_network(attempts: list) -> None:
     real_connect = socket.socket.connect
 
     def connect(self, address):
@@ -37,7 +37,7 @@ def _refuse_network(attempts: list) -> None:
 
 def main(onnx_path: str, saved_model_dir: str, record_path: str) -> int:
     attempts: list = []
-    _refuse_network(attempts)
+    refuse_network(attempts)
     record: dict = {"network_attempts": attempts}
     try:
         _convert(onnx_path, saved_model_dir, record)

@@ -81,7 +81,7 @@ def _write_stub(workdir: Path) -> None:
     np.save(workdir / ONNX2TF_STUB, sample)
 
 
-def _offline_env() -> dict[str, str]:
+def offline_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update({name: DEAD_PROXY for name in _PROXY_VARS})
     env.pop("NO_PROXY", None)
@@ -157,7 +157,7 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, workdir: str | os.PathLike
     start = time.perf_counter()
     with open(log, "wb") as log_file:
         try:
-            returncode = subprocess.run(command, cwd=workdir, env=_offline_env(), stdin=subprocess.DEVNULL,
+            returncode = subprocess.run(command, cwd=workdir, env=offline_env(), stdin=subprocess.DEVNULL,
                                         stdout=log_file, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
         except subprocess.TimeoutExpired:
             returncode = None

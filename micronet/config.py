@@ -92,7 +92,7 @@ class VariantConfig:
         return self.stem_groups[0] * self.stem_groups[1]
 
 
-def _rows(table: str) -> tuple[BlockRow, ...]:
+def rows_from_table(table: str) -> tuple[BlockRow, ...]:
     """Parse a whitespace table in the released column order (``RELEASED_COLUMNS``) into rows."""
     rows = []
     for line in table.strip().splitlines():
@@ -110,7 +110,7 @@ M0 = VariantConfig(
     stem_groups=(3, 2),
     head_hidden=960,
     dropout=0.05,
-    rows=_rows(
+    rows=rows_from_table(
         """
         2   8 3 2 2  0  6 2 2 2 0 1 1
         2  16 3 2 2  0  8 4 4 2 2 1 1
@@ -129,7 +129,7 @@ M1 = VariantConfig(
     stem_groups=(4, 2),
     head_hidden=1024,
     dropout=0.1,
-    rows=_rows(
+    rows=rows_from_table(
         """
         2  12 3 2 2  0  8 4 4 2 0 1 1
         2  16 3 2 2  0 12 4 4 2 2 1 1
@@ -150,7 +150,7 @@ M2 = VariantConfig(
     stem_groups=(4, 3),
     head_hidden=1024,
     dropout=0.1,
-    rows=_rows(
+    rows=rows_from_table(
         """
         2  16 3 2 2  0 12  4  4 2 0 1 1
         2  24 3 2 2  0 16  4  4 2 2 1 1
@@ -173,7 +173,7 @@ M3 = VariantConfig(
     stem_groups=(4, 4),
     head_hidden=1024,
     dropout=0.1,
-    rows=_rows(
+    rows=rows_from_table(
         """
         2  36 3 2 2  0 16  4  4 2 0 1 1
         2  48 3 2 2  0 36  6  6 2 2 1 1
@@ -196,7 +196,7 @@ RELEASE_M0 = VariantConfig(
     stem_groups=(2, 2),
     head_hidden=640,
     dropout=0.05,
-    rows=_rows(
+    rows=rows_from_table(
         """
         2   8 3 2 2  0  4 2 2 2 0 1 1
         2  12 3 2 2  0  8 4 4 2 2 1 1
@@ -217,7 +217,7 @@ RELEASE_M3 = VariantConfig(
     dropout=0.1,
     init_a=(1.0, 0.5),
     init_b=(0.0, 0.5),
-    rows=_rows(
+    rows=rows_from_table(
         """
         2  16 3 2 2  0 12  4  4 0 2 0 1
         2  24 3 2 2  0 16  4  4 0 2 0 1

@@ -25,7 +25,7 @@ from micronet.export.inspect import non_builtin_ops, run_tflite, tflite_io_spec,
 from micronet.export.manifest import manifest_path, read_manifest, tool_versions, write_manifest
 from micronet.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, run_onnx
 from micronet.export.parity import THRESHOLDS, check_rung, compare
-from micronet.export.tflite import (DEAD_PROXY, ONNX2TF_STUB, _offline_env, onnx_to_saved_model,
+from micronet.export.tflite import (DEAD_PROXY, ONNX2TF_STUB, offline_env, onnx_to_saved_model,
                                     saved_model_to_tflite)
 
 SIZE = 96  # spatial sizes 48/24/12 never equal a channel-group count (onnx2tf's layout guess needs that)
@@ -308,7 +308,7 @@ def test_conversion_child_refuses_and_records_connections(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", socket.socket.connect)
     monkeypatch.setattr(socket.socket, "connect_ex", socket.socket.connect_ex)
     attempts: list = []
-    _onnx2tf_child._refuse_network(attempts)
+    _onnx2tf_child.refuse_network(attempts)
     with pytest.raises(OSError, match="network access is disabled"):
         socket.create_connection(("192.0.2.1", 443), timeout=1)  # TEST-NET-1: never routable anyway
     assert attempts == [repr(("192.0.2.1", 443))]
@@ -316,7 +316,7 @@ def test_conversion_child_refuses_and_records_connections(monkeypatch):
 
 def test_conversion_env_routes_every_proxy_to_a_dead_port(monkeypatch):
     monkeypatch.setenv("NO_PROXY", "github.com")
-    env = _offline_env()
+    env = offline_env()
     assert all(env[name] == DEAD_PROXY for name in ("HTTP_PROXY", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"))
     assert "NO_PROXY" not in env and DEAD_PROXY.endswith(":9")
 

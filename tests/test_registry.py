@@ -12,7 +12,7 @@ import torch
 
 from micronet.blocks import MicroBlock
 from micronet.budget import check_budgets
-from micronet.config import CONFIGS, RELEASED_COLUMNS, BlockRow, _rows
+from micronet.config import CONFIGS, RELEASED_COLUMNS, BlockRow, rows_from_table
 from micronet.counting import count_variant
 from micronet.errors import MicronetError
 from micronet.model import build_model
@@ -91,11 +91,11 @@ def test_block_row_fields_name_the_released_columns():
     assert list(RELEASED_COLUMNS.values()) == [f.name for f in fields(BlockRow)]
     for column, name in RELEASED_COLUMNS.items():
         assert f"``{name}`` (``{column}``)" in BlockRow.__doc__  # every field says which column it holds
-    (row,) = _rows("1 576 3 1 6 12 12 0 0 2 2 1 2")  # m0's final row, as the released microconfig prints it
+    (row,) = rows_from_table("1 576 3 1 6 12 12 0 0 2 2 1 2")  # m0's final row, as the released microconfig prints it
     assert (row.expand_groups, row.shift_groups, row.out_shift_groups, row.reduction_factor) == (12, 12, 0, 2)
     assert row.activations == (2, 2, 1) and row.kind == "final"
     with pytest.raises(ValueError, match="needs 13 columns"):
-        _rows("1 576 3 1 6 12 12 0 0 2 2 1")
+        rows_from_table("1 576 3 1 6 12 12 0 0 2 2 1")
 
 
 # --- the released slot layout lives in the loader; our keys do not change ------------------------------
