@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from micronet.errors import MicronetError
 
-from .report import input_pixels, label_values, model_name, row_labels
+from .labels import input_pixels, label_values, model_name, precision_label, row_labels
 
 LOG_SPAN = 20.0  # max/min ratio above which an axis goes logarithmic
 FONT_PT = 8  # label font size
@@ -51,9 +51,7 @@ def _valid(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def precision(row: dict[str, Any]) -> str:
     """The export's quantization, or (foreign file, no manifest) what its input tensor says."""
-    from .report import _precision
-
-    return _precision(row)
+    return precision_label(row)
 
 
 def _host(row: dict[str, Any]) -> str | None:
