@@ -381,8 +381,19 @@ def main() -> None:
 
 
 def _interrupted(code: int) -> None:
+    """The one line and the exit code, final: the staging folder is gone by now (its cleanup ran while the
+    interrupt unwound), so the interpreter's own shutdown is skipped. Left to run, it could turn a late
+    KeyboardInterrupt (a second signal, or one a library re-raises during finalization) into a death by
+    SIGINT and a traceback instead of this exit code."""
+    import os
+
     print("interrupted", file=sys.stderr)
-    sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe must not hide the exit code
+            pass
+    os._exit(code)
 
 
 def _error_line(exc: BaseException) -> None:
