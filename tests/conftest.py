@@ -69,6 +69,19 @@ def session_cache_root(pytestconfig) -> Path:
     return pytestconfig.stash[_CACHE_ROOT]
 
 
+#: Fixtures that build something for tens of seconds (a whole export): a test that uses one is in the slow lane
+#: whatever its own duration, since in the fast lane it would be the one paying for the fixture.
+SLOW_FIXTURES = ("exported_m0_small",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast lane (``pytest -m "not slow"``, about two minutes) leaves out every test marked slow and every
+    test that needs a slow fixture; plain ``pytest`` (CI) runs everything."""
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

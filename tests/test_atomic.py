@@ -55,6 +55,7 @@ def test_finished_files_and_folders_get_the_users_umask(tmp_path, umask, file_mo
     assert stat.S_IMODE((tmp_path / "saved_model").stat().st_mode) == dir_mode
 
 
+@pytest.mark.slow
 def test_exported_artifacts_and_manifests_follow_the_umask(exported_m0_small):
     """The export writes through staging and renames; what lands in the output folder has the user's mode."""
     mask = os.umask(0o022)

@@ -82,6 +82,7 @@ def test_gate_measures_drops_against_the_torch_row():
     assert [d["name"] for d in gate.over_budget(rows, 1.5)] == ["int8"]
 
 
+@pytest.mark.slow
 def test_bench_bad_inputs_are_one_line(tmp_path, exported_m0_small):
     corrupt = tmp_path / "broken.tflite"
     corrupt.write_bytes(b"\x00garbage" * 10)

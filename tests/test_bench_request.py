@@ -35,6 +35,7 @@ def _exports(cache: Path) -> list[Path]:
     return [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
 
 
+@pytest.mark.slow
 def test_bad_arguments_fail_before_any_export(tmp_path):
     """Each mistake is one line and exit 2, and the export cache stays empty: nothing was exported first.
     (Before the fix, --device, --threads, --runtime, --out and the data's classes were checked after
@@ -83,6 +84,7 @@ def test_request_check_resolves_what_it_checked(tmp_path):
             request.check()
 
 
+@pytest.mark.slow
 def test_garbage_model_files_are_a_user_error_without_a_report(tmp_path):
     """A file that is no model is refused in one line (exit 2) and no report is written."""
     tflite = tmp_path / "garbage.tflite"
@@ -97,6 +99,7 @@ def test_garbage_model_files_are_a_user_error_without_a_report(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_bench_with_only_invalid_rows_exits_1_after_writing_its_report(tmp_path):
     """A flatbuffer header with nothing behind it passes the cheap check but no runtime loads it: the
     report (which says why) is written, and the exit status says nothing was measured."""

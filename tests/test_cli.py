@@ -41,6 +41,7 @@ def test_variants_json_lists_exact_figures():
     assert rows["release-m3"]["madds"] == 20_807_520 and rows["m0"]["aliases"] == ["release-m1"]
 
 
+@pytest.mark.slow
 def test_flops_table_and_json():
     table = run_cli("flops", "--variant", "m0", "--per-layer")
     assert table.returncode == 0, table.stderr
@@ -68,6 +69,7 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
     assert_one_line_error(run_cli(*args), message)
 
 
+@pytest.mark.slow
 def test_budget_gate_passes_on_repo_budgets_and_fails_when_lowered(tmp_path):
     ok = run_cli("budget", "check", str(REPO / "budgets.toml"))
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -79,6 +81,7 @@ def test_budget_gate_passes_on_repo_budgets_and_fails_when_lowered(tmp_path):
     assert "m1 (" not in over.stdout.split("over budget:")[1]
 
 
+@pytest.mark.slow
 def test_budget_file_with_unknown_key_or_variant(tmp_path):
     bad = tmp_path / "b.toml"
     bad.write_text("[m0]\nflops = 5\n")
@@ -87,6 +90,7 @@ def test_budget_file_with_unknown_key_or_variant(tmp_path):
     assert_one_line_error(run_cli("budget", "check", str(bad)), f"budgets file {bad}: [m8]: unknown variant 'm8'")
 
 
+@pytest.mark.slow
 def test_flops_cross_check_uses_the_counted_class_count():
     """The FlopCounter note compares against the table's own total, at any --num-classes."""
     data = json.loads(run_cli("flops", "--variant", "release-m0", "--num-classes", "10", "--json").stdout)
@@ -106,6 +110,7 @@ def _whole(text: str, *cells: str) -> None:
         assert cell in text, cell
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [None, "80"])
 def test_variants_table_in_a_pipe_is_whole(columns):
     rows = json.loads(run_cli("variants", "--json").stdout)
@@ -115,6 +120,7 @@ def test_variants_table_in_a_pipe_is_whole(columns):
            *(r["name"] for r in rows), *(r["description"] for r in rows), "micronet-m3.pth (62.5%)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [None, "80"])
 @pytest.mark.parametrize("per_layer", [False, True])
 def test_flops_table_in_a_pipe_is_whole(columns, per_layer):
@@ -132,6 +138,7 @@ def test_flops_table_in_a_pipe_is_whole(columns, per_layer):
 
 # --- budgets: every mistake one line naming the file (and the section) ----------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "text,message",
     [
@@ -153,12 +160,14 @@ def test_budget_file_mistakes_name_file_and_section(tmp_path, text, message):
     assert "budgets hold" not in result.stdout
 
 
+@pytest.mark.slow
 def test_budget_path_that_is_a_directory(tmp_path):
     result = run_cli("budget", "check", str(tmp_path))
     assert_one_line_error(result, f"budgets file {tmp_path} is a directory")
     assert result.returncode == 2
 
 
+@pytest.mark.slow
 def test_inventory_error_names_the_device_section(tmp_path):
     inventory = tmp_path / "devices.toml"
     inventory.write_text('[devices.pi4]\ntarget = "ssh://pi@h"\nthreads = 0\n')

@@ -87,6 +87,7 @@ def test_bad_arguments(tmp_path, kwargs, message):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_64px_digits(tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "micronet.cli", "datasets", "digits", *args], cwd=REPO,

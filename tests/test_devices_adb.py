@@ -57,6 +57,7 @@ def _shell_lines(phone) -> list[str]:
 # ------------------------------------------------------------------------------------------ it works
 
 
+@pytest.mark.slow
 def test_benchmark_end_to_end_rows_fingerprint_and_cleanup(tmp_path, phone, models):
     inv = _inventory(tmp_path, phone, cpu_mask="1")
     report = device_report("phone", [models["tflite"]], inventory=inv, threads=[1, 2], xnnpack=[True, False],
@@ -98,6 +99,7 @@ def test_hostile_remote_folder_is_quoted(tmp_path, phone, models, monkeypatch):
     assert not list(tmp_path.rglob("pwned"))
 
 
+@pytest.mark.slow
 def test_throttled_run_is_invalid_and_retry_measures_again(tmp_path, phone, models, monkeypatch):
     from micronet.devices import adb
 

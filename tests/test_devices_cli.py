@@ -57,6 +57,7 @@ def test_devices_list(inventory, sshd):
     assert data["devices"][1]["options"]["threads"] == "1,2"
 
 
+@pytest.mark.slow
 def test_devices_check_one_line_each_and_exit_1_when_one_is_down(inventory, sshd):
     result = run_cli("devices", "check", "--inventory", str(inventory))
     assert result.returncode == 1, result.stderr
@@ -71,6 +72,7 @@ def test_devices_check_one_line_each_and_exit_1_when_one_is_down(inventory, sshd
     assert ok.returncode == 0 and len(ok.stdout.splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_devices_mistakes_are_one_line(inventory, tmp_path):
     error = one_line_error(run_cli("devices", "check", "pi5", "--inventory", str(inventory)))
     assert "unknown device 'pi5'" in error and "devices: pi, phone, gone" in error

@@ -90,6 +90,7 @@ def test_check_says_reachable_with_runtimes(sshd, inventory):
     assert check.line().startswith(f"board ({sshd.target}): reachable · runtimes: litert ")
 
 
+@pytest.mark.slow
 def test_tiny_model_end_to_end_leaves_nothing_behind(sshd, inventory, tiny, remote_tmp):
     rows = run_on_device("board", [tiny], inventory=inventory, threads=[1, 2], xnnpack=[True, False], warmup=2, runs=5)
     assert [(r["threads"], r["xnnpack"]) for r in rows] == [(1, True), (2, True), (1, False), (2, False)]
@@ -98,6 +99,7 @@ def test_tiny_model_end_to_end_leaves_nothing_behind(sshd, inventory, tiny, remo
     assert _left(remote_tmp) == []
 
 
+@pytest.mark.slow
 def test_hostile_remote_folder_is_quoted_not_executed(sshd, inventory, tiny, remote_tmp, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where a `touch pwned` run by a remote shell in our cwd would land
     rows = run_on_device("hostile", [tiny], inventory=inventory, warmup=1, runs=2)
@@ -196,6 +198,7 @@ def test_runner_error_is_one_line_and_the_folder_is_removed(inventory, tiny, rem
     assert _left(remote_tmp) == []
 
 
+@pytest.mark.slow
 def test_raw_target_uses_inventory_defaults(sshd, inventory, tiny):
     rows = run_on_device(sshd.target, [tiny], inventory=inventory, warmup=1, runs=2)
     assert rows[0]["device"] == sshd.target

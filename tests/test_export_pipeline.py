@@ -121,6 +121,7 @@ def test_kind_resolution():
             resolve_kinds(*args)
 
 
+@pytest.mark.slow
 def test_onnx_is_byte_identical_across_exports(tmp_path):
     for name in ("a", "b"):
         export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
@@ -129,6 +130,7 @@ def test_onnx_is_byte_identical_across_exports(tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_broken_rung_fails_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setitem(parity.THRESHOLDS, "onnx", parity.Threshold("rel_max_abs_err", 0.0, False, "pytorch"))
     out = tmp_path / "out"
@@ -140,6 +142,7 @@ def test_a_broken_rung_fails_and_leaves_nothing(tmp_path, monkeypatch):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_loaded_weights_are_recorded(tmp_path, monkeypatch):
     from micronet.bench.targets import reference_target
 
@@ -199,6 +202,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_and_leave_no_artifact(tmp_path):
     out = tmp_path / "exports"
     for args, message in _bad_inputs(tmp_path):
@@ -243,6 +247,7 @@ def test_onnx_comes_from_the_fast_graph_built_for_onnx_runtime(exported_all):
     assert m["stages"]["onnx"]["batch_one_products"] is True and ops.count("BatchNormalization") >= 2 * 15
 
 
+@pytest.mark.slow
 def test_dynamic_batch_onnx_keeps_multiplied_products(tmp_path):
     """With --dynamic-batch the ONNX Runtime graph keeps its MULs (a BatchNormalization scale is per channel,
     not per sample) and runs any batch."""

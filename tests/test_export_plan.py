@@ -141,6 +141,7 @@ def staged(monkeypatch) -> list[str]:
     return held
 
 
+@pytest.mark.slow
 def test_an_onnx_export_builds_only_what_its_plan_lists(tmp_path, staged):
     result = pipeline.export(ExportRequest(kinds=[("onnx", "float32")], input_size=64, calib_count=8, holdout=4,
                                            output_dir=tmp_path))

@@ -181,6 +181,7 @@ def test_channel_transpose_plans_reach_their_target():
     assert perms.transpose_to(base, np.random.default_rng(1).permutation(channels)) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["m0", "m3", "release-m3"])
 def test_relu_max_form_matches_and_has_no_maximum(variant):
     """Rewrite 14 (the int8 graph): max(p, q) as q + relu(p - q) is the same function, and no MAXIMUM is
@@ -325,6 +326,7 @@ def test_masked_coefficient_is_exactly_zero():
     assert torch.all(theta[:, 8:][:, torch.as_tensor(mask)] != 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,target", [("m0", "xnnpack"), ("m0", "onnxruntime"), ("m3", "onnxruntime")])
 def test_fast_graph_in_onnx_runtime(variant, target, tmp_path):
     """The fast graph also exports to ONNX and runs in ONNX Runtime with the same logits."""
@@ -497,6 +499,7 @@ def test_plan_and_graph_agree_on_x_tilde_forms():
     assert built == kinds and "roll" in kinds and "permutation" not in kinds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["m0", "m3"])
 def test_batch_one_form_is_exact_and_runs_in_onnx_runtime(variant, tmp_path):
     """Rewrite 20: Shift-Max products as BatchNormalizations (mean 0, variance 1, epsilon 0) compute exactly the

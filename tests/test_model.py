@@ -142,6 +142,7 @@ def test_initialisation_follows_the_released_code():
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ALL)
 def test_every_variant_traces_and_exports(variant):
     model = build_model(variant, input_size=96).eval()

@@ -45,15 +45,18 @@ def shapes(tmp_path_factory) -> Path:
 
 # --- bad input: one line, non-zero exit -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_missing_data_folder(tmp_path):
     assert_one_line_error(run_train("--data", str(tmp_path / "nope")), "image folder not found")
 
 
+@pytest.mark.slow
 def test_data_folder_without_classes(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run_train("--data", str(tmp_path / "empty")), "no class folders under")
 
 
+@pytest.mark.slow
 def test_batch_larger_than_the_data_set_is_an_error(shapes, tmp_path):
     result = run_train("--data", str(shapes), "--batch-size", "64", "--out", str(tmp_path / "run"))
     assert_one_line_error(result, "batch size 64 is larger than the training set (24 images); "
@@ -61,6 +64,7 @@ def test_batch_larger_than_the_data_set_is_an_error(shapes, tmp_path):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_of_another_variant(shapes, tmp_path):
     train(TrainConfig(variant="m0", data=str(shapes), out=str(tmp_path / "run"), epochs=1, batch_size=8,
                       input_size=32, workers=0), progress=False)
@@ -69,6 +73,7 @@ def test_resume_from_a_checkpoint_of_another_variant(shapes, tmp_path):
     assert_one_line_error(result, "is a m0 training run, but this run trains m1; use --variant m0")
 
 
+@pytest.mark.slow
 def test_resume_with_fewer_epochs_than_trained_is_one_line(shapes, tmp_path):
     train(TrainConfig(variant="m0", data=str(shapes), out=str(tmp_path / "run"), epochs=2, batch_size=8,
                       input_size=32, workers=0), progress=False)
@@ -77,6 +82,7 @@ def test_resume_with_fewer_epochs_than_trained_is_one_line(shapes, tmp_path):
     assert_one_line_error(result, "has already trained 2 epochs, more than --epochs 1; resume with --epochs 2 or more")
 
 
+@pytest.mark.slow
 def test_class_folder_without_readable_images_is_warned_and_skipped(tmp_path):
     write_shapes(tmp_path / "data", classes=3, per_class=6)
     for png in (tmp_path / "data" / "class_2").iterdir():
@@ -92,6 +98,7 @@ def test_class_folder_without_readable_images_is_warned_and_skipped(tmp_path):
 
 # --- an interrupted run ends exactly where an uninterrupted one does ------------------------------
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_final_metrics(tmp_path):
     data = write_split(tmp_path / "data", classes=3, train_per_class=40, val_per_class=6)
     args = ["--data", str(data), "--epochs", "3", "--batch-size", "8", "--lr", "0.1", "--deterministic", "--json"]

@@ -7,6 +7,8 @@ validation, then reports what ``train`` returned.
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import json
 import os
@@ -59,6 +61,7 @@ def _worker(rank: int, port: int, config: dict, report_dir: str) -> None:
                                                                 "fingerprints": fingerprints}))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_agree_and_write_once(tmp_path):
     data = write_split(tmp_path / "data", classes=3, train_per_class=8, val_per_class=5)
     out = tmp_path / "run"
