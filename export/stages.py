@@ -137,7 +137,7 @@ def fast_graph_for_onnxruntime(ctx: ExportContext, training: Artifact) -> Artifa
 
     ctx.say("building the fast deploy graph for ONNX Runtime")
     with torch.no_grad():
-        graph = to_fast_deploy(training.value, target="onnxruntime")
+        graph = to_fast_deploy(training.value, profile="onnxruntime")
     return _judged_form(ctx, "deploy_fast_onnxruntime", graph, training)
 
 

@@ -10,7 +10,7 @@ Per variant, from one set of weights:
   MicroNet fast").
 * **fast**: ``export.fast.to_fast_deploy`` → ``export.tf_graph`` → TFLite float32 and int8 (int8 from the
   ``relu_max`` form lowered with max(a, b) as b + relu(a - b)), exactly what ``micronet export`` now ships; and
-  ``batch_one_form(to_fast_deploy(model, target="onnxruntime"))`` → ONNX, the ``micronet export --format onnx``
+  ``batch_one_form(to_fast_deploy(model, profile="onnxruntime"))`` → ONNX, the ``micronet export --format onnx``
   artifact, for ONNX Runtime (the naive row's ONNX Runtime column runs the reference ONNX).
 * **peers** (``--peer-onnx NAME=PATH``): timm MobileNetV3-Small / LCNet ONNX files through the same onnx2tf
   conversion and the same timing.
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         naive = _onnx2tf(naive_onnx, work / "naive", calib_nhwc)
         print(f"[{variant}] fast: fast graph → tf_graph, fast graph for ONNX Runtime → ONNX", flush=True)
         fast_onnx = work / "fast" / f"{variant}-fast-onnxruntime.onnx"
-        onnx_stage.export_onnx(batch_one_form(to_fast_deploy(model, target="onnxruntime")), example, fast_onnx)
+        onnx_stage.export_onnx(batch_one_form(to_fast_deploy(model, profile="onnxruntime")), example, fast_onnx)
         fast_ort = onnx_stage.run_onnx(fast_onnx, data.holdout)
         fast_files = _fast_tflite(fast, example, work / "fast", calib_nhwc)
         naive32, fast32 = run_tflite(naive["float32"], data.holdout), run_tflite(fast_files["float32"], data.holdout)

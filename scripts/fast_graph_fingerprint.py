@@ -105,7 +105,7 @@ def fingerprints(variants=VARIANTS, sizes=SIZES) -> dict[str, dict]:
             _randomise_batchnorm(model)
             x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(7))
             for profile in PROFILE_NAMES:
-                fast = to_fast_deploy(model, target=profile)
+                fast = to_fast_deploy(model, profile=profile)
                 forms = {"plain": fast, "relu_max": relu_max_form(fast)}
                 if profile == "onnxruntime":
                     forms["batch_one"] = batch_one_form(fast)

@@ -233,7 +233,7 @@ def test_tflite_comes_from_the_fast_graph_lowering(exported_all):
 
 @pytest.mark.slow
 def test_onnx_comes_from_the_fast_graph_built_for_onnx_runtime(exported_all):
-    """The ONNX artifact: to_fast_deploy(target="onnxruntime"), judged against the training form (rung
+    """The ONNX artifact: to_fast_deploy(profile="onnxruntime"), judged against the training form (rung
     deploy_fast_onnxruntime) and then in ONNX Runtime against that graph (rung onnx); shifts are GATHERs."""
     import onnx
 

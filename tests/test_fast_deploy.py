@@ -12,7 +12,7 @@ import torch
 from micronet.export.deploy import recalibrate_batchnorm
 import torch.nn.functional as F
 
-from micronet.export.fast import (PROFILES, REWRITES, TARGETS, ChannelGather, ChannelRoll, ChannelTranspose, Coefficients,
+from micronet.export.fast import (PROFILES, REWRITES, ChannelGather, ChannelRoll, ChannelTranspose, Coefficients,
                                   Conv, CostModel, LinearCoefficients, Moved, PartnerConv, PixelPairs, Rotations,
                                   RuntimeProfile, ShiftMax, batch_one_form, fast_plan, first_inexact_pass,
                                   relu_max_form, to_fast_deploy)
@@ -49,7 +49,7 @@ def test_fast_matches_training_form(variant, size, batch, seed, limit, target):
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ref = model(x).double()
-        out = to_fast_deploy(model, target=target)(x).double()
+        out = to_fast_deploy(model, profile=target)(x).double()
     assert out.shape == ref.shape
     assert float((out - ref).abs().max() / ref.abs().max()) <= limit
 
@@ -333,7 +333,7 @@ def test_fast_graph_in_onnx_runtime(variant, target, tmp_path):
     from micronet.export.onnx import export_onnx, run_onnx
 
     model = _recalibrated(variant)
-    fast = to_fast_deploy(model, target=target)
+    fast = to_fast_deploy(model, profile=target)
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
     export_onnx(fast, torch.zeros(1, 3, 96, 96), tmp_path / "fast.onnx")
     with torch.no_grad():
@@ -342,9 +342,9 @@ def test_fast_graph_in_onnx_runtime(variant, target, tmp_path):
     assert float(np.abs(out - ref).max() / np.abs(ref).max()) <= 1e-4
 
 
-def test_unknown_target_is_one_clear_error():
-    with pytest.raises(ValueError, match="unknown fast-graph target 'tensorrt'; choose from"):
-        to_fast_deploy(_recalibrated("m0", 32), target="tensorrt")
+def test_unknown_profile_is_one_clear_error():
+    with pytest.raises(ValueError, match="unknown runtime profile 'tensorrt'; choose from"):
+        to_fast_deploy(_recalibrated("m0", 32), profile="tensorrt")
 
 
 def test_onnxruntime_target_choices():
@@ -352,7 +352,7 @@ def test_onnxruntime_target_choices():
     pairs, no widened coefficients, every shift one channel gather (no rotations, rolls or partner convs),
     hyper-functions as Linears; and no pending product feeds a depthwise."""
     model = _recalibrated("m0", 224)
-    fast = to_fast_deploy(model, target="onnxruntime")
+    fast = to_fast_deploy(model, profile="onnxruntime")
     pairs = sum(isinstance(m, MicroFactorizedDepthwise) for m in model.modules())
     assert not any(isinstance(m, PixelPairs) for m in fast.modules())
     body = [m for m in fast.blocks.modules() if isinstance(m, Conv)]
@@ -363,7 +363,7 @@ def test_onnxruntime_target_choices():
     for sm in sms:
         assert sm.widen is None and isinstance(sm.coef, LinearCoefficients)
         assert sm.pending or (isinstance(sm.xtilde, Moved) and isinstance(sm.xtilde.move, ChannelGather))
-    plan = fast_plan(model, target="onnxruntime")
+    plan = fast_plan(model, profile="onnxruntime")
     assert all(u.xtilde is None or u.xtilde.kind == "gather" for u in plan.units)
     assert not any(u.kind == "dw" and (u.merged or u.pending_input) for u in plan.units)
     # No pending product feeds a depthwise pair (its (k,1) conv would take two inputs per group).
@@ -428,7 +428,7 @@ def test_every_rewrite_switch_is_exact_on_its_own(field):
         x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(8))
         with torch.no_grad():
             ref = model(x).double()
-            out = to_fast_deploy(model, target=profile)(x).double()
+            out = to_fast_deploy(model, profile=profile)(x).double()
         assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
 
 
@@ -447,8 +447,8 @@ def test_every_switch_off_at_once_is_exact_and_disable_names_switches():
 
 
 def test_profiles_are_data():
-    """Every runtime difference is a field of the profile; TARGETS is the old name of PROFILES."""
-    assert TARGETS is PROFILES and set(PROFILES) == {"xnnpack", "onnxruntime"}
+    """Every runtime difference is a field of the profile."""
+    assert set(PROFILES) == {"xnnpack", "onnxruntime"}
     ort = PROFILES["onnxruntime"]
     assert ort.gather_shifts and ort.linear_coefficients and not ort.merged_depthwise and not ort.pixel_pairs
     assert isinstance(ort.costs, CostModel) and PROFILES["xnnpack"].costs == ort.costs
@@ -509,7 +509,7 @@ def test_batch_one_form_is_exact_and_runs_in_onnx_runtime(variant, tmp_path):
     from micronet.export.onnx import export_onnx, run_onnx
 
     model = _recalibrated(variant)
-    fast = to_fast_deploy(model, target="onnxruntime")
+    fast = to_fast_deploy(model, profile="onnxruntime")
     one = batch_one_form(fast)
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
@@ -536,11 +536,11 @@ def test_the_cost_model_is_the_profiles():
     model = _recalibrated("m0")
     narrow = dataclasses.replace(PROFILES["xnnpack"], name="neon-8", costs=CostModel(gemm_tile_outputs=8))
     wide_groups = {u.position: u.groups for u in fast_plan(model).units if u.kind == "dw"}
-    narrow_groups = {u.position: u.groups for u in fast_plan(model, target=narrow).units if u.kind == "dw"}
+    narrow_groups = {u.position: u.groups for u in fast_plan(model, profile=narrow).units if u.kind == "dw"}
     assert any(narrow_groups[p] > wide_groups[p] for p in wide_groups)
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
-        ref, out = model(x).double(), to_fast_deploy(model, target=narrow)(x).double()
+        ref, out = model(x).double(), to_fast_deploy(model, profile=narrow)(x).double()
     assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT
 
 
@@ -555,7 +555,7 @@ def test_permutation_helpers_are_pure_functions():
 
 
 def test_plan_summary_reads_one_line_per_unit():
-    plan = fast_plan(_recalibrated("m0"), target="onnxruntime")
+    plan = fast_plan(_recalibrated("m0"), profile="onnxruntime")
     lines = plan.summary()
     assert len(lines) == len(plan.units) + 1 and lines[0].startswith("stem: 3x3 conv")
     assert all("x~ gather" in line or "x~ -" in line for line in lines[1:])

@@ -88,11 +88,11 @@ from .forms import batch_one_form, linear_coefficients, relu_max_form
 from .modules import (ChannelGather, ChannelRoll, ChannelTranspose, Conv, FastBlock, FastHead, FastMicroNet,
                       PixelPairs)
 from .plan import ChannelMove, DepthwisePlan, FastPlan, PointwisePlan, StemPlan, XTildePlan
-from .profiles import PROFILES, REWRITES, TARGETS, CostModel, RuntimeProfile
+from .profiles import PROFILES, REWRITES, CostModel, RuntimeProfile
 from .shift_max import Coefficients, LinearCoefficients, Moved, PartnerConv, Rotations, ShiftMax
 
 __all__ = ["to_fast_deploy", "fast_plan", "resolve_profile", "relu_max_form", "batch_one_form",
-           "linear_coefficients", "first_inexact_pass", "FastMicroNet", "PROFILES", "TARGETS", "REWRITES",
+           "linear_coefficients", "first_inexact_pass", "FastMicroNet", "PROFILES", "REWRITES",
            "RuntimeProfile", "CostModel", "FastPlan", "StemPlan", "DepthwisePlan", "PointwisePlan", "XTildePlan",
            "ChannelMove", "ChannelTranspose", "ChannelGather", "ChannelRoll", "PixelPairs", "Conv", "FastBlock",
            "FastHead", "ShiftMax", "Coefficients", "LinearCoefficients", "PartnerConv", "Rotations", "Moved"]

@@ -22,16 +22,16 @@ def relative_error(model: MicroNet, profile: RuntimeProfile, x: torch.Tensor,
     form's logits on ``x``, when already computed)."""
     with torch.no_grad():
         ref = copy.deepcopy(model).eval()(x).double() if reference is None else reference
-        out = to_fast_deploy(model, target=profile)(x).double()
+        out = to_fast_deploy(model, profile=profile)(x).double()
     return float((out - ref).abs().max() / ref.abs().max())
 
 
-def first_inexact_pass(model: MicroNet, target: str | RuntimeProfile = "xnnpack", x: torch.Tensor | None = None,
+def first_inexact_pass(model: MicroNet, profile: str | RuntimeProfile = "xnnpack", x: torch.Tensor | None = None,
                        limit: float = 1e-5) -> str | None:
     """The first rewrite (in ``REWRITES`` order) whose switching on makes the fast graph leave ``limit`` of the
-    training form's logits, starting from ``target`` with every rewrite off and switching its own on one by
+    training form's logits, starting from ``profile`` with every rewrite off and switching its own on one by
     one; ``"baseline"`` if the graph with all of them off is already off; None if every step is exact."""
-    profile = resolve_profile(target)
+    profile = resolve_profile(profile)
     if x is None:
         size = model.input_size
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(8))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["CostModel", "RuntimeProfile", "PROFILES", "TARGETS", "REWRITES"]
+__all__ = ["CostModel", "RuntimeProfile", "PROFILES", "REWRITES"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,3 @@ PROFILES: dict[str, RuntimeProfile] = {
                                   widened_coefficients=False, pixel_pairs=False, gather_shifts=True,
                                   linear_coefficients=True),
 }
-#: The former name of ``PROFILES`` (``to_fast_deploy(target=...)`` still takes a profile name); kept as an
-#: alias while callers move over.
-TARGETS = PROFILES
