@@ -127,8 +127,11 @@ def test_runner_runs_from_a_folder_holding_only_itself_and_the_core(tiny, tmp_pa
     (board / "request.json").write_text(json.dumps(request))
     env = {"PATH": "/usr/bin:/bin", "MICRONET_RUNNER_QUIET": "1"}
     argv = [sys.executable, "-E", "-s", str(board / "runner.py"), "--supervise", str(board / "request.json")]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode == runner.EXIT_FATAL
+    # Without the core file: -S also drops site-packages, where an installed micronet (CI's wheel) would
+    # otherwise serve as the host fallback; a board has no micronet at all.
+    no_site = [sys.executable, "-E", "-s", "-S", *argv[3:]]
+    proc = subprocess.run(no_site, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == runner.EXIT_FATAL, proc.stderr
     assert proc.stderr.strip() == "micronet-runner: error: micronet_inference.py must sit beside runner.py"
     (board / runner.CORE_FILE).write_bytes(CORE.read_bytes())
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
