@@ -178,7 +178,8 @@ def _plan_runtimes(targets: Sequence[BenchModel], runtimes: Sequence[str] | None
     return plan
 
 
-def _check_threads(threads: Iterable[int]) -> list[int]:
+def check_thread_counts(threads: Iterable[int]) -> list[int]:
+    """Every thread count valid, each once, at least one (the harness and ``MeasureOptions.check`` share it)."""
     values = [check_threads(t) for t in dict.fromkeys(threads)]
     if not values:
         raise MicronetError("give at least one thread count")
@@ -262,7 +263,7 @@ def run_benchmark(
         opts.warmup, opts.runs, opts.min_seconds, opts.data, opts.limit, opts.memory, opts.seed)
     if memory:
         validate_inferences(memory_inferences)
-    thread_list = _check_threads((1,) if opts.threads is None else opts.threads)
+    thread_list = check_thread_counts((1,) if opts.threads is None else opts.threads)
     xnn_list = opts.xnnpack_list()
     targets = [BenchModel.coerce(m) for m in models]
     if not targets:

@@ -47,10 +47,10 @@ class MeasureOptions:
     def check(self, batch: int = 1) -> None:
         """Reject a bad schedule, image cap or thread count before anything is loaded."""
         from .accuracy import validate_options
-        from .harness import _check_threads
+        from .harness import check_thread_counts
         from .latency import validate_schedule
 
         validate_schedule(self.warmup, self.runs, self.min_seconds)
         validate_options(self.limit, batch)
         if self.threads is not None:
-            _check_threads(self.threads)
+            check_thread_counts(self.threads)

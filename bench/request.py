@@ -89,7 +89,7 @@ class BenchRequest:
 
     def _check_what(self) -> None:
         """Model files, or a variant (or the matrix) with what to export of it."""
-        from .targets import _exported_kinds
+        from .targets import exported_kinds
 
         if sum(bool(x) for x in (self.models, self.variant, self.matrix)) != 1:
             raise MicronetError("give model files, or --variant, or --matrix (exactly one of them)")
@@ -107,7 +107,7 @@ class BenchRequest:
 
         if self.variant:
             resolve_variant(self.variant)
-        _exported_kinds((self.fmt or ("all" if self.matrix else "tflite")).lower(), self.quantize)
+        exported_kinds((self.fmt or ("all" if self.matrix else "tflite")).lower(), self.quantize)
         check_input_size(self.input_size)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise MicronetError(f"--num-classes must be a positive whole number, got {self.num_classes!r}")

@@ -20,7 +20,7 @@ ALL_FORMATS: tuple[ArtifactKind, ...] = (ArtifactKind("onnx", "float32"), Artifa
                                          ArtifactKind("tflite", "int8"))
 
 
-def _exported_kinds(fmt: str, quantize: str | None) -> tuple[bool, list[ArtifactKind]]:
+def exported_kinds(fmt: str, quantize: str | None) -> tuple[bool, list[ArtifactKind]]:
     """(include torch, artifact kinds to export) for one ``--format``/``--quantize`` choice."""
     if fmt not in BENCH_FORMATS:
         raise MicronetError(f"unknown format {fmt!r}; choose one of: {', '.join(BENCH_FORMATS)}")
@@ -74,7 +74,7 @@ def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = Non
             targets = list(seen.values()) + targets
         return targets
 
-    include_torch, kinds = _exported_kinds((fmt or ("all" if matrix else "tflite")).lower(), quantize)
+    include_torch, kinds = exported_kinds((fmt or ("all" if matrix else "tflite")).lower(), quantize)
     targets: list[BenchModel] = []
     for name in (MATRIX_VARIANTS if matrix else [variant]):
         if include_torch or with_reference:
