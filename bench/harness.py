@@ -186,6 +186,16 @@ def check_thread_counts(threads: Iterable[int]) -> list[int]:
     return values
 
 
+def data_label(data: Any) -> str | None:
+    """What a report says the accuracy data was: the folder, whether given as a path or already scanned."""
+    if data is None:
+        return None
+    if isinstance(data, (str, os.PathLike)):
+        return str(data)
+    root = getattr(data, "root", None)
+    return str(root) if root is not None else "LabelledImages"
+
+
 def _load_data(data: Any) -> Any:
     if data is None or hasattr(data, "samples"):
         return data
@@ -319,7 +329,7 @@ def run_benchmark(
         "warmup": warmup, "runs": runs, "min_seconds": min_seconds, "threads": thread_list,
         "runtimes": sorted({r for names in plan.values() for r in names}), "xnnpack": xnn_list,
         "memory": memory, "memory_inferences": memory_inferences,
-        "data": None if data is None else str(data) if isinstance(data, (str, os.PathLike)) else "LabelledImages",
+        "data": data_label(data),
         "limit": limit, "batch": batch, "end_to_end": end_to_end, "seed": seed,
     }
     return rep.make_report(environment, settings, rows, warnings)

@@ -9,6 +9,7 @@ back what it resolved on the way (the scanned images, the device target) so noth
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -79,7 +80,10 @@ class BenchRequest:
             self._check_runtimes()
         check_output_folder(self.out)
         images = self._check_data()
-        return CheckedRequest(xnnpack=xnn, images=images, device=device, measure=self.measure_options(xnn))
+        measure = self.measure_options(xnn)
+        if images is not None:  # the folder is scanned once: the harness and the device take the scan
+            measure = dataclasses.replace(measure, data=images)
+        return CheckedRequest(xnnpack=xnn, images=images, device=device, measure=measure)
 
     def measure_options(self, xnnpack: tuple[bool, ...] = (True,)) -> MeasureOptions:
         """The measurement settings of this request (threads None when not given: 1, or the inventory's)."""

@@ -216,13 +216,14 @@ def device_report(
     """Like ``run_on_device`` but a whole report (schema v1) whose ``environment`` is the *device's*
     fingerprint, so ``merge_reports`` tags the rows with the board's hostname and CPU, not the desktop's."""
     from micronet.bench import report as rep
+    from micronet.bench.harness import data_label
 
     m, d = _options(measure, device, keywords)
     run = benchmark_on_device(target, model_paths, m, d, progress=progress)
     settings = {"runtime": d.runtime, "threads": m.threads, "warmup": m.warmup, "runs": m.runs,
                 "min_seconds": m.min_seconds, "xnnpack": m.xnnpack, "limit": m.limit, "cpu_mask": d.cpu_mask,
                 "retry_throttled": d.retry_throttled, "cooldown_s": d.cooldown_s, "seed": m.seed,
-                "device": run.device, "data": None if m.data is None else str(m.data)}
+                "device": run.device, "data": data_label(m.data)}
     return rep.make_report(run.environment, settings, run.rows)
 
 

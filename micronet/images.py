@@ -102,6 +102,7 @@ class LabelledImages:
     samples: list[tuple[Path, int]]
     classes: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    root: Path | None = None  # the folder scanned, so a report can name the data without scanning it again
 
 
 def _classes_from_map(label_map: dict[str, int]) -> list[str]:
@@ -119,7 +120,7 @@ def _scan_class_folders(folder: Path, label_map: dict[str, int] | None) -> Label
                             "one folder per class")
     classes = _classes_from_map(label_map) if label_map is not None else [d.name for d in class_folders]
     index_of = {name: index for index, name in enumerate(classes)}
-    result = LabelledImages(samples=[], classes=classes)
+    result = LabelledImages(samples=[], classes=classes, root=folder)
     result.skipped.extend((path, "not inside a class folder") for path in sorted(folder.iterdir())
                           if path.is_file() and is_image_file(path))
     for class_folder in class_folders:
@@ -172,7 +173,7 @@ def _scan_labels_file(folder: Path, labels_file: Path, label_map: dict[str, int]
         raise MicronetError(f"labels file {labels_file} mixes class names and integer indices; "
                             "give a label map (class name -> index)")
     index_of = {name: index for index, name in enumerate(classes)}
-    result = LabelledImages(samples=[], classes=classes)
+    result = LabelledImages(samples=[], classes=classes, root=folder)
     index_of_file: dict[str, int] = {}
     for line_number, filename, label in rows:
         if label in index_of:

@@ -143,3 +143,23 @@ def test_the_noise_warning_is_said_once(monkeypatch):
     console = Console(record=True, width=120, file=open(os.devnull, "w"))
     rep.print_report(report, console=console)
     assert console.export_text().count("machine busy") == 1
+
+
+def test_the_data_folder_is_scanned_once_and_reports_still_name_it(tmp_path, monkeypatch):
+    """check() scans --data; the harness and the device take that scan instead of walking the folder again,
+    and a report still names the folder, not the scan object."""
+    from micronet import images
+    from micronet.bench.harness import data_label
+    from micronet.bench.request import BenchRequest
+
+    data = tmp_path / "val"
+    for name in ("cat", "dog"):
+        (data / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(data / name / "a.png")
+    scans = []
+    real = images.scan_labelled
+    monkeypatch.setattr(images, "scan_labelled", lambda *a, **k: scans.append(a) or real(*a, **k))
+    checked = BenchRequest(variant="m0", fmt="onnx", data=data, num_classes=2, out=tmp_path / "r").check()
+    assert len(scans) == 1 and checked.measure.data is checked.images
+    assert checked.images.root == data and data_label(checked.measure.data) == str(data)
+    assert data_label(str(data)) == str(data) and data_label(None) is None
