@@ -113,7 +113,10 @@ def export_cmd(
     io_dtype: str = typer.Option("int8", "--io-dtype", help="int8 model input/output type: int8 or uint8"),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="int8 weights per tensor instead of per channel"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX with a symbolic batch dimension"),
-    graph: str = typer.Option("fast", "--graph", help="fast (the fast deploy graph: ONNX built for ONNX Runtime, "
+    optimize_for: str = typer.Option("portable", "--optimize-for",
+                                     help="the ONNX file: portable (runs in every ONNX consumer) or onnxruntime "
+                                          "(fastest in ONNX Runtime, fails in other consumers: see its manifest)"),
+    graph: str = typer.Option("fast", "--graph", help="fast (the fast deploy graph: ONNX built to be portable, "
                               "TFLite built for XNNPACK and lowered to TensorFlow) or reference (the reference "
                               "deploy form; TFLite through onnx2tf)"),
 ) -> None:
@@ -125,7 +128,7 @@ def export_cmd(
         variant=variant, kinds=resolve_kinds(fmt, quantize, all_formats), weights=weights,
         calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
-        dynamic_batch=dynamic_batch, graph=graph,
+        dynamic_batch=dynamic_batch, graph=graph, optimize_for=optimize_for,
     )
     try:
         with console.status("exporting", spinner="dots") as status:

@@ -5,16 +5,18 @@ Every rung compares a candidate's logits with its reference's on the same held-o
 ==============  ==========================  ===============================  =====================
 rung            candidate vs. reference     judged by                        limit
 ==============  ==========================  ===============================  =====================
-deploy, deploy_fast, deploy_fast_onnxruntime
+deploy, deploy_fast, deploy_fast_onnxruntime, deploy_fast_portable
                 deploy form vs. training    rel_max_abs_err                  ≤ 1e-4
-onnx            ONNX (ORT) vs. its graph    rel_max_abs_err                  ≤ 1e-4
+onnx, onnx_portable
+                ONNX (ORT) vs. its graph    rel_max_abs_err                  ≤ 1e-4
 tflite_float32  TFLite fp32 vs. its graph   rel_max_abs_err                  ≤ 1e-4
 tflite_float16  TFLite fp16 vs. TFLite fp32 cosine (mean over rows)          ≥ 0.998
 tflite_dynamic  dynamic-range vs. fp32      cosine                           ≥ 0.99
 tflite_int8     full-integer vs. fp32       cosine                           ≥ 0.98 (provisional)
 ==============  ==========================  ===============================  =====================
 
-"Its graph" is the PyTorch graph the file was exported from (``deploy_fast_onnxruntime`` for ONNX, ``deploy_fast``
+"Its graph" is the PyTorch graph the file was exported from (``deploy_fast_portable`` for ONNX, or
+``deploy_fast_onnxruntime`` with ``--optimize-for onnxruntime``; ``deploy_fast``
 for TFLite; with ``--graph reference`` the deploy form for ONNX and the ONNX file for TFLite, which onnx2tf
 converts); every rung records the name of its reference. The deploy forms (BatchNorm folded, Shift-Max
 constants folded, the fast graphs' permutations folded into weights) are judged against the training form.
@@ -64,8 +66,8 @@ DEPLOY_LIMIT = 1e-4
 
 THRESHOLDS: dict[str, Threshold] = {
     **{form: Threshold("rel_max_abs_err", DEPLOY_LIMIT, False, "pytorch training form")
-       for form in ("deploy", "deploy_fast", "deploy_fast_onnxruntime")},
-    "onnx": Threshold("rel_max_abs_err", 1e-4, False, "pytorch"),
+       for form in ("deploy", "deploy_fast", "deploy_fast_onnxruntime", "deploy_fast_portable")},
+    **{rung: Threshold("rel_max_abs_err", 1e-4, False, "pytorch") for rung in ("onnx", "onnx_portable")},
     "tflite_float32": Threshold("rel_max_abs_err", 1e-4, False, "deploy_fast"),
     "tflite_float16": Threshold("cosine", 0.998, True, "tflite_float32"),
     "tflite_dynamic": Threshold("cosine", 0.99, True, "tflite_float32"),

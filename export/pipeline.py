@@ -30,7 +30,7 @@ __all__ = ["ALL_KINDS", "FORMATS", "GRAPH_REVISION", "QUANTIZATIONS", "STAGING_P
            "lower_fast_graph", "plan", "resolve_kinds"]
 
 #: Bumped whenever a graph rewrite changes what an export produces, so cached exports are rebuilt.
-GRAPH_REVISION = 5
+GRAPH_REVISION = 6
 #: Artifacts are built in ``<output>/.micronet-export-XXXX/`` (see ``export``); bench/cache.py exports through
 #: the same function, so its cache folders are cleaned the same way.
 STAGING_PREFIX = ".micronet-export-"
@@ -158,7 +158,9 @@ def _onnx_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> 
     shape = artifact.records["onnx"]["input"]["shape"]
     spec_in = {"name": "input", "layout": "NCHW", "shape": shape, "dtype": "float32"}
     spec_out = {"name": "logits", "shape": [shape[0], ctx.request.num_classes], "dtype": "float32"}
+    onnx = artifact.records["onnx"]
     return {"calibration": record_for_artifact(ctx.data.record, int8=False),
+            "optimized_for": onnx["optimized_for"], "known_to_fail_in": onnx["known_to_fail_in"],
             "input": _io_spec(spec_in, ctx.preprocessing), "output": _io_spec(spec_out)}
 
 

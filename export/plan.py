@@ -6,14 +6,20 @@ against. Tests and ``micronet export`` read it without building anything.
 
 With the fast graph (the default):
 
-* ONNX: the fast graph for ONNX Runtime (rung ``deploy_fast_onnxruntime``), its batch-of-one form unless
-  ``--dynamic-batch``, the ONNX file (rung ``onnx``).
+* ONNX: the fast graph for the ``--optimize-for`` target (export/onnx_targets.py). ``portable`` (the default):
+  the portable fast graph (rung ``deploy_fast_portable``) and the ONNX file (rung ``onnx``). ``onnxruntime``:
+  the fast graph for ONNX Runtime (rung ``deploy_fast_onnxruntime``), its batch-of-one form unless
+  ``--dynamic-batch``, the ONNX file.
 * TFLite: the fast graph for XNNPACK (rung ``deploy_fast``), its SavedModel, float32 TFLite (rung
   ``tflite_float32``, judged against the fast graph it was lowered from; the reference of every quantized
   file, so it is built even when not asked for); int8 also the ``relu_max`` form and its SavedModel.
+* The other formats (OpenVINO, ncnn, MNN): each converted from a portable, fixed-batch ONNX file (rung
+  ``<format>_<quantize>``, judged against that file in ONNX Runtime): the shipped ONNX file when it is one,
+  else an unshipped one (steps ``deploy_fast_portable``, ``onnx_portable``).
 
 With ``--graph reference``: the reference deploy form (rung ``deploy``) and its ONNX file, which onnx2tf
-converts to the SavedModel of every TFLite file (float32 judged against the ONNX file).
+converts to the SavedModel of every TFLite file (float32 judged against the ONNX file) and the other formats'
+converters take as it is.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import parity
+from .onnx_targets import ONNX_TARGETS
 from .request import ALL_KINDS, QUANTIZATIONS, ArtifactKind, ExportRequest
 
 #: The artifact every plan starts from: the training form and its logits (export/stages.py).
@@ -61,19 +68,36 @@ def plan(request: ExportRequest) -> ExportPlan:
     onnx = ArtifactKind("onnx", "float32") in request.kinds
     quantized = [q for q in QUANTIZATIONS if ArtifactKind("tflite", q) in request.kinds and q != "float32"]
     tflite = quantized or ArtifactKind("tflite", "float32") in request.kinds
+    others = [kind for kind in request.kinds if kind.format not in ("onnx", "tflite")]
     if request.graph == "reference":
         steps = _reference_steps(tflite, quantized)
+        others_source = "onnx"
     else:
-        steps = (_onnx_steps(request.dynamic_batch) if onnx else []) + (_tflite_steps(quantized) if tflite else [])
-    shipped = {kind: "onnx" if kind.format == "onnx" else f"tflite_{kind.quantize}"
-               for kind in ALL_KINDS if kind in request.kinds}
+        steps = _onnx_steps(request.optimize_for, request.dynamic_batch) if onnx else []
+        others_source = "onnx" if onnx and _portable_fixed_batch(request) else "onnx_portable"
+        if others and others_source == "onnx_portable":
+            steps += [Step("deploy_fast_portable", TRAINING), Step("onnx_portable", "deploy_fast_portable")]
+        steps += _tflite_steps(quantized) if tflite else []
+    steps += [Step(artifact_step(kind), others_source) for kind in others]
+    shipped = {kind: artifact_step(kind) for kind in ALL_KINDS if kind in request.kinds}
     return ExportPlan(tuple(steps), shipped)
 
 
-def _onnx_steps(dynamic_batch: bool) -> list[Step]:
-    steps = [Step("deploy_fast_onnxruntime", TRAINING)]
-    if not dynamic_batch:
-        steps.append(Step("batch_one", "deploy_fast_onnxruntime"))
+def artifact_step(kind: ArtifactKind) -> str:
+    """The step (and rung) that builds the file of ``kind``: ``onnx``, ``tflite_int8``, ``openvino_float16``."""
+    return "onnx" if kind.format == "onnx" else f"{kind.format}_{kind.quantize}"
+
+
+def _portable_fixed_batch(request: ExportRequest) -> bool:
+    """Whether the shipped ONNX file is the one the other formats' converters take (pnnx needs fixed shapes)."""
+    return not ONNX_TARGETS[request.optimize_for].known_to_fail_in and not request.dynamic_batch
+
+
+def _onnx_steps(optimize_for: str, dynamic_batch: bool) -> list[Step]:
+    target = ONNX_TARGETS[optimize_for]
+    steps = [Step(f"deploy_fast_{target.profile}", TRAINING)]
+    if target.batch_one and not dynamic_batch:
+        steps.append(Step("batch_one", steps[-1].name))
     return steps + [Step("onnx", steps[-1].name)]
 
 

@@ -13,8 +13,15 @@ from typing import NamedTuple
 
 from micronet.errors import MicronetError
 
-FORMATS = ("onnx", "tflite")
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+from .onnx_targets import ONNX_TARGETS
+
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # TFLite's
+#: Every format and the quantizations it is exported in, its default first.
+FORMAT_QUANTIZATIONS: dict[str, tuple[str, ...]] = {
+    "onnx": ("float32",),
+    "tflite": ("int8", "float32", "float16", "dynamic"),
+}
+FORMATS = tuple(FORMAT_QUANTIZATIONS)
 #: Graphs the artifacts can be built from. "fast": the ONNX artifact is export/fast/'s graph built for ONNX
 #: Runtime (target "onnxruntime"), TFLite the one built for XNNPACK lowered op for op to TensorFlow in NHWC
 #: (export/tf_graph.py; no onnx2tf). "reference": both from the reference deploy form (export/deploy.py),
@@ -30,7 +37,8 @@ class ArtifactKind(NamedTuple):
 
 
 ALL_KINDS: tuple[ArtifactKind, ...] = (ArtifactKind("onnx", "float32"),) + tuple(
-    ArtifactKind("tflite", q) for q in QUANTIZATIONS)
+    ArtifactKind("tflite", q) for q in QUANTIZATIONS) + tuple(
+    ArtifactKind(fmt, q) for fmt, qs in FORMAT_QUANTIZATIONS.items() if fmt not in ("onnx", "tflite") for q in qs)
 
 
 @dataclass
@@ -49,6 +57,7 @@ class ExportRequest:
     per_channel: bool = True
     dynamic_batch: bool = False
     graph: str = "fast"  # the graph the artifacts are built from: "fast" (export/fast/) or "reference"
+    optimize_for: str = "portable"  # what the ONNX file is built for: a key of export/onnx_targets.ONNX_TARGETS
 
     def __post_init__(self) -> None:
         self.kinds = [ArtifactKind(*kind) for kind in self.kinds]  # plain (format, quantize) tuples are welcome
@@ -65,6 +74,16 @@ class ExportRequest:
             raise MicronetError(f"--calib-count must be at least 1, got {self.calib_count}")
         if self.graph not in TFLITE_GRAPHS:
             raise MicronetError(f"unknown graph {self.graph!r}; choose one of: {', '.join(TFLITE_GRAPHS)}")
+        if self.optimize_for not in ONNX_TARGETS:
+            raise MicronetError(f"unknown --optimize-for {self.optimize_for!r}; choose one of: "
+                                f"{', '.join(ONNX_TARGETS)}")
+        if self.optimize_for != "portable":
+            if self.graph != "fast":
+                raise MicronetError(f"--optimize-for {self.optimize_for} shapes the fast graph's ONNX file; "
+                                    "it does not combine with --graph reference")
+            if ArtifactKind("onnx", "float32") not in self.kinds:
+                raise MicronetError(f"--optimize-for {self.optimize_for} shapes the ONNX file; "
+                                    "add --format onnx (or --all)")
         if self.io_dtype not in ("int8", "uint8"):
             raise MicronetError(f"int8 input/output type must be int8 or uint8, got {self.io_dtype!r}")
 
@@ -87,13 +106,12 @@ def resolve_kinds(fmt: str | None, quantize: str | None, all_formats: bool) -> l
     fmt = (fmt or "tflite").lower()
     if fmt not in FORMATS:
         raise MicronetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise MicronetError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
-    if fmt == "onnx":
-        if quantize not in (None, "float32"):
-            raise MicronetError(f"--quantize {quantize} applies to --format tflite; ONNX is exported in float32")
-        return [ArtifactKind("onnx", "float32")]
-    return [ArtifactKind("tflite", quantize or "int8")]
+    allowed = FORMAT_QUANTIZATIONS[fmt]
+    if quantize is not None and quantize not in allowed:
+        if len(allowed) == 1:
+            raise MicronetError(f"--format {fmt} is exported in {allowed[0]} only; got --quantize {quantize}")
+        raise MicronetError(f"--format {fmt} is exported in {', '.join(allowed)}; got --quantize {quantize}")
+    return [ArtifactKind(fmt, quantize or allowed[0])]
 
 
 def artifact_name(variant: str, input_size: int, fmt: str, quantize: str) -> str:

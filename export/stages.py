@@ -129,16 +129,22 @@ def deploy_form(ctx: ExportContext, training: Artifact) -> Artifact:
     return _judged_form(ctx, "deploy", graph, training)
 
 
-def fast_graph_for_onnxruntime(ctx: ExportContext, training: Artifact) -> Artifact:
-    """export/fast/'s graph built for ONNX Runtime: the source of the ONNX file."""
-    import torch
+def fast_graph_for(profile: str) -> Stage:
+    """The stage that builds export/fast/'s graph for the ONNX runtime profile ``profile`` ("portable" or
+    "onnxruntime"; export/onnx_targets.py): the source of an ONNX file. Rung ``deploy_fast_<profile>``."""
 
-    from .fast import to_fast_deploy
+    def stage(ctx: ExportContext, training: Artifact) -> Artifact:
+        import torch
 
-    ctx.say("building the fast deploy graph for ONNX Runtime")
-    with torch.no_grad():
-        graph = to_fast_deploy(training.value, profile="onnxruntime")
-    return _judged_form(ctx, "deploy_fast_onnxruntime", graph, training)
+        from .fast import to_fast_deploy
+
+        ctx.say(f"building the fast deploy graph ({profile} profile) for ONNX")
+        with torch.no_grad():
+            graph = to_fast_deploy(training.value, profile=profile)
+        return _judged_form(ctx, f"deploy_fast_{profile}", graph, training)
+
+    stage.__name__ = stage.__qualname__ = f"fast_graph_for_{profile}"
+    return stage
 
 
 def batch_one(ctx: ExportContext, graph: Artifact) -> Artifact:
@@ -175,16 +181,37 @@ def relu_max(ctx: ExportContext, graph: Artifact) -> Artifact:
 
 def onnx_file(ctx: ExportContext, graph: Artifact) -> Artifact:
     """The ONNX file, judged in ONNX Runtime against the graph it was exported from (rung ``onnx``)."""
+    from .onnx_targets import ONNX_TARGETS
+
+    fast = ctx.request.graph == "fast"
+    target = ONNX_TARGETS[ctx.request.optimize_for] if fast else None
+    artifact = _onnx(ctx, graph, "onnx", ctx.file("onnx", "float32"), ctx.request.dynamic_batch)
+    record = artifact.records["onnx"]
+    record["graph"] = f"fast/{target.profile}" if target else "reference"
+    record["optimized_for"] = target.name if target else "portable"
+    record["known_to_fail_in"] = dict(target.known_to_fail_in) if target else {}
+    return artifact
+
+
+def portable_onnx_file(ctx: ExportContext, graph: Artifact) -> Artifact:
+    """A portable, fixed-batch ONNX file that is not shipped (rung ``onnx_portable``): the other formats'
+    converters take it when the shipped ONNX file is built for ONNX Runtime or has a symbolic batch."""
+    assert ctx.staging is not None
+    artifact = _onnx(ctx, graph, "onnx_portable", ctx.staging / "portable" / "model.onnx", False)
+    artifact.records["onnx_portable"]["graph"] = "fast/portable"
+    return artifact
+
+
+def _onnx(ctx: ExportContext, graph: Artifact, name: str, path: Path, dynamic_batch: bool) -> Artifact:
     from . import onnx as onnx_export
 
-    ctx.say("exporting ONNX")
-    path = ctx.file("onnx", "float32")
-    record = onnx_export.export_onnx(graph.value, ctx.example, path, dynamic_batch=ctx.request.dynamic_batch)
-    record["graph"] = "fast/onnxruntime" if ctx.request.graph == "fast" else "reference"
+    ctx.say("exporting ONNX" if name == "onnx" else "exporting a portable ONNX file for the other converters")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = onnx_export.export_onnx(graph.value, ctx.example, path, dynamic_batch=dynamic_batch)
     record["batch_one_products"] = graph.name == "batch_one"
     logits = onnx_export.run_onnx(path, ctx.data.holdout)
-    ctx.ladder.judge("onnx", graph.reference, graph.logits, logits)
-    return Artifact("onnx", path, logits, "onnx", "NCHW", {**graph.records, "onnx": record})
+    ctx.ladder.judge(name, graph.reference, graph.logits, logits)
+    return Artifact(name, path, logits, name, "NCHW", {**graph.records, name: record})
 
 
 def lower_to_saved_model(graph, example, folder: Path, *, relu_max: bool = False) -> dict:
@@ -270,9 +297,11 @@ def tflite(quantize: str) -> Stage:
 #: The stage that builds each artifact the plan can name.
 STAGES: dict[str, Stage] = {
     "deploy": deploy_form,
-    "deploy_fast_onnxruntime": fast_graph_for_onnxruntime,
+    "deploy_fast_onnxruntime": fast_graph_for("onnxruntime"),
+    "deploy_fast_portable": fast_graph_for("portable"),
     "batch_one": batch_one,
     "onnx": onnx_file,
+    "onnx_portable": portable_onnx_file,
     "deploy_fast": fast_graph_for_xnnpack,
     "relu_max": relu_max,
     "tf_graph": tf_graph,

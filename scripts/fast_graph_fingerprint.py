@@ -4,7 +4,7 @@
     PYTHONPATH=$PWD python scripts/fast_graph_fingerprint.py --out after.json --compare before.json
 
 For each variant (m0 m1 m2 m3 release-m0 release-m3) at 96 and 224 px, each runtime profile (xnnpack,
-onnxruntime) and form (plain, relu_max; batch_one for onnxruntime only) it records:
+onnxruntime, portable) and form (plain, relu_max; batch_one for onnxruntime only) it records:
 
 * ``graph``: a SHA-256 of the ``torch.export`` graph in canonical form: every call_function node's ATen
   target and arguments in execution order, nodes named by position, every parameter, buffer or constant
@@ -35,7 +35,7 @@ from micronet.model import build_model
 
 VARIANTS = ("m0", "m1", "m2", "m3", "release-m0", "release-m3")
 SIZES = (96, 224)
-PROFILE_NAMES = ("xnnpack", "onnxruntime")
+PROFILE_NAMES = ("xnnpack", "onnxruntime", "portable")
 
 
 def _randomise_batchnorm(model: torch.nn.Module) -> None:

@@ -190,8 +190,13 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "a_file").write_text("")
     return [
         (["--variant", "m12"], "unknown variant 'm12'"),
-        (["--format", "onnx", "--quantize", "int8"], "--quantize int8 applies to --format tflite"),
-        (["--format", "tflite", "--quantize", "int3"], "unknown quantization 'int3'"),
+        (["--format", "onnx", "--quantize", "int8"], "--format onnx is exported in float32 only; got --quantize int8"),
+        (["--format", "tflite", "--quantize", "int3"], "--format tflite is exported in int8, float32, float16, "
+                                                       "dynamic; got --quantize int3"),
+        (["--format", "onnx", "--optimize-for", "tensorrt"], "unknown --optimize-for 'tensorrt'"),
+        (["--format", "tflite", "--optimize-for", "onnxruntime"], "add --format onnx"),
+        (["--format", "onnx", "--graph", "reference", "--optimize-for", "onnxruntime"],
+         "does not combine with --graph reference"),
         (["--weights", str(tmp / "m3.pth")], "is a release-m3 checkpoint"),
         (["--weights", str(tmp / "corrupt.pth")], "cannot read weights file"),
         (["--calibration", str(tmp / "missing")], "image folder not found"),
@@ -232,35 +237,56 @@ def test_tflite_comes_from_the_fast_graph_lowering(exported_all):
 
 
 @pytest.mark.slow
-def test_onnx_comes_from_the_fast_graph_built_for_onnx_runtime(exported_all):
-    """The ONNX artifact: to_fast_deploy(profile="onnxruntime"), judged against the training form (rung
-    deploy_fast_onnxruntime) and then in ONNX Runtime against that graph (rung onnx); shifts are GATHERs."""
+def test_default_onnx_is_the_portable_fast_graph(exported_all):
+    """The default ONNX artifact: to_fast_deploy(profile="portable"), judged against the training form (rung
+    deploy_fast_portable), then in ONNX Runtime against that graph (rung onnx); none of the ops other ONNX
+    consumers reject (tests/test_conformance.py runs it in them)."""
     import onnx
 
     path = exported_all / f"micronet-m0-{SIZE}.onnx"
     m = _manifest(path)
-    assert m["graph"] == "fast" and m["stages"]["onnx"]["graph"] == "fast/onnxruntime"
+    assert m["graph"] == "fast" and m["stages"]["onnx"]["graph"] == "fast/portable"
+    assert m["optimized_for"] == "portable" and m["known_to_fail_in"] == {}
+    assert [r["rung"] for r in m["parity"]] == ["deploy_fast_portable", "onnx"]
+    assert m["parity"][1]["reference"] == "deploy_fast_portable"
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"Gather", "BatchNormalization", "HardSwish", "HardSigmoid"}, ops
+    assert m["stages"]["onnx"]["batch_one_products"] is False
+
+
+@pytest.mark.slow
+def test_onnx_for_onnx_runtime_comes_from_its_fast_graph_and_says_where_it_fails(tmp_path):
+    """--optimize-for onnxruntime: to_fast_deploy(profile="onnxruntime") with its batch-of-one products; shifts
+    are GATHERs; the manifest names the consumers it is known to fail in."""
+    import onnx
+
+    result = export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=16,
+                                  holdout=4, output_dir=tmp_path, optimize_for="onnxruntime"))
+    m = _manifest(result.artifacts[0])
+    assert m["stages"]["onnx"]["graph"] == "fast/onnxruntime" and m["optimized_for"] == "onnxruntime"
     assert [r["rung"] for r in m["parity"]] == ["deploy_fast_onnxruntime", "onnx"]
-    assert m["parity"][1]["reference"] == "deploy_fast_onnxruntime"
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert any(name.startswith("onnx2tf") for name in m["known_to_fail_in"])
+    ops = [n.op_type for n in onnx.load(str(result.artifacts[0])).graph.node]
     assert ops.count("Gather") >= 10 and "Concat" not in ops and ops.count("Gemm") >= 2 * 15
     assert m["stages"]["onnx"]["batch_one_products"] is True and ops.count("BatchNormalization") >= 2 * 15
 
 
 @pytest.mark.slow
-def test_dynamic_batch_onnx_keeps_multiplied_products(tmp_path):
-    """With --dynamic-batch the ONNX Runtime graph keeps its MULs (a BatchNormalization scale is per channel,
-    not per sample) and runs any batch."""
+def test_dynamic_batch_onnx_runs_any_batch(tmp_path):
+    """With --dynamic-batch the portable ONNX file runs any batch, and for ONNX Runtime it keeps its MULs (a
+    BatchNormalization scale is per channel, not per sample)."""
     import onnx
 
     from micronet.export.onnx import run_onnx
 
-    result = export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=16,
-                                  holdout=4, output_dir=tmp_path, dynamic_batch=True))
-    m = _manifest(result.artifacts[0])
-    assert m["stages"]["onnx"]["batch_one_products"] is False and all(r["passed"] for r in m["parity"])
-    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(result.artifacts[0])).graph.node}
-    assert run_onnx(result.artifacts[0], np.zeros((3, 3, 64, 64), np.float32)).shape == (3, 1000)
+    for target in ("portable", "onnxruntime"):
+        result = export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=16,
+                                      holdout=4, output_dir=tmp_path / target, dynamic_batch=True,
+                                      optimize_for=target))
+        m = _manifest(result.artifacts[0])
+        assert m["stages"]["onnx"]["batch_one_products"] is False and all(r["passed"] for r in m["parity"])
+        assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(result.artifacts[0])).graph.node}
+        assert run_onnx(result.artifacts[0], np.zeros((3, 3, 64, 64), np.float32)).shape == (3, 1000)
 
 
 @pytest.mark.slow

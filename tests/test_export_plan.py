@@ -22,11 +22,18 @@ def _plan(fmt=None, quantize=None, all_formats=False, **options):
 
 # --- the plan per request kind ------------------------------------------------------------------------------------
 
-def test_onnx_alone_builds_the_onnx_runtime_graph_and_its_batch_one_form():
+def test_onnx_alone_builds_the_portable_graph_without_batch_one_products():
     p = _plan("onnx")
+    assert p.names == ["deploy_fast_portable", "onnx"]
+    assert p.lineage(p.shipped[("onnx", "float32")]) == ["deploy_fast_portable", "onnx"]
+    assert _plan("onnx", dynamic_batch=True).names == ["deploy_fast_portable", "onnx"]
+
+
+def test_onnx_for_onnx_runtime_builds_its_graph_and_batch_one_form():
+    p = _plan("onnx", optimize_for="onnxruntime")
     assert p.names == ["deploy_fast_onnxruntime", "batch_one", "onnx"]
-    assert p.lineage(p.shipped[("onnx", "float32")]) == ["deploy_fast_onnxruntime", "onnx"]
-    assert _plan("onnx", dynamic_batch=True).names == ["deploy_fast_onnxruntime", "onnx"]
+    assert p.lineage("onnx") == ["deploy_fast_onnxruntime", "onnx"]
+    assert _plan("onnx", optimize_for="onnxruntime", dynamic_batch=True).names == ["deploy_fast_onnxruntime", "onnx"]
 
 
 @pytest.mark.parametrize("quantize", ["float32", "float16", "dynamic"])
@@ -48,10 +55,12 @@ def test_int8_tflite_adds_the_relu_max_form_and_its_saved_model():
 
 def test_all_formats_build_each_graph_once():
     p = _plan(all_formats=True)
-    assert len(p.names) == len(set(p.names)) == 11
-    assert [str(k.quantize) for k in p.shipped] == ["float32", "float32", "float16", "dynamic", "int8"]
-    assert p.lineage("onnx") == ["deploy_fast_onnxruntime", "onnx"]
+    assert len(p.names) == len(set(p.names))
+    assert [(k.format, k.quantize) for k in p.shipped][:5] == [
+        ("onnx", "float32"), ("tflite", "float32"), ("tflite", "float16"), ("tflite", "dynamic"), ("tflite", "int8")]
+    assert p.names[:2] == ["deploy_fast_portable", "onnx"] and p.lineage("onnx") == ["deploy_fast_portable", "onnx"]
     assert p.lineage("tflite_float16") == ["deploy_fast", "tflite_float32", "tflite_float16"]
+    assert "onnx_portable" not in p.names  # the shipped ONNX file is portable: the other converters take it
 
 
 def test_reference_graph_keeps_its_onnx2tf_path():
@@ -61,7 +70,7 @@ def test_reference_graph_keeps_its_onnx2tf_path():
 
 
 def test_every_planned_step_has_a_stage():
-    for options in ({}, {"dynamic_batch": True}, {"graph": "reference"}):
+    for options in ({}, {"dynamic_batch": True}, {"graph": "reference"}, {"optimize_for": "onnxruntime"}):
         assert set(_plan(all_formats=True, **options).names) <= set(STAGES)
 
 
@@ -145,8 +154,8 @@ def staged(monkeypatch) -> list[str]:
 def test_an_onnx_export_builds_only_what_its_plan_lists(tmp_path, staged):
     result = pipeline.export(ExportRequest(kinds=[("onnx", "float32")], input_size=64, calib_count=8, holdout=4,
                                            output_dir=tmp_path))
-    assert result.steps == ["deploy_fast_onnxruntime", "batch_one", "onnx"]
-    assert [r["rung"] for r in result.rungs] == ["deploy_fast_onnxruntime", "onnx"]  # no reference deploy form
+    assert result.steps == ["deploy_fast_portable", "onnx"]
+    assert [r["rung"] for r in result.rungs] == ["deploy_fast_portable", "onnx"]  # no reference deploy form
     assert [n for n in staged if not n.startswith(".")] == ["micronet-m0-64.onnx", "micronet-m0-64.onnx.json"]
 
 

@@ -37,6 +37,8 @@ def emit_stem(stem: Stem, plan: StemPlan) -> nn.Module:
     src = np.asarray(shuffle_permutation(cout, g1))  # logical (after the shuffle) j = conv_b output src[j]
     rows = src[plan.out_order]
     mids = rows // g2
+    if not plan.merged:
+        return _factorized_stem(stem, rows, mids)
     w = wa[mids][:, :, :, 0][:, :, :, None] * wb[rows]  # (cout, 3, 3, 3)
     wd = stem.hw[1]
     wo = plan.hw_out[1]
@@ -56,6 +58,18 @@ def emit_stem(stem: Stem, plan: StemPlan) -> nn.Module:
         conv = Conv(make_conv(pair, torch.cat([interior, interior]), stride=(2, 4), padding=1), border_p, relu6=True)
         return nn.Sequential(conv, PixelPairs())
     return Conv(make_conv(w, interior, stride=2, padding=1), border_t, relu6=True)
+
+
+def _factorized_stem(stem: Stem, rows: np.ndarray, mids: np.ndarray) -> nn.Module:
+    """The stem as its two convs, no border constant (each conv zero-pads its own input): the 1×3 conv
+    emits the planned order, so it is dense with one nonzero input per output (g1 inputs: a few MACs)."""
+    wa, ba, wb, bb = stem.weights
+    conv_a = make_conv(wa, ba, stride=(2, 1), padding=(1, 0))
+    wide = torch.zeros(stem.cout, stem.groups, 1, 3, dtype=wb.dtype)
+    for o, (row, mid) in enumerate(zip(rows, mids)):
+        wide[o, mid] = wb[row, 0]
+    conv_b = make_conv(wide, bb[torch.as_tensor(rows)], stride=(1, 2), padding=(0, 1))
+    return nn.Sequential(Conv(conv_a), Conv(conv_b, relu6=True))
 
 
 def grouped_taps(w: Tensor, bias: Tensor | None, stride: int, padding: int, groups: int, coarse: int) -> nn.Conv2d:
@@ -255,5 +269,5 @@ def emit_graph(net: ParsedNet, plan: FastPlan) -> FastMicroNet:
             blocks.append(FastBlock(steps, unit.residual))
             steps = []
     w1, b1, w2, b2 = net.head.weights
-    head = FastHead(w1[:, torch.as_tensor(plan.head_order)], b1, w2, b2)
+    head = FastHead(w1[:, torch.as_tensor(plan.head_order)], b1, w2, b2, plan.profile.hard_swish_op)
     return FastMicroNet(stem, blocks, head, net.input_size, net.num_classes)

@@ -137,14 +137,20 @@ class FastBlock(nn.Module):
 class FastHead(nn.Module):
     """ReLU6 → pool → h_swish → 1×1 conv → h_swish → 1×1 conv → h_swish (rewrite 8)."""
 
-    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> None:
+    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, hard_swish_op: bool = True) -> None:
         super().__init__()
         self.fc1 = make_conv(w1[:, :, None, None], b1)
         self.fc2 = make_conv(w2[:, :, None, None], b2)
+        self.hard_swish = F.hardswish if hard_swish_op else _explicit_hard_swish
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.hardswish(pool(F.relu6(x)))
-        return F.hardswish(self.fc2(F.hardswish(self.fc1(x)))).flatten(1)
+        x = self.hard_swish(pool(F.relu6(x)))
+        return self.hard_swish(self.fc2(self.hard_swish(self.fc1(x)))).flatten(1)
+
+
+def _explicit_hard_swish(x: Tensor) -> Tensor:
+    """h_swish written as the elementwise ops it stands for (Add, Clip, Mul, Mul in ONNX)."""
+    return x * F.relu6(x + 3.0) * (1.0 / 6.0)
 
 
 class FastMicroNet(nn.Module):

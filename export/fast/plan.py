@@ -71,6 +71,7 @@ class StemPlan:
     out_order: np.ndarray
     hw_out: tuple[int, int]
     pixel_pairs: bool  # rewrite 13
+    merged: bool = True  # rewrite 7: one dense 3×3 conv (with a border constant), else the two convs
 
 
 @dataclass
@@ -128,7 +129,8 @@ class FastPlan:
 
     def summary(self) -> list[str]:
         """One line per unit: block, kind, map size and the layout decisions (for reading a plan)."""
-        lines = [f"stem: {'pixel pairs' if self.stem.pixel_pairs else '3x3 conv'} -> {self.stem.hw_out}"]
+        stem_form = 'pixel pairs' if self.stem.pixel_pairs else '3x3 conv' if self.stem.merged else '3x1 + 1x3 convs'
+        lines = [f"stem: {stem_form} -> {self.stem.hw_out}"]
         for u in self.units:
             xt = "-" if u.xtilde is None else u.xtilde.kind
             if u.kind == "dw":

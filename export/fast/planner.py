@@ -246,9 +246,10 @@ class _Planner:
         out_order = np.arange(stem.cout) if need is None else need
         h, wd = stem.hw
         ho, wo = (h + 2 - 3) // 2 + 1, (wd + 2 - 3) // 2 + 1
-        pairs = (self.profile.pixel_pairs and 2 * stem.cout <= self.costs.gemm_tile_outputs and wo % 2 == 0
+        merged = self.profile.merged_stem
+        pairs = (merged and self.profile.pixel_pairs and 2 * stem.cout <= self.costs.gemm_tile_outputs and wo % 2 == 0
                  and (wd - 3) // 4 + 1 == wo // 2)
-        return StemPlan(out_order, (ho, wo), pairs), Rep(out_order, (ho, wo))
+        return StemPlan(out_order, (ho, wo), pairs, merged), Rep(out_order, (ho, wo))
 
     def _depthwise(self, pos: int, unit: Unit, rep: Rep) -> tuple[DepthwisePlan, Rep]:
         cin, mult = unit.cin, unit.mult

@@ -64,7 +64,8 @@ class RuntimeProfile:
     pending_products: bool = True  # rewrite 5: a K=1 Shift-Max feeding a linear op stays a product
     pending_into_depthwise: bool = True  # rewrite 5 with a depthwise consumer, where the cost model says so
     grouped_pointwise: bool = True  # rewrite 6: grouped 1×1 convs stay grouped where the order allows
-    merged_depthwise: bool = True  # rewrite 7 for the blocks (the stem's pair is always merged)
+    merged_depthwise: bool = True  # rewrite 7 for the blocks
+    merged_stem: bool = True  # rewrite 7 for the stem's 3×1 + 1×3 pair
     merged_groups: bool = True  # rewrite 9: grouped k×k convs with few outputs per group merged to tiles
     roll_2d: bool = True  # rewrite 10: a B/C depthwise Shift-Max as one roll of a 2-D channel view
     channel_transposes: bool = True  # rewrite 11: grouped 1×1 convs kept grouped behind channel transposes
@@ -75,6 +76,9 @@ class RuntimeProfile:
     # grouped.
     gather_shifts: bool = False
     linear_coefficients: bool = False  # rewrite 18: hyper-functions as Gemms on flat vectors
+    # Rewrite 8's h_swish as one HardSwish op; off, as x·relu6(x + 3)/6 (ONNX Runtime's mobile checker expands
+    # HardSwish to HardSigmoid, which neither NNAPI nor CoreML takes).
+    hard_swish_op: bool = True
     costs: CostModel = field(default_factory=CostModel)
 
     def without(self, *rewrites: str) -> "RuntimeProfile":
@@ -94,4 +98,12 @@ PROFILES: dict[str, RuntimeProfile] = {
     "onnxruntime": RuntimeProfile("onnxruntime", pending_into_depthwise=False, merged_depthwise=False,
                                   widened_coefficients=False, pixel_pairs=False, gather_shifts=True,
                                   linear_coefficients=True),
+    # The default ONNX file's graph: ONNX Runtime's profile less every rewrite some ONNX consumer rejects
+    # (docs/fast-graph.md, "The portable profile"): run-time BatchNormalization scales (linear_coefficients),
+    # channel Gathers (gather_shifts), the stem's (1, C, 1, W) border constant (merged_stem), HardSwish
+    # (hard_swish_op), the 2-D channel view of a roll and 6-D channel transposes (roll_2d,
+    # channel_transposes). Built without the batch-of-one BatchNormalization products as well.
+    "portable": RuntimeProfile("portable", pending_into_depthwise=False, merged_depthwise=False,
+                               merged_stem=False, roll_2d=False, channel_transposes=False,
+                               widened_coefficients=False, pixel_pairs=False, hard_swish_op=False),
 }
