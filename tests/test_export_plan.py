@@ -36,6 +36,26 @@ def test_onnx_for_onnx_runtime_builds_its_graph_and_batch_one_form():
     assert _plan("onnx", optimize_for="onnxruntime", dynamic_batch=True).names == ["deploy_fast_onnxruntime", "onnx"]
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"optimize_for": "tensorrt"}, "unknown --optimize-for 'tensorrt'; choose one of: portable, onnxruntime"),
+    ({"optimize_for": "onnxruntime", "kinds": [("tflite", "int8")]}, "add --format onnx"),
+    ({"optimize_for": "onnxruntime", "graph": "reference"}, "does not combine with --graph reference"),
+])
+def test_optimize_for_is_checked_before_any_work(options, message):
+    from micronet.errors import MicronetError
+
+    request = ExportRequest(**{"kinds": [("onnx", "float32")], **options})
+    with pytest.raises(MicronetError, match=message):
+        request.check()
+
+
+def test_onnx_targets_say_where_they_fail():
+    from micronet.export.onnx_targets import ONNX_TARGETS
+
+    assert ONNX_TARGETS["portable"].known_to_fail_in == {} and not ONNX_TARGETS["portable"].batch_one
+    assert len(ONNX_TARGETS["onnxruntime"].known_to_fail_in) >= 3
+
+
 @pytest.mark.parametrize("quantize", ["float32", "float16", "dynamic"])
 def test_float_tflite_builds_no_onnx_and_no_int8_graph(quantize):
     p = _plan("tflite", quantize)
