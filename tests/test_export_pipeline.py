@@ -53,7 +53,7 @@ def test_all_formats_written_with_manifests(exported_all):
             assert "warning" not in m["calibration"] and "no int8 ranges" in m["calibration"]["note"]
         assert m["input"]["preprocessing"]["input_size"] == SIZE
         assert all(r["passed"] for r in m["parity"])
-        assert m["parity"][0]["rung"] == ("deploy_fast_onnxruntime" if stem.endswith(".onnx") else "deploy_fast")
+        assert m["parity"][0]["rung"] == ("deploy_fast_portable" if stem.endswith(".onnx") else "deploy_fast")
         assert m["tool_versions"]["onnx2tf"] == "1.29.24"
 
 
@@ -137,7 +137,7 @@ def test_a_broken_rung_fails_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ParityFailure, match="parity rung 'onnx' broke") as info:
         export(ExportRequest(variant="m0", kinds=[("onnx", "float32")], input_size=64, calib_count=16, holdout=4,
                              output_dir=out))
-    assert [r["rung"] for r in info.value.rungs] == ["deploy_fast_onnxruntime", "onnx"]
+    assert [r["rung"] for r in info.value.rungs] == ["deploy_fast_portable", "onnx"]
     assert not info.value.rungs[-1]["passed"]
     assert list(out.iterdir()) == []
 

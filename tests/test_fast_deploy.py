@@ -448,7 +448,10 @@ def test_every_switch_off_at_once_is_exact_and_disable_names_switches():
 
 def test_profiles_are_data():
     """Every runtime difference is a field of the profile."""
-    assert set(PROFILES) == {"xnnpack", "onnxruntime"}
+    assert set(PROFILES) == {"xnnpack", "onnxruntime", "portable"}
+    portable = PROFILES["portable"]
+    assert not (portable.gather_shifts or portable.linear_coefficients or portable.merged_stem
+                or portable.hard_swish_op or portable.roll_2d or portable.channel_transposes)
     ort = PROFILES["onnxruntime"]
     assert ort.gather_shifts and ort.linear_coefficients and not ort.merged_depthwise and not ort.pixel_pairs
     assert isinstance(ort.costs, CostModel) and PROFILES["xnnpack"].costs == ort.costs
