@@ -330,6 +330,25 @@ def datasets_digits(
           f"10 classes -> {out}")
 
 
+@datasets_app.command("segmentation")
+def datasets_segmentation(
+    out: Path = typer.Option(..., "--out", "-o", help="folder to create (Cityscapes layout inside)"),
+    input_size: str = typer.Option("128x256", "--input-size", help="image size HxW in pixels, multiples of 32"),
+    train_images: int = typer.Option(48, "--train-images", help="images in the train split"),
+    val_images: int = typer.Option(16, "--val-images", help="images in the val split"),
+    seed: int = typer.Option(0, "--seed", help="seed of the crops and shapes"),
+) -> None:
+    """A small segmentation set in the Cityscapes layout, drawn from the bundled photos (no download)."""
+    from micronet.sample_images import bundled_photographs
+    from micronet.segmentation.synthetic import parse_size, write_segmentation_set
+
+    height, width = parse_size(input_size)
+    summary = write_segmentation_set(out, bundled_photographs(), height=height, width=width,
+                                     train_images=train_images, val_images=val_images, seed=seed)
+    print(f"segmentation: {summary['train_images']} train + {summary['val_images']} val images, "
+          f"{height}x{width} px, classes {', '.join(summary['classes'])} (+ ignore 255) -> {out}")
+
+
 InventoryOpt = typer.Option(None, "--inventory",
                             help="devices.toml (default: $MICRONET_DEVICES, ./devices.toml, ~/.config/micronet/devices.toml)")
 
