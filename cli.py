@@ -349,6 +349,26 @@ def datasets_segmentation(
           f"{height}x{width} px, classes {', '.join(summary['classes'])} (+ ignore 255) -> {out}")
 
 
+@datasets_app.command("keypoints")
+def datasets_keypoints(
+    out: Path = typer.Option(..., "--out", "-o", help="folder to create (COCO keypoints layout inside)"),
+    image_size: str = typer.Option("256x256", "--image-size", help="image size HxW in pixels"),
+    train_images: int = typer.Option(64, "--train-images", help="images in train2017"),
+    val_images: int = typer.Option(16, "--val-images", help="images in val2017"),
+    seed: int = typer.Option(0, "--seed", help="seed of the crops and figures"),
+) -> None:
+    """A small keypoint set in the COCO layout: figures drawn on the bundled photos (no download)."""
+    from micronet.keypoints.synthetic import write_keypoint_set
+    from micronet.sample_images import bundled_photographs
+    from micronet.segmentation.synthetic import parse_size
+
+    size = parse_size(image_size, multiple=1)
+    summary = write_keypoint_set(out, bundled_photographs(), size=size, train_images=train_images,
+                                 val_images=val_images, seed=seed)
+    print(f"keypoints: {summary['train_images']} train + {summary['val_images']} val images, "
+          f"{summary['people']} figures with 17 joints, {size[0]}x{size[1]} px -> {out}")
+
+
 InventoryOpt = typer.Option(None, "--inventory",
                             help="devices.toml (default: $MICRONET_DEVICES, ./devices.toml, ~/.config/micronet/devices.toml)")
 

@@ -46,14 +46,15 @@ def _check_size(height: int, width: int) -> None:
             raise MicronetError(f"segmentation image {name} must be a multiple of {SIZE_MULTIPLE} px, got {value!r}")
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
     """``"128x256"`` → (128, 256): height then width, as Cityscapes sizes are written (1024×2048)."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         height, width = (int(p) for p in parts)
     except ValueError:
-        raise MicronetError(f"input size must be HxW in pixels (for example 128x256), got {text!r}") from None
-    _check_size(height, width)
+        raise MicronetError(f"size must be HxW in pixels (for example 128x256), got {text!r}") from None
+    if multiple > 1:
+        _check_size(height, width)
     return height, width
 
 
