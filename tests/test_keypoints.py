@@ -258,3 +258,42 @@ def test_prediction_path_on_perfect_heatmaps_scores_near_one(coco, flip):
     kp = np.array(results[0]["keypoints"]).reshape(17, 3)
     gt = np.array(val.data["annotations"][0]["keypoints"]).reshape(17, 3)
     assert np.abs(kp[:, :2] - gt[:, :2]).max() < 2.5 and (kp[:, 2] > 0.8).all()
+
+
+def test_training_crops_put_each_target_on_its_drawn_joint(coco):
+    """Under rotation, scale and flip, a target's peak sits on a pixel drawn in that joint's colour, and
+    the figures face the viewer in every crop: the left shoulder's target is right of the right shoulder's
+    (without the swap a flipped crop would put it left)."""
+    from micronet.keypoints.predict import HEATMAP_STRIDE
+    from micronet.keypoints.training_data import Augmentation, KeypointCrops
+    from micronet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    train = load_coco_keypoints(coco, "train2017")
+    data = KeypointCrops(train, augmentation=Augmentation(rotation=45, scale=(0.8, 1.2), flip=0.5), seed=3)
+    checked = flipped = 0
+    for index in range(len(data)):
+        image, targets, weights = data.sample(index)
+        rgb = (image.transpose(1, 2, 0) * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)) * 255
+        positions, _ = decode_heatmaps(targets)
+        for k in (0, 5, 10, 15):
+            if not weights[k]:
+                continue
+            x, y = (positions[k] + 0.5) * HEATMAP_STRIDE - 0.5
+            patch = rgb[int(round(y)) - 1:int(round(y)) + 2, int(round(x)) - 1:int(round(x)) + 2].reshape(-1, 3)
+            assert np.abs(patch - np.array(JOINT_COLOURS[k])).max(axis=1).min() < 70, (index, KEYPOINT_NAMES[k])
+            checked += 1
+        rng = np.random.default_rng([3, 0, index])
+        rng.normal(), rng.uniform()
+        flipped += rng.random() < 0.5
+        if weights[5] and weights[6]:
+            assert positions[5, 0] > positions[6, 0], index
+    assert checked >= 12 and flipped >= 1
+    assert image.shape == (3, 256, 192) and targets.shape == (17, 64, 48) and weights.shape == (17,)
+
+
+def test_heatmap_loss_ignores_unlabelled_joints():
+    import torch
+    from micronet.keypoints.training_data import heatmap_loss
+    targets = torch.zeros(1, 2, 4, 4)
+    predicted = torch.ones(1, 2, 4, 4)
+    assert float(heatmap_loss(predicted, targets, torch.tensor([[1.0, 0.0]]))) == pytest.approx(0.25)
+    assert float(heatmap_loss(predicted, targets, torch.tensor([[0.0, 0.0]]))) == 0.0

@@ -2,9 +2,11 @@
 
 COCO cannot be downloaded here (nor in CI). This writes what the pose path reads from a user's COCO
 folder, so both go through the same code: crops of the embedded real photographs with one or two stick
-figures drawn on them, 17 joints each in COCO's order, every joint marked by its own colour (a left joint
-and its right partner differ, so mirroring is learnable), limbs left/right coloured, boxes, areas and
-visibility flags as COCO has them (all joints labelled visible, v = 2).
+figures drawn on them, 17 joints each in COCO's order, boxes, areas and visibility flags as COCO has them
+(all joints labelled visible, v = 2). Each kind of joint has its own colour, shared by a left joint and
+its right partner, and every figure faces the viewer (its left on the image's right): left and right are
+told apart by where they are, as in a photo of a person, so a mirrored image (flip augmentation, the
+flip test) shows a figure whose labels are still right once swapped.
 
 The figures are not people: a model trained here proves that training, decoding, export, the ladder and
 OKS AP work end to end, not that it finds human poses.
@@ -28,10 +30,12 @@ from micronet.images import load_rgb
 from .coco import KEYPOINT_NAMES, PERSON_CATEGORY, SKELETON
 
 MANIFEST_NAME = "micronet-keypoints.json"
-#: Each joint's colour: hues spread round the wheel, so neighbours in the list differ.
+#: The kind of each joint (nose, eye, ear, shoulder, elbow, wrist, hip, knee, ankle): partners share one.
+JOINT_KIND: tuple[int, ...] = (0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8)
+#: Each kind's colour: nine hues spread round the wheel.
 JOINT_COLOURS: tuple[tuple[int, int, int], ...] = tuple(
-    tuple(int(255 * c) for c in colorsys.hsv_to_rgb((k * 7 % 17) / 17, 0.9, 1.0)) for k in range(17))
-_LEFT_LIMB, _RIGHT_LIMB, _MIDDLE_LIMB = (250, 250, 250), (30, 30, 30), (128, 128, 128)
+    tuple(int(255 * c) for c in colorsys.hsv_to_rgb((kind * 4 % 9) / 9, 0.9, 1.0)) for kind in JOINT_KIND)
+_LIMB = (235, 235, 235)
 
 
 def _figure(rng: np.random.Generator) -> np.ndarray:
@@ -59,10 +63,7 @@ def _figure(rng: np.random.Generator) -> np.ndarray:
 def _draw_figure(draw: ImageDraw.ImageDraw, joints: np.ndarray, height_px: float) -> None:
     width = max(2, int(height_px / 40))
     for a, b in SKELETON:
-        names = KEYPOINT_NAMES[a], KEYPOINT_NAMES[b]
-        colour = (_LEFT_LIMB if all(n.startswith("left") for n in names)
-                  else _RIGHT_LIMB if all(n.startswith("right") for n in names) else _MIDDLE_LIMB)
-        draw.line([tuple(joints[a]), tuple(joints[b])], fill=colour, width=width)
+        draw.line([tuple(joints[a]), tuple(joints[b])], fill=_LIMB, width=width)
     radius = max(2.0, height_px / 45)
     for (x, y), colour in zip(joints, JOINT_COLOURS):
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
