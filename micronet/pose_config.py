@@ -103,6 +103,12 @@ def _split_expansion(ratio: int) -> tuple[int, int]:
     return (2, ratio // 2) if ratio % 2 == 0 and ratio > 1 else (1, ratio)
 
 
+def _check_groups(cin: int, cout: int, groups: int, what: str) -> None:
+    """A grouped 1x1 needs ``groups`` to divide both widths; say which conv of which line does not."""
+    for width in (cin, cout):
+        _whole(width, groups, f"{what} {cin} -> {cout} with {groups} groups")
+
+
 def _whole(numerator: int, denominator: int, what: str) -> int:
     if denominator <= 0 or numerator % denominator:
         raise ValueError(f"{what}: {numerator} is not a multiple of {denominator}")
@@ -148,6 +154,7 @@ def to_rows(blocks: tuple[PaperBlock, ...]) -> tuple[tuple[int, int], tuple[Bloc
                 c1, c2 = _split_expansion(_whole(block.width, cin, f"{block} depthwise expansion"))
                 if block.kind == "A+" and c1 * c2 != 1:
                     raise ValueError(f"A+ does not expand its depthwise, but C != input width in {block}")
+            _check_groups(cin * c1 * c2, block.narrow, g1, f"{block}: squeeze")
             rows.append(BlockRow(stride, block.narrow, block.kernel, c1, c2, 0, cin, g1, g1, y1, y2, y3, reduction))
         else:
             if block.kind not in ("C", "A+"):
@@ -156,6 +163,8 @@ def to_rows(blocks: tuple[PaperBlock, ...]) -> tuple[tuple[int, int], tuple[Bloc
             if block.kind == "A+" and block.width != expanded:
                 raise ValueError(f"A+ does not expand its depthwise: C must equal the previous C {expanded}, got {block}")
             ratio = _whole(expanded, cin, f"{block} expand ratio")
+            _check_groups(cin, expanded, expand_groups, f"{block}: the previous block's expand")
+            _check_groups(expanded, block.narrow, g1, f"{block}: squeeze")
             if upsample:
                 upsample_rows.append(len(rows))
             rows.append(BlockRow(stride, block.narrow, block.kernel, 1, ratio, expand_groups, expand_groups, g1, g1,
