@@ -148,7 +148,7 @@ def _shape(shape: list[int]) -> str:
 
 
 # Columns each table can lose on a narrow terminal, least important first (print_table's ``drop``).
-VARIANTS_DROP = ("published", "released weights (top-1)", "what it is", "input")
+VARIANTS_DROP = ("what it is", "released weights (top-1)", "input", "task", "published")
 STAGES_DROP = ("output shape", "attention MAdds", "Shift-Max MAdds", "Linear MAdds", "conv MAdds")
 LAYERS_DROP = ("output shape", "op")
 PARITY_DROP = ("cosine", "compared with", "top-1 agree")
@@ -162,16 +162,17 @@ def variants_table(rows: list[dict]) -> Table:
     pose), which the ``input`` column names; a pose row's published figures add the paper's COCO AP.
     """
     table = Table(title="MicroNet variants (figures at each variant's input)")
-    for col in ("variant", "params", "MAdds", "input", "published", "released weights (top-1)", "what it is"):
+    for col in ("variant", "task", "params", "MAdds", "input", "published", "released weights (top-1)",
+                "what it is"):
         table.add_column(col, justify="right" if col in ("params", "MAdds") else "left",
-                         no_wrap=col in ("variant", "params", "MAdds", "input"))
+                         no_wrap=col in ("variant", "task", "params", "MAdds", "input"))
     for r in rows:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
         weights = ", ".join(f"{w['file_name']} ({w['top1']}%)" for w in r["weights"]) or "-"
         published = f"{r['paper_madds']} MAdds, {r['paper_params']}"
         if r.get("paper_ap") is not None:
             published += f", AP {r['paper_ap']}"
-        table.add_row(name, f"{r['params']:,}", f"{r['madds']:,}", size_label(tuple(r["input_size"])), published,
+        table.add_row(name, r["task"], f"{r['params']:,}", f"{r['madds']:,}", size_label(tuple(r["input_size"])), published,
                       weights, r["description"])
     return table
 
