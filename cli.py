@@ -91,6 +91,8 @@ def flops(
     if as_json:
         data = counts.to_dict()
         data["other_conventions"] = check
+        if info.task == "pose":  # the paper's Table 8 figures, as printed, beside ours
+            data["paper"] = {"madds": info.paper_madds, "params": info.paper_params, "ap": info.paper_ap}
         if not per_layer:
             data.pop("layers")
         print(json.dumps(data, indent=2))
