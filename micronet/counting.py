@@ -25,7 +25,7 @@ from torch import nn
 
 from .layers import DynamicShiftMax, SpatialAttention
 from .errors import MicronetError
-from .model import MicroNet, build_model
+from .model import build_model
 
 RULE = "conv + all Linear (classifier and Shift-Max hyper-functions) + Shift-Max products (2/elt K=1, 4/elt K=2)"
 #: What the rule adds for the keypoint variants (printed under their tables).
@@ -138,7 +138,7 @@ def count_model(model: nn.Module, input_size: InputSize | None = None) -> Counts
     any input size without allocating activations (on the meta device).
     """
     size = input_size or model.input_size
-    task = "classification" if isinstance(model, MicroNet) else "pose"
+    task = getattr(model, "task", "classification")  # PoseMicroNet says "pose"
     counts = Counts(model.config.name, size, model.num_classes, task=task)
     hooks = []
 

@@ -22,6 +22,8 @@ class PoseMicroNet(nn.Module):
     multiples of 32 work; ``input_size`` (H, W) is recorded for counting and examples.
     """
 
+    task = "pose"  # what the counting tables and the weights loader key on
+
     def __init__(self, config: PoseConfig, keypoints: int = COCO_KEYPOINTS,
                  input_size: tuple[int, int] = POSE_INPUT_SIZE) -> None:
         super().__init__()

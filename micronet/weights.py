@@ -242,7 +242,7 @@ def checkpoint_task(state: Mapping[str, Tensor]) -> str:
 
 def _cross_task_message(state: Mapping[str, Tensor], model: nn.Module, origin: str) -> str | None:
     """One line when checkpoint and model are of different tasks, which no shape check should have to explain."""
-    model_task = "classification" if isinstance(model, MicroNet) else "pose"
+    model_task = getattr(model, "task", "classification")  # PoseMicroNet says "pose"
     found = checkpoint_task(state)
     if found == model_task:
         return None
