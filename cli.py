@@ -43,6 +43,8 @@ def root(verbose: bool = typer.Option(False, "--verbose", help="show TensorFlow'
     quiet_tensorflow_environment()  # before any command imports TensorFlow
 
 VariantOpt = typer.Option("m0", "--variant", "-v", help="m0 m1 m2 m3 release-m0 release-m3 (aliases release-m1, release-m2)")
+AnyVariantOpt = typer.Option("m0", "--variant", "-v", help="m0 m1 m2 m3 release-m0 release-m3 (aliases release-m1, "
+                             "release-m2); keypoint models pose-m0 pose-m1 pose-m2 pose-m3")
 InputSizeOpt = typer.Option(224, "--input-size", help="input resolution in pixels, a multiple of 32")
 DEFAULT_BUDGETS = Path("budgets.toml")
 
@@ -69,22 +71,28 @@ def variants(as_json: bool = flag("--json", help="machine-readable output")) -> 
 
 @app.command()
 def flops(
-    variant: str = VariantOpt,
-    input_size: int = InputSizeOpt,
-    num_classes: int = typer.Option(1000, "--num-classes"),
+    variant: str = AnyVariantOpt,
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="pixels (224) or H x W (256x192), multiples "
+                                             "of 32; default: the variant's own (224; 256x192 for pose-*)"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="classes, or heatmaps for pose-* "
+                                              "(default 1000; 17)"),
     per_layer: bool = flag("--per-layer", help="one row per conv/Linear/Shift-Max/BN layer"),
     as_json: bool = flag("--json", help="print the full table as JSON"),
 ) -> None:
     """MAdds and parameters per stage (or per layer), cross-checked against torch's FlopCounterMode."""
-    from micronet.counting import count_variant, cross_check
+    from micronet.counting import count_variant, cross_check, parse_input_size
     from micronet.registry import resolve_variant
 
-    name = resolve_variant(variant).name
-    counts = count_variant(name, input_size=input_size, num_classes=num_classes)
-    check = cross_check(name, input_size=input_size, num_classes=num_classes)
+    info = resolve_variant(variant, task=None)
+    name = info.name
+    size = None if input_size is None else parse_input_size(input_size)
+    counts = count_variant(name, input_size=size, num_classes=num_classes)
+    check = cross_check(name, input_size=size, num_classes=num_classes)
     if as_json:
         data = counts.to_dict()
         data["other_conventions"] = check
+        if info.task == "pose":  # the paper's Table 8 figures, as printed, beside ours
+            data["paper"] = {"madds": info.paper_madds, "params": info.paper_params, "ap": info.paper_ap}
         if not per_layer:
             data.pop("layers")
         print(json.dumps(data, indent=2))
@@ -93,6 +101,10 @@ def flops(
 
     print_table(counts_table(counts, per_layer=per_layer), drop=LAYERS_DROP if per_layer else STAGES_DROP)
     console.print(conventions_note(check))
+    if info.task == "pose":
+        from micronet.console import paper_note
+
+        console.print(paper_note(info, counts))
 
 
 @app.command("export")

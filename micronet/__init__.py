@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_model": "micronet.model",
     "MicroNet": "micronet.model",
+    "build_pose_model": "micronet.pose_model",
+    "PoseMicroNet": "micronet.pose_model",
     "load_weights": "micronet.weights",
     "count_variant": "micronet.counting",
     "count_model": "micronet.counting",

@@ -23,12 +23,14 @@ def _activation(selector: int, channels: int, groups: int, reduction: int, varia
     Dynamic Shift-Max with K=selector otherwise."""
     if selector == 0:
         return nn.ReLU6()
-    return DynamicShiftMax(channels, groups, reduction, branches=selector, init_a=variant.init_a, init_b=variant.init_b)
+    return DynamicShiftMax(channels, groups, reduction, branches=selector, init_a=variant.init_a, init_b=variant.init_b,
+                           spatial_attention=variant.spatial_attention)
 
 
-def _squeeze_activation(channels: int, groups: int, reduction: int) -> DynamicShiftMax:
+def _squeeze_activation(channels: int, groups: int, reduction: int, variant: VariantConfig) -> DynamicShiftMax:
     """The Shift-Max after the squeezing 1x1 (``squeeze_act``): always K=1, starting as the identity."""
-    return DynamicShiftMax(channels, groups, reduction, branches=1, init_a=_SQUEEZE_INIT_A, init_b=_SQUEEZE_INIT_B)
+    return DynamicShiftMax(channels, groups, reduction, branches=1, init_a=_SQUEEZE_INIT_A, init_b=_SQUEEZE_INIT_B,
+                           spatial_attention=variant.spatial_attention)
 
 
 class MicroBlock(nn.Module):
@@ -45,11 +47,11 @@ class MicroBlock(nn.Module):
         return out + x if self.residual else out
 
 
-def _final_layers(row: BlockRow, cin: int, hidden: int, reduction: int) -> list[nn.Module]:
+def _final_layers(row: BlockRow, cin: int, hidden: int, reduction: int, variant: VariantConfig) -> list[nn.Module]:
     """The last row: a grouped 1x1 widening to the head, then an optional Shift-Max."""
     layers: list[nn.Module] = [pointwise(cin, hidden, row.expand_groups)]
     if row.squeeze_act:
-        layers.append(_squeeze_activation(hidden, row.shift_groups, reduction))
+        layers.append(_squeeze_activation(hidden, row.shift_groups, reduction, variant))
     return layers
 
 
@@ -65,7 +67,7 @@ def _a_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
         layers.append(ChannelShuffle(hidden // 2))
     layers.append(pointwise(hidden, cout, row.squeeze_groups))
     if row.squeeze_act:
-        layers.append(_squeeze_activation(cout, row.out_shift_groups, reduction // 2))
+        layers.append(_squeeze_activation(cout, row.out_shift_groups, reduction // 2, variant))
     layers.append(ChannelShuffle(row.out_shift_groups))
     if row.squeeze_act and cout % 2 == 0:
         layers.append(ChannelShuffle(cout // 2))
@@ -73,13 +75,22 @@ def _a_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
 
 
 def _bc_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
-               variant: VariantConfig) -> list[nn.Module]:
+               variant: VariantConfig, upsample: bool = False) -> list[nn.Module]:
     """Micro-Block B/C: expanding 1x1, activation, shuffle, depthwise, activation, shuffle,
-    squeezing 1x1, optional Shift-Max and shuffles."""
+    squeezing 1x1, optional Shift-Max and shuffles.
+
+    ``upsample`` puts a bilinear x2 upsampling right before the depthwise: that is where the paper's
+    block (depthwise -> squeeze -> expand) begins, so the previous block's expanding 1x1 still runs at
+    the lower resolution (the keypoint head, paper §6.1).
+    """
     layers = [
         pointwise(cin, hidden, row.expand_groups),
         _activation(row.expand_act, hidden, row.shift_groups, reduction, variant),
         ChannelShuffle(row.shift_groups),
+    ]
+    if upsample:
+        layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+    layers += [
         MicroFactorizedDepthwise(hidden, row.kernel, row.stride),
         # The depthwise activation of B/C shifts inside groups of g2 channels (the released "expansion" grouping).
         _activation(row.depthwise_act, hidden, hidden // row.shift_groups if row.shift_groups != 1 else 1,
@@ -91,20 +102,30 @@ def _bc_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
         layers.append(ChannelShuffle(hidden // 2))
     layers.append(pointwise(hidden, cout, row.squeeze_groups))
     if row.squeeze_act:
-        layers.append(_squeeze_activation(cout, row.out_shift_groups, reduction // 2 if cout < hidden else reduction))
+        layers.append(_squeeze_activation(cout, row.out_shift_groups, reduction // 2 if cout < hidden else reduction,
+                                          variant))
     layers.append(ChannelShuffle(row.out_shift_groups))
     if row.squeeze_act:
         layers.append(ChannelShuffle(cout // 2))
     return layers
 
 
-def build_block(row: BlockRow, cin: int, variant: VariantConfig) -> tuple[MicroBlock, int]:
-    """Turn a row into a block; returns the block and its output channel count."""
+def build_block(row: BlockRow, cin: int, variant: VariantConfig, upsample: bool = False) -> tuple[MicroBlock, int]:
+    """Turn a row into a block; returns the block and its output channel count.
+
+    ``upsample`` (B/C rows only) doubles the resolution before the depthwise; such a block has no
+    residual, since its input is at half its output's resolution.
+    """
     hidden = cin * row.expansion1 * row.expansion2
     reduction = BASE_REDUCTION * row.reduction_factor
+    if upsample and (row.kind != "BC" or row.stride != 1):
+        raise ValueError(f"only a stride-1 Micro-Block B/C row can upsample, not a {row.kind} row of stride {row.stride}")
     if row.kind == "final":
-        return MicroBlock(_final_layers(row, cin, hidden, reduction), residual=False, kind="final"), hidden
+        return MicroBlock(_final_layers(row, cin, hidden, reduction, variant), residual=False, kind="final"), hidden
     cout = row.out_channels
-    build = _a_layers if row.kind == "A" else _bc_layers
-    layers = build(row, cin, hidden, cout, reduction, variant)
-    return MicroBlock(layers, residual=row.stride == 1 and cin == cout, kind=row.kind), cout
+    if row.kind == "A":
+        layers = _a_layers(row, cin, hidden, cout, reduction, variant)
+    else:
+        layers = _bc_layers(row, cin, hidden, cout, reduction, variant, upsample)
+    residual = row.stride == 1 and cin == cout and not upsample
+    return MicroBlock(layers, residual=residual, kind=row.kind), cout

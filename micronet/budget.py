@@ -5,7 +5,7 @@ A budgets file is TOML, one table per variant::
     [m0]
     madds = 6_200_000     # MAdds at input_size (the counting rule of micronet.counting)
     params = 1_800_000
-    input_size = 224      # optional, default 224
+    input_size = 224      # optional, default the variant's own (224; pose-*: 256x192, not settable)
 
 A change that makes a variant bigger than its budget fails ``micronet budget check`` until the
 budget is raised on purpose, in the same review.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MicronetError
-from .registry import FIGURES_INPUT_SIZE, resolve_variant
+from .registry import resolve_variant
 
 LIMIT_KEYS = ("madds", "params")
 OPTION_KEYS = ("input_size",)
@@ -68,7 +68,7 @@ def read_budgets(path: str | Path) -> dict[str, dict[str, int]]:
         raise MicronetError(f"budgets file {path} sets no budgets: add a [VARIANT] table with madds and/or params")
     for variant, table in data.items():
         try:
-            resolve_variant(variant)
+            info = resolve_variant(variant, task=None)
         except MicronetError as exc:
             raise MicronetError(f"budgets file {path}: [{variant}]: {exc}") from None
         if not isinstance(table, dict):
@@ -81,6 +81,9 @@ def read_budgets(path: str | Path) -> dict[str, dict[str, int]]:
                 raise MicronetError(f"budgets file {path}: [{variant}] {key} must be a positive integer")
         if not any(key in table for key in LIMIT_KEYS):
             raise MicronetError(f"budgets file {path}: [{variant}] sets no limit; add madds and/or params")
+        if info.task != "classification" and "input_size" in table:
+            raise MicronetError(f"budgets file {path}: [{variant}] input_size is for the square classifiers; a "
+                                f"{info.task} budget is at its own {info.input_size[0]}x{info.input_size[1]}")
     return data
 
 
@@ -90,19 +93,21 @@ def check_budgets(path: str | Path) -> list[BudgetResult]:
 
     results = []
     for variant, table in read_budgets(path).items():
-        input_size = table.get("input_size", FIGURES_INPUT_SIZE)
+        info = resolve_variant(variant, task=None)
+        input_size = table.get("input_size")  # None: the variant's own, where its metadata's figures are
         try:
             counts = count_variant(variant, input_size=input_size)
         except MicronetError as exc:  # e.g. an input_size that is not a multiple of 32
             raise MicronetError(f"budgets file {path}: [{variant}]: {exc}") from None
         measured = {"madds": counts.madds, "params": counts.params}
-        recorded = recorded_figures(variant) if input_size == FIGURES_INPUT_SIZE else {}
+        own = input_size is None or (input_size, input_size) == info.input_size
+        recorded = recorded_figures(variant) if own else {}
         results += [BudgetResult(variant, key, measured[key], table[key], recorded.get(key))
                     for key in LIMIT_KEYS if key in table]
     return results
 
 
 def recorded_figures(variant: str) -> dict[str, int]:
-    """A variant's own params and MAdds at 224 px from its metadata, whether or not a budget names them."""
-    info = resolve_variant(variant)
+    """A variant's own params and MAdds (at its own input size) from its metadata, whether or not a budget names them."""
+    info = resolve_variant(variant, task=None)
     return {"madds": info.madds, "params": info.params}

@@ -86,6 +86,10 @@ class VariantConfig:
     dropout: float
     init_a: tuple[float, float] = (1.0, 1.0)  # Shift-Max offsets alpha1, alpha2 (K=2 slots)
     init_b: tuple[float, float] = (0.0, 0.0)  # Shift-Max offsets beta1, beta2 (K=2 slots)
+    #: DY-ReLU spatial attention on every Shift-Max (the keypoint variants, paper §6.1); off for classification.
+    spatial_attention: bool = False
+    #: Indices of rows whose depthwise runs after a bilinear x2 upsampling (the keypoint head).
+    upsample_rows: tuple[int, ...] = ()
 
     @property
     def stem_channels(self) -> int:

@@ -20,7 +20,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from .counting import RULE, Counts
+from .counting import POSE_RULE, RULE, Counts, size_label
 
 # Width of the shared console when stdout is not a terminal: pipes, logs and CI keep every line whole
 # instead of rich's 80-column default. Tables are not expanded, so this only lifts the limit.
@@ -148,30 +148,40 @@ def _shape(shape: list[int]) -> str:
 
 
 # Columns each table can lose on a narrow terminal, least important first (print_table's ``drop``).
-VARIANTS_DROP = ("published", "released weights (top-1)", "what it is")
-STAGES_DROP = ("output shape", "Shift-Max MAdds", "Linear MAdds", "conv MAdds")
+VARIANTS_DROP = ("what it is", "released weights (top-1)", "input", "task", "published")
+STAGES_DROP = ("output shape", "attention MAdds", "Shift-Max MAdds", "Linear MAdds", "conv MAdds")
 LAYERS_DROP = ("output shape", "op")
 PARITY_DROP = ("cosine", "compared with", "top-1 agree")
 EXPORT_DROP = ("ops", "format", "input")
 
 
 def variants_table(rows: list[dict]) -> Table:
-    """``micronet variants``: measured figures beside the published ones, per variant."""
-    table = Table(title="MicroNet variants (224x224, 1000 classes)")
-    for col in ("variant", "params", "MAdds", "published", "released weights (top-1)", "what it is"):
+    """``micronet variants``: measured figures beside the published ones, per variant.
+
+    Each row's figures are at its task's input (224x224 and 1000 classes; 256x192 and 17 heatmaps for
+    pose), which the ``input`` column names; a pose row's published figures add the paper's COCO AP.
+    """
+    table = Table(title="MicroNet variants (figures at each variant's input)")
+    for col in ("variant", "task", "params", "MAdds", "input", "published", "released weights (top-1)",
+                "what it is"):
         table.add_column(col, justify="right" if col in ("params", "MAdds") else "left",
-                         no_wrap=col in ("variant", "params", "MAdds"))
+                         no_wrap=col in ("variant", "task", "params", "MAdds", "input"))
     for r in rows:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
         weights = ", ".join(f"{w['file_name']} ({w['top1']}%)" for w in r["weights"]) or "-"
-        table.add_row(name, f"{r['params']:,}", f"{r['madds']:,}", f"{r['paper_madds']} MAdds, {r['paper_params']}",
+        published = f"{r['paper_madds']} MAdds, {r['paper_params']}"
+        if r.get("paper_ap") is not None:
+            published += f", AP {r['paper_ap']}"
+        table.add_row(name, r["task"], f"{r['params']:,}", f"{r['madds']:,}", size_label(tuple(r["input_size"])), published,
                       weights, r["description"])
     return table
 
 
 def counts_table(counts: Counts, per_layer: bool = False) -> Table:
-    title = f"MicroNet {counts.variant} at {counts.input_size}x{counts.input_size}, {counts.num_classes} classes"
-    table = Table(title=title, caption=f"MAdds = {RULE}")
+    pose = counts.task == "pose"
+    outputs = "heatmaps" if pose else "classes"
+    title = f"MicroNet {counts.variant} at {size_label(counts.input_size)}, {counts.num_classes} {outputs}"
+    table = Table(title=title, caption=f"MAdds = {RULE}" + (f" {POSE_RULE}" if pose else ""))
     # Every cell is a name, a shape or a number: all whole (print_table drops columns instead).
     if per_layer:
         for col in ("layer", "op", "output shape", "params", "MAdds"):
@@ -180,17 +190,22 @@ def counts_table(counts: Counts, per_layer: bool = False) -> Table:
         for row in counts.layers:
             table.add_row(row.name, row.op, _shape(row.out_shape), f"{row.params:,}", f"{row.madds:,}")
     else:
-        for col in ("stage", "output shape", "params", "conv MAdds", "Linear MAdds", "Shift-Max MAdds", "MAdds"):
+        # The attention column only where there is attention (pose): the classification table is unchanged.
+        kinds = ("conv", "linear", "shiftmax") + (("attention",) if pose else ())
+        names = {"conv": "conv MAdds", "linear": "Linear MAdds", "shiftmax": "Shift-Max MAdds",
+                 "attention": "attention MAdds"}
+        for col in ("stage", "output shape", "params", *(names[k] for k in kinds), "MAdds"):
             table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
-        for s in counts.by_stage():
-            table.add_row(s["stage"], _shape(s["out_shape"]), f"{s['params']:,}", f"{s['conv']:,}",
-                          f"{s['linear']:,}", f"{s['shiftmax']:,}", f"{s['madds']:,}")
+        stages = counts.by_stage()
+        for s in stages:
+            table.add_row(s["stage"], _shape(s["out_shape"]), f"{s['params']:,}", *(f"{s[k]:,}" for k in kinds),
+                          f"{s['madds']:,}")
     table.add_section()
     if per_layer:
         table.add_row("total", "", "", f"{counts.params:,}", f"{counts.madds:,}")
     else:
-        table.add_row("total", "", f"{counts.params:,}", f"{counts.total('conv'):,}", f"{counts.total('linear'):,}",
-                      f"{counts.total('shiftmax'):,}", f"{counts.madds:,}")
+        table.add_row("total", "", f"{counts.params:,}", *(f"{sum(s[k] for s in stages):,}" for k in kinds),
+                      f"{counts.madds:,}")
     return table
 
 
@@ -199,7 +214,21 @@ def conventions_note(check: dict) -> str:
     return (f"torch FlopCounterMode: {check['flop_counter_flops']:,} FLOPs (conv + matmul only, 1 MAdd = 2 FLOPs) "
             f"= {check['flop_counter_as_madds']:,} MAdds = our conv + Linear MAdds "
             f"{'(equal)' if check['matches'] else '(DIFFERENT)'}; the Shift-Max products "
-            f"({check['shiftmax_madds']:,} MAdds) are the only difference to the {check['micronet_madds']:,} above.")
+            f"({check['shiftmax_madds']:,} MAdds)"
+            + (f" and the spatial attention products ({check['attention_product_madds']:,} MAdds)"
+               if check.get("attention_product_madds") else "")
+            + f" are the only difference to the {check['micronet_madds']:,} above.")
+
+
+def paper_note(info, counts: Counts) -> str:
+    """A pose variant's figures beside the paper's Table 8, and where the difference sits (README)."""
+    head = sum(s["madds"] for s in counts.by_stage() if s["stage"].startswith("head_blocks")
+               or s["stage"] == "heatmaps")
+    return (f"paper (Table 8, 256x192): {info.paper_madds} MAdds, {info.paper_params} params. Here: "
+            f"{counts.madds / 1e6:.1f}M MAdds, {counts.params / 1e6:.2f}M params at {size_label(counts.input_size)}; "
+            f"the head (stride 8 and 4) is {head / 1e6:.1f}M of it and the spatial attention "
+            f"{counts.attention_total() / 1e6:.1f}M. Widths are Table 10's, not tuned; README \"Pose models\" "
+            "explains the difference.")
 
 
 def parity_table(rungs: list[dict]) -> Table:

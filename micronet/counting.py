@@ -9,6 +9,11 @@ released 4.05M/6.12M/12.74M/20.81M and is the only convention reported as "MAdds
 Other conventions are shown beside it and named: ``torch.utils.flop_counter`` counts FLOPs = 2 x
 MACs for convolutions and matrix multiplies only (no Shift-Max products), so
 ``FLOPs / 2 == conv MAdds + Linear MAdds`` exactly; ``cross_check`` proves it on the real model.
+
+The keypoint variants add two things the rule must place: DY-ReLU spatial attention (its 1x1 conv is
+a conv; its per-position scaling is 1 product per element, counted like the Shift-Max products, as
+op ``attention``) and bilinear x2 upsampling (listed as op ``upsample`` with 0 MAdds: interpolation is
+free under the rule, like pooling; about 4 MAdds per output element under a FLOP-style count).
 """
 
 from __future__ import annotations
@@ -18,10 +23,37 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .layers import DynamicShiftMax
-from .model import MicroNet, build_model
+from .layers import DynamicShiftMax, SpatialAttention
+from .errors import MicronetError
+from .model import build_model
 
 RULE = "conv + all Linear (classifier and Shift-Max hyper-functions) + Shift-Max products (2/elt K=1, 4/elt K=2)"
+#: What the rule adds for the keypoint variants (printed under their tables).
+POSE_RULE = "+ spatial attention (its 1x1 conv, 1 product/elt); bilinear upsampling free"
+
+InputSize = int | tuple[int, int]
+
+
+def input_hw(size: InputSize) -> tuple[int, int]:
+    """(H, W) of a square size (int) or of an (H, W) pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def parse_input_size(text: str) -> InputSize:
+    """``"224"`` -> 224, ``"256x192"`` (H x W) -> (256, 192); anything else is one line saying what to write."""
+    parts = str(text).strip().lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=0) <= 0:
+        raise MicronetError(f"input size {text!r} is not a size: write pixels, e.g. 224, or H x W, e.g. 256x192")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def size_label(size: InputSize) -> str:
+    h, w = input_hw(size)
+    return f"{h}x{w}"
 
 
 @dataclass
@@ -37,9 +69,10 @@ class LayerCount:
 @dataclass
 class Counts:
     variant: str
-    input_size: int
-    num_classes: int
+    input_size: InputSize  # int (square, classification) or (H, W)
+    num_classes: int  # classes, or heatmaps for a pose variant
     layers: list[LayerCount] = field(default_factory=list)
+    task: str = "classification"
 
     def total(self, op: str | None = None, prefix: str = "") -> int:
         return sum(row.madds for row in self.layers if (op is None or row.op == op) and row.name.startswith(prefix))
@@ -57,29 +90,37 @@ class Counts:
         stages: dict[str, dict] = {}
         for row in self.layers:
             parts = row.name.split(".")
-            stage = ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+            stage = ".".join(parts[:2]) if parts[0] in ("blocks", "head_blocks") else parts[0]
             s = stages.setdefault(stage, {"stage": stage, "params": 0, "madds": 0, "conv": 0, "linear": 0,
-                                          "shiftmax": 0, "out_shape": row.out_shape})
+                                          "shiftmax": 0, "attention": 0, "out_shape": row.out_shape})
             s["params"] += row.params
             s["madds"] += row.madds
-            if row.op in ("conv", "linear", "shiftmax"):
+            if ".attention" in row.name:  # its 1x1 conv and its product: the attention's whole cost
+                s["attention"] += row.madds
+            elif row.op in ("conv", "linear", "shiftmax"):
                 s[row.op] += row.madds
-            if row.op != "batchnorm":
+            if row.op != "batchnorm" and ".attention" not in row.name:
                 s["out_shape"] = row.out_shape
         return list(stages.values())
+
+    def attention_total(self) -> int:
+        """MAdds of the spatial attention (its 1x1 convs and products); 0 for classification."""
+        return sum(row.madds for row in self.layers if ".attention" in row.name)
 
     def to_dict(self) -> dict:
         return {
             "variant": self.variant,
-            "input_size": self.input_size,
+            "task": self.task,
+            "input_size": self.input_size if isinstance(self.input_size, int) else list(self.input_size),
             "num_classes": self.num_classes,
-            "rule": RULE,
+            "rule": RULE if self.task == "classification" else f"{RULE} {POSE_RULE}",
             "totals": {
                 "madds": self.madds,
                 "params": self.params,
                 "conv_madds": self.total("conv"),
                 "linear_madds": self.total("linear"),
                 "shiftmax_madds": self.total("shiftmax"),
+                **({"attention_madds": self.attention_total()} if self.task == "pose" else {}),
             },
             "stages": self.by_stage(),
             "layers": [asdict(row) for row in self.layers],
@@ -90,14 +131,15 @@ def _own_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
 
 
-def count_model(model: MicroNet, input_size: int | None = None) -> Counts:
-    """Count a built model by running one batch-1 forward pass on the meta device.
+def count_model(model: nn.Module, input_size: InputSize | None = None) -> Counts:
+    """Count a built model (a ``MicroNet`` or a ``PoseMicroNet``) by one batch-1 forward pass.
 
     Shapes come from the pass, the arithmetic from each layer's definition, so the count is exact for
-    any input size without allocating activations.
+    any input size without allocating activations (on the meta device).
     """
     size = input_size or model.input_size
-    counts = Counts(model.config.name, size, model.num_classes)
+    task = getattr(model, "task", "classification")  # PoseMicroNet says "pose"
+    counts = Counts(model.config.name, size, model.num_classes, task=task)
     hooks = []
 
     def record(name: str, module: nn.Module):
@@ -110,6 +152,10 @@ def count_model(model: MicroNet, input_size: int | None = None) -> Counts:
                 op, madds = "linear", mod.in_features * mod.out_features * x.shape[0]
             elif isinstance(mod, DynamicShiftMax):
                 op, madds = "shiftmax", x.numel() * 2 * mod.branches
+            elif isinstance(mod, SpatialAttention):
+                op, madds = "attention", output.numel()
+            elif isinstance(mod, nn.Upsample):
+                op, madds = "upsample", 0
             else:
                 op, madds = "batchnorm", 0
             counts.layers.append(LayerCount(name, op, list(x.shape), list(output.shape), _own_params(mod), madds))
@@ -117,13 +163,14 @@ def count_model(model: MicroNet, input_size: int | None = None) -> Counts:
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear, DynamicShiftMax, nn.BatchNorm2d, nn.BatchNorm1d)):
+        if isinstance(module, (nn.Conv2d, nn.Linear, DynamicShiftMax, SpatialAttention, nn.Upsample,
+                               nn.BatchNorm2d, nn.BatchNorm1d)):
             hooks.append(module.register_forward_hook(record(name, module)))
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+            model(torch.zeros(1, 3, *input_hw(size), device=next(model.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
@@ -134,13 +181,34 @@ def count_model(model: MicroNet, input_size: int | None = None) -> Counts:
     return counts
 
 
-def count_variant(variant: str, input_size: int = 224, num_classes: int = 1000) -> Counts:
+def _build(variant: str, input_size: InputSize | None, num_classes: int | None) -> nn.Module:
+    """Either task's model; ``None`` sizes and output counts mean the variant's own (224 / 256x192, 1000 / 17)."""
+    from .registry import resolve_variant
+
+    info = resolve_variant(variant, task=None)
+    size = info.input_size if input_size is None else input_size
+    outputs = info.outputs if num_classes is None else num_classes
+    if info.task == "pose":
+        from .pose_model import build_pose_model
+
+        return build_pose_model(info.name, keypoints=outputs, input_size=input_hw(size))
+    if not isinstance(size, int):
+        h, w = input_hw(size)
+        if h != w:
+            raise MicronetError(f"input size {h}x{w} is not supported for {info.name}: the classifiers take a "
+                                "square input, e.g. 224")
+        size = h
+    return build_model(info.name, num_classes=outputs, input_size=size)
+
+
+def count_variant(variant: str, input_size: InputSize | None = None, num_classes: int | None = None) -> Counts:
+    """Count any variant; ``None`` means its own figures' input size and outputs (``VariantInfo``)."""
     with torch.device("meta"):
-        model = build_model(variant, num_classes=num_classes, input_size=input_size)
-    return count_model(model, input_size)
+        model = _build(variant, input_size, num_classes)
+    return count_model(model)
 
 
-def cross_check(variant: str, input_size: int = 224, num_classes: int = 1000) -> dict:
+def cross_check(variant: str, input_size: InputSize | None = None, num_classes: int | None = None) -> dict:
     """Compare with ``torch.utils.flop_counter.FlopCounterMode`` on the real model.
 
     Returns both conventions side by side; ``matches`` is True when FlopCounter's FLOPs / 2 equals
@@ -150,23 +218,24 @@ def cross_check(variant: str, input_size: int = 224, num_classes: int = 1000) ->
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(variant, num_classes=num_classes, input_size=input_size).eval()
-    counts = count_model(model, input_size)
+    model = _build(variant, input_size, num_classes).eval()
+    counts = count_model(model)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, input_size, input_size))
+        model(torch.zeros(1, 3, *input_hw(model.input_size)))
     flops = int(counter.get_total_flops())
     by_op = {str(k).split(".")[-1] if not hasattr(k, "__name__") else k.__name__: int(v)
              for k, v in counter.get_flop_counts().get("Global", {}).items()}
     conv_linear = counts.total("conv") + counts.total("linear")
     return {
         "variant": variant,
-        "input_size": input_size,
-        "num_classes": num_classes,
+        "input_size": counts.input_size if isinstance(counts.input_size, int) else list(counts.input_size),
+        "num_classes": counts.num_classes,
         "flop_counter_flops": flops,
         "flop_counter_flops_by_op": by_op,
         "flop_counter_as_madds": flops // 2,
         "conv_plus_linear_madds": conv_linear,
         "shiftmax_madds": counts.total("shiftmax"),
+        "attention_product_madds": counts.total("attention"),
         "micronet_madds": counts.madds,
         "matches": flops == 2 * conv_linear,
     }

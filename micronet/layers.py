@@ -78,6 +78,36 @@ class ChannelShuffle(nn.Module):
         return f"groups={self.groups}"
 
 
+class SpatialAttention(nn.Module):
+    """DY-ReLU-C's spatial attention (Chen et al., Dynamic ReLU, 2020): one weight per position.
+
+    ``pi = min(gamma * softmax(conv1x1(x) / tau), 1)`` over the H*W positions, with ``gamma = H*W / 3``
+    and ``tau = 10`` as in that paper. DY-ReLU scales every coefficient of the activation by ``pi``;
+    since ``pi >= 0`` scales both branches of the max alike, ``max_k pi*(a_k x + b_k x~)`` equals
+    ``pi * max_k(a_k x + b_k x~)``, so the module multiplies the activation's output once (1 product
+    per element, the cheaper exact form). MicroNet's keypoint models use it "per layer" (paper §6.1).
+    """
+
+    #: Softmax temperature and the H*W/GAMMA_DIVISOR scale of DY-ReLU-C.
+    TEMPERATURE = 10.0
+    GAMMA_DIVISOR = 3.0
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 1, bias=True)
+
+    def weights(self, x: Tensor) -> Tensor:
+        """pi, shape (B, 1, H, W), each in [0, 1]."""
+        b, _, h, w = x.shape
+        logits = self.conv(x).view(b, 1, h * w) / self.TEMPERATURE
+        pi = torch.softmax(logits, dim=-1) * (h * w / self.GAMMA_DIVISOR)
+        return pi.clamp(max=1.0).view(b, 1, h, w)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """``y`` (the activation of ``x``) scaled per position by the attention computed from ``x``."""
+        return y * self.weights(x)
+
+
 class DynamicShiftMax(nn.Module):
     """Dynamic Shift-Max (J=2): y = max_k (a_k * x + b_k * x~), K branches, per-sample coefficients.
 
@@ -94,6 +124,7 @@ class DynamicShiftMax(nn.Module):
         branches: int,
         init_a: tuple[float, float] = (1.0, 1.0),
         init_b: tuple[float, float] = (0.0, 0.0),
+        spatial_attention: bool = False,
     ) -> None:
         super().__init__()
         if branches not in (1, 2):
@@ -108,6 +139,8 @@ class DynamicShiftMax(nn.Module):
         self.fc2 = nn.Linear(squeeze, 2 * branches * channels)
         # Not a buffer, as in the released code: it is not in the state_dict.
         self.register_buffer("shift_index", torch.tensor(shift_permutation(channels, groups)), persistent=False)
+        # Only the keypoint variants have it; classification modules keep exactly the released parameters.
+        self.attention = SpatialAttention(channels) if spatial_attention else None
 
     @property
     def squeeze(self) -> int:
@@ -129,10 +162,13 @@ class DynamicShiftMax(nn.Module):
         out = x * coef[0] + shifted * coef[1]
         if self.branches == 2:
             out = torch.max(out, x * coef[2] + shifted * coef[3])
+        if self.attention is not None:
+            out = self.attention(x, out)
         return out
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, groups={self.groups}, K={self.branches}, squeeze={self.squeeze}"
+        return (f"channels={self.channels}, groups={self.groups}, K={self.branches}, squeeze={self.squeeze}"
+                + (", spatial attention" if self.attention is not None else ""))
 
 
 class ConvBN(nn.Sequential):

@@ -15,7 +15,7 @@ their checkpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .config import CONFIGS, VariantConfig
 from .errors import MicronetError
@@ -27,6 +27,12 @@ RELEASE_URL = "http://www.svcl.ucsd.edu/projects/micronet/assets/"
 #: The input size and class count every figure below is stated at.
 FIGURES_INPUT_SIZE = 224
 FIGURES_CLASSES = 1000
+
+Task = Literal["classification", "pose"]
+#: The input size (H, W) each task's figures are stated at: ImageNet 224x224, COCO pose crops 256x192.
+TASK_INPUT_SIZE: dict[str, tuple[int, int]] = {"classification": (224, 224), "pose": (256, 192)}
+#: What each task's outputs are, for tables: 1000 classes, 17 heatmaps.
+TASK_OUTPUTS: dict[str, tuple[int, str]] = {"classification": (1000, "classes"), "pose": (17, "heatmaps")}
 
 #: How the authors evaluate: shorter side to 256 (bilinear), centre crop 224, ImageNet mean/std.
 IMAGENET_EVAL = Preprocessing(input_size=224, crop_ratio=0.875, interpolation="bilinear")
@@ -75,6 +81,25 @@ class VariantInfo:
     paper_params: str
     weights: tuple[ReleasedWeights, ...] = ()
     aliases: tuple[str, ...] = ()
+    task: Task = "classification"
+    paper_ap: float | None = None  # COCO val2017 AP the paper reports (pose variants, Table 8)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) that ``params``/``madds`` are stated at."""
+        return TASK_INPUT_SIZE[self.task]
+
+    @property
+    def outputs(self) -> int:
+        """Classes (classification) or heatmaps (pose) that ``params``/``madds`` are stated with."""
+        return TASK_OUTPUTS[self.task][0]
+
+    @property
+    def pose_config(self):
+        """The keypoint variant's ``PoseConfig`` (Table 10 and its rows); pose variants only."""
+        from .pose_config import POSE_CONFIGS
+
+        return POSE_CONFIGS[self.name]
 
     def __post_init__(self) -> None:
         for w in self.weights:
@@ -83,15 +108,17 @@ class VariantInfo:
 
     @property
     def config(self) -> VariantConfig:
-        return CONFIGS[self.name]
+        return self.pose_config.variant if self.task == "pose" else CONFIGS[self.name]
 
     def to_row(self) -> dict[str, Any]:
         """The ``micronet variants --json`` record (``release_*`` name the first released checkpoint)."""
         first = self.weights[0] if self.weights else None
-        return {"name": self.name, "aliases": list(self.aliases), "params": self.params, "madds": self.madds,
+        return {"name": self.name, "aliases": list(self.aliases), "task": self.task,
+                "input_size": list(self.input_size), "params": self.params, "madds": self.madds,
                 "paper_madds": self.paper_madds, "paper_params": self.paper_params,
                 "release_checkpoint": first.file_name if first else None,
                 "release_top1": first.top1 if first else None,
+                "paper_ap": self.paper_ap,
                 "description": self.description, "weights": [w.to_dict() for w in self.weights]}
 
 
@@ -117,25 +144,55 @@ VARIANTS: dict[str, VariantInfo] = {
     )
 }
 
-ALIASES: dict[str, str] = {alias: v.name for v in VARIANTS.values() for alias in v.aliases}
+#: The keypoint MicroNets (paper §6.1, Table 10; figures at 256x192, 17 heatmaps; paper figures from Table 8).
+#: Kept apart from ``VARIANTS`` (the classifiers, which export/bench/train and the weights loader walk).
+POSE_VARIANTS: dict[str, VariantInfo] = {
+    v.name: v
+    for v in (
+        VariantInfo("pose-m0", "keypoint M0 (Table 10)", 757_886, 123_977_744, "77.7M", "1.0M", task="pose", paper_ap=50.3),
+        VariantInfo("pose-m1", "keypoint M1 (Table 10)", 1_786_464, 188_334_800, "116.8M", "1.8M", task="pose",
+                    paper_ap=54.9),
+        VariantInfo("pose-m2", "keypoint M2 (Table 10, 2 group pairs swapped)", 4_454_899, 322_302_144, "163.2M",
+                    "2.2M", task="pose", paper_ap=58.7),
+        VariantInfo("pose-m3", "keypoint M3 (Table 10)", 4_093_343, 375_487_872, "263.2M", "4.0M", task="pose",
+                    paper_ap=62.8),
+    )
+}
+
+#: Every variant of every task, by name.
+ALL_VARIANTS: dict[str, VariantInfo] = {**VARIANTS, **POSE_VARIANTS}
+
+ALIASES: dict[str, str] = {alias: v.name for v in ALL_VARIANTS.values() for alias in v.aliases}
 
 #: Every released checkpoint by the file name the authors publish it under.
 RELEASED_WEIGHTS: dict[str, ReleasedWeights] = {w.file_name: w for v in VARIANTS.values() for w in v.weights}
 
 
-def variant_names(include_aliases: bool = False) -> list[str]:
-    return list(VARIANTS) + (list(ALIASES) if include_aliases else [])
+def variant_names(include_aliases: bool = False, task: Task | None = "classification") -> list[str]:
+    """Names of ``task``'s variants (every task's for ``task=None``), aliases after them if asked."""
+    names = [n for n, v in ALL_VARIANTS.items() if task is None or v.task == task]
+    return names + ([a for a, n in ALIASES.items() if n in names] if include_aliases else [])
 
 
-def resolve_variant(name: str) -> VariantInfo:
-    """Look a variant up by name or alias, case-insensitively, with a one-line error otherwise."""
+def resolve_variant(name: str, task: Task | None = "classification") -> VariantInfo:
+    """Look a variant up by name or alias, case-insensitively, with a one-line error otherwise.
+
+    ``task`` is what the caller can handle: export, bench, train and the weights loader handle
+    classification only, so a pose variant reaching them is refused here, in one line, once for all
+    of them. ``task=None`` (``micronet variants``, ``flops``, ``budget``) accepts every task.
+    """
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
-    if key not in VARIANTS:
-        raise MicronetError(f"unknown variant {name!r}; choose one of: {', '.join(variant_names(True))}")
-    return VARIANTS[key]
+    if key not in ALL_VARIANTS:
+        raise MicronetError(f"unknown variant {name!r}; choose one of: {', '.join(variant_names(True, task))}")
+    info = ALL_VARIANTS[key]
+    if task is not None and info.task != task:
+        raise MicronetError(f"{info.name} is a {info.task} model and this command handles {task} variants only "
+                            f"({', '.join(variant_names(False, task))}); for {info.name} use "
+                            "`micronet flops` or `micronet variants`")
+    return info
 
 
 def variant_rows() -> list[dict[str, Any]]:
-    """Every variant's ``to_row()``: what ``micronet variants`` prints, from the metadata alone."""
-    return [info.to_row() for info in VARIANTS.values()]
+    """Every variant's ``to_row()``, all tasks: what ``micronet variants`` prints, from the metadata alone."""
+    return [info.to_row() for info in ALL_VARIANTS.values()]

@@ -230,6 +230,27 @@ def _article(name: str) -> str:
     return "an" if first in "aeio" or (spelled and first in "fhlmnrsx") else "a"
 
 
+#: Top-level modules only a keypoint (pose) model has: how a checkpoint's task is told from its keys.
+POSE_ONLY_MODULES = ("head_blocks", "heatmaps")
+
+
+def checkpoint_task(state: Mapping[str, Tensor]) -> str:
+    """"pose" for a keypoint MicroNet's state_dict (it has heatmaps), else "classification"."""
+    roots = {k.removeprefix("module.").split(".")[0] for k in state}
+    return "pose" if roots & set(POSE_ONLY_MODULES) else "classification"
+
+
+def _cross_task_message(state: Mapping[str, Tensor], model: nn.Module, origin: str) -> str | None:
+    """One line when checkpoint and model are of different tasks, which no shape check should have to explain."""
+    model_task = getattr(model, "task", "classification")  # PoseMicroNet says "pose"
+    found = checkpoint_task(state)
+    if found == model_task:
+        return None
+    what = {"pose": "a keypoint (pose) checkpoint", "classification": "an image-classification checkpoint"}
+    return (f"{origin} is {what[found]} but {model.config.name} is a {model_task} model; "
+            f"load it into a {found} variant")
+
+
 def load_weights(model: MicroNet, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> dict:
     """Load our own or a released checkpoint into ``model``; every shape is checked first.
 
@@ -241,6 +262,9 @@ def load_weights(model: MicroNet, source: str | Path | Mapping[str, Tensor], str
         path = Path(source)
         state, origin = read_state_dict(path), f"weights file {path}"
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    refusal = _cross_task_message(state, model, origin)
+    if refusal:
+        raise MicronetError(refusal)
     layout = "released" if is_released_layout(state) else "micronet"
     ours = to_our_layout(state, model)
     expected = model.state_dict()

@@ -61,7 +61,8 @@ def test_flops_table_and_json():
         (("budget", "check", "nope.toml"), "budgets file not found"),
         # the argument parser's own errors are one line too, not a boxed panel of several
         (("flops", "--bogus"), "No such option: --bogus"),
-        (("flops", "--input-size", "abc"), "Invalid value for '--input-size'"),
+        (("flops", "--num-classes", "abc"), "Invalid value for '--num-classes'"),
+        (("flops", "--input-size", "abc"), "input size 'abc' is not a size"),
         (("train", "--data", ".", "--no-flip", "true"), "unexpected extra argument"),
     ],
 )

@@ -1,0 +1,81 @@
+"""The keypoint MicroNet (paper §6.1): MicroNet's stem and blocks, then 17 heatmaps at stride 4.
+
+Built from a ``PoseConfig`` (``micronet.pose_config``) with the same ``Stem`` and ``build_block``
+as the classifiers; the only new module is the 1x1 conv that turns the last block into heatmaps.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .blocks import MicroBlock, build_block
+from .errors import MicronetError
+from .model import MicroNet
+from .pose_config import COCO_KEYPOINTS, INPUT_MULTIPLE, POSE_INPUT_SIZE, PoseConfig
+from .layers import Stem
+
+
+class PoseMicroNet(nn.Module):
+    """stem -> ``blocks`` (backbone, down to stride 16) -> ``head_blocks`` (back to stride 4) -> ``heatmaps``.
+
+    ``forward`` returns (B, keypoints, H/4, W/4) heatmaps. Fully convolutional: any H, W that are
+    multiples of 32 work; ``input_size`` (H, W) is recorded for counting and examples.
+    """
+
+    task = "pose"  # what the counting tables and the weights loader key on
+
+    def __init__(self, config: PoseConfig, keypoints: int = COCO_KEYPOINTS,
+                 input_size: tuple[int, int] = POSE_INPUT_SIZE) -> None:
+        super().__init__()
+        self.pose_config = config
+        self.config = config.variant  # what the counting and the shared helpers read (name, stem, rows)
+        self.num_classes = keypoints  # one heatmap per keypoint; the counting tables call it "classes"
+        self.input_size = tuple(input_size)
+        self.stem = Stem(config.variant.stem_groups)
+        channels = config.variant.stem_channels
+        stages: list[list[MicroBlock]] = [[], []]
+        for index, row in enumerate(config.variant.rows):
+            block, channels = build_block(row, channels, config.variant,
+                                          upsample=index in config.variant.upsample_rows)
+            stages[index >= config.head_start].append(block)
+        self.blocks = nn.Sequential(*stages[0])
+        self.head_blocks = nn.Sequential(*stages[1])
+        self.heatmaps = nn.Conv2d(channels, keypoints, 1, bias=True)
+        MicroNet.reset_parameters(self)  # the released initialisation, shared with the classifiers
+
+    @property
+    def keypoints(self) -> int:
+        return self.heatmaps.out_channels
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The backbone's stride-16 features."""
+        return self.blocks(self.stem(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.heatmaps(self.head_blocks(self.forward_features(x)))
+
+
+def check_pose_input_size(input_size: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) as ints, or one line saying why the size cannot work (stride 16 + two exact x2 upsamplings)."""
+    try:
+        h, w = (int(v) for v in input_size)
+        ok = len(tuple(input_size)) == 2 and all(v >= INPUT_MULTIPLE and v % INPUT_MULTIPLE == 0 for v in (h, w))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        shown = "x".join(map(str, input_size)) if isinstance(input_size, (tuple, list)) else repr(input_size)
+        raise MicronetError(f"input size {shown} is not supported: keypoint MicroNets need H x W, both "
+                            f"multiples of {INPUT_MULTIPLE}, e.g. 256x192, 384x288")
+    return h, w
+
+
+def build_pose_model(variant: str, keypoints: int = COCO_KEYPOINTS,
+                     input_size: tuple[int, int] = POSE_INPUT_SIZE) -> PoseMicroNet:
+    """Build a keypoint variant by name (``pose-m0``..``pose-m3``); no released weights exist."""
+    from .registry import resolve_variant
+
+    info = resolve_variant(variant, task="pose")
+    size = check_pose_input_size(input_size)
+    if not isinstance(keypoints, int) or isinstance(keypoints, bool) or keypoints < 1:
+        raise MicronetError(f"keypoints must be a positive integer, got {keypoints!r}")
+    return PoseMicroNet(info.pose_config, keypoints=keypoints, input_size=size)
