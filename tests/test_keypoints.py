@@ -297,3 +297,31 @@ def test_heatmap_loss_ignores_unlabelled_joints():
     predicted = torch.ones(1, 2, 4, 4)
     assert float(heatmap_loss(predicted, targets, torch.tensor([[1.0, 0.0]]))) == pytest.approx(0.25)
     assert float(heatmap_loss(predicted, targets, torch.tensor([[0.0, 0.0]]))) == 0.0
+
+
+def test_the_pose_network_runs_through_the_prediction_path(coco):
+    """pose-m0's own heatmaps (untrained) go through crop, flip test, decode and COCOeval: one result per
+    person with 17 keypoints inside the crops, and a finite AP."""
+    import torch
+    from micronet.keypoints.predict import predict_keypoints
+    from micronet.pose_model import build_pose_model
+
+    torch.manual_seed(0)
+    model = build_pose_model("pose-m0").eval()
+
+    def run(batch):
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy()
+
+    val = load_coco_keypoints(coco, "val2017")
+    boxes = val.person_boxes()[:3]
+    results = predict_keypoints(run, boxes, flip=True)
+    assert len(results) == 3
+    for box, result in zip(boxes, results):
+        kp = np.array(result["keypoints"]).reshape(17, 3)
+        t = crop_transform(box.box)
+        inside = t.to_crop(kp[:, :2])
+        assert (inside >= -0.5).all() and (inside[:, 0] <= 191.5).all() and (inside[:, 1] <= 255.5).all()
+    assert 0.0 <= oks_average_precision(val.annotation_file, results)["AP"] <= 1.0
+    with pytest.raises(MicronetError, match="heatmaps must be"):
+        decode_heatmaps(np.zeros((4, 4)))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from micronet.errors import MicronetError
+
 from .coco import FLIP_PAIRS
 
 #: The Gaussian of the training target, in heatmap cells (SimpleBaseline's 2 at 64×48).
@@ -32,6 +34,8 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(…, K, H, W) → positions (…, K, 2) as x, y in heatmap cells, and scores (…, K): each map's
     maximum, shifted by a quarter cell along each axis towards the larger of its two neighbours."""
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    if heatmaps.ndim < 3 or min(heatmaps.shape) < 1:
+        raise MicronetError(f"heatmaps must be (…, keypoints, height, width), got shape {heatmaps.shape}")
     *lead, height, width = heatmaps.shape
     flat = heatmaps.reshape(-1, height * width)
     index = flat.argmax(axis=1)
