@@ -351,10 +351,11 @@ def datasets_segmentation(
     seed: int = typer.Option(0, "--seed", help="seed of the crops and shapes"),
 ) -> None:
     """A small segmentation set in the Cityscapes layout, drawn from the bundled photos (no download)."""
+    from micronet.counting import input_hw, parse_input_size
     from micronet.sample_images import bundled_photographs
-    from micronet.segmentation.synthetic import parse_size, write_segmentation_set
+    from micronet.segmentation.synthetic import write_segmentation_set
 
-    height, width = parse_size(input_size)
+    height, width = input_hw(parse_input_size(input_size))
     summary = write_segmentation_set(out, bundled_photographs(), height=height, width=width,
                                      train_images=train_images, val_images=val_images, seed=seed)
     print(f"segmentation: {summary['train_images']} train + {summary['val_images']} val images, "
@@ -370,11 +371,11 @@ def datasets_keypoints(
     seed: int = typer.Option(0, "--seed", help="seed of the crops and figures"),
 ) -> None:
     """A small keypoint set in the COCO layout: figures drawn on the bundled photos (no download)."""
+    from micronet.counting import input_hw, parse_input_size
     from micronet.keypoints.synthetic import write_keypoint_set
     from micronet.sample_images import bundled_photographs
-    from micronet.segmentation.synthetic import parse_size
 
-    size = parse_size(image_size, multiple=1)
+    size = input_hw(parse_input_size(image_size))
     summary = write_keypoint_set(out, bundled_photographs(), size=size, train_images=train_images,
                                  val_images=val_images, seed=seed)
     print(f"keypoints: {summary['train_images']} train + {summary['val_images']} val images, "

@@ -49,11 +49,19 @@ def _to_png(scan: np.ndarray, size: int, pil_filter: Image.Resampling) -> Image.
     return Image.fromarray(grey, mode="L").resize((size, size), pil_filter).convert("RGB")
 
 
-def _existing_manifest(out: Path) -> dict | None:
-    try:
-        return json.loads((out / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
+def existing_dataset(out: Path, manifest_name: str, request: dict, what: str) -> dict | None:
+    """The summary of the data set already at ``out`` if it is the one ``request`` asks for, None if
+    ``out`` does not exist; any other folder there is refused (a generator never writes into, or over,
+    a folder it did not make)."""
+    if not out.exists():
         return None
+    try:
+        existing = json.loads((out / manifest_name).read_text())
+    except (OSError, ValueError):
+        existing = None
+    if isinstance(existing, dict) and all(existing.get(k) == v for k, v in request.items()):
+        return existing
+    raise MicronetError(f"{out} already exists and is not this {what} data set; choose another --out or remove it")
 
 
 def write_digits(out_dir: str | os.PathLike, size: int = 32, val_fraction: float = 0.2, seed: int = 0,
@@ -78,12 +86,9 @@ def write_digits(out_dir: str | os.PathLike, size: int = 32, val_fraction: float
     out = Path(out_dir).expanduser()
     request = {"source": "sklearn.datasets.load_digits", "size": size, "val_fraction": val_fraction,
                "seed": seed, "interpolation": interpolation}
-    if out.exists():
-        existing = _existing_manifest(out)
-        if existing is not None and all(existing.get(k) == v for k, v in request.items()):
-            return existing
-        raise MicronetError(f"{out} already exists and is not this digits data set; choose another --out "
-                            "or remove it")
+    existing = existing_dataset(out, MANIFEST_NAME, request, "digits")
+    if existing is not None:
+        return existing
 
     digits = load_digits()
     labels = digits.target.astype(int)

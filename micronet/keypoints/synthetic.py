@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from micronet.atomic import replacing_dir
+from micronet.datasets import existing_dataset
 from micronet.errors import MicronetError
 from micronet.images import load_rgb
 
@@ -123,14 +124,9 @@ def write_keypoint_set(out_dir: str | os.PathLike, photos: list[Path], size: tup
     out = Path(out_dir).expanduser()
     request = {"layout": "coco-keypoints", "height": height, "width": width, "train_images": train_images,
                "val_images": val_images, "seed": seed, "photos": [p.name for p in photos]}
-    if out.exists():
-        try:
-            existing = json.loads((out / MANIFEST_NAME).read_text())
-        except (OSError, ValueError):
-            existing = None
-        if existing is not None and all(existing.get(k) == v for k, v in request.items()):
-            return existing
-        raise MicronetError(f"{out} already exists and is not this data set; choose another --out or remove it")
+    existing = existing_dataset(out, MANIFEST_NAME, request, "keypoint")
+    if existing is not None:
+        return existing
     sources = [load_rgb(p) for p in photos]
     rng = np.random.default_rng(seed)
     category = {"id": PERSON_CATEGORY, "name": "person", "supercategory": "person",

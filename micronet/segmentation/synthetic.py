@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from micronet.atomic import replacing_dir
+from micronet.datasets import existing_dataset
 from micronet.errors import MicronetError
 from micronet.images import load_rgb
 
@@ -44,18 +45,6 @@ def _check_size(height: int, width: int) -> None:
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
             raise MicronetError(f"segmentation image {name} must be a multiple of {SIZE_MULTIPLE} px, got {value!r}")
-
-
-def parse_size(text: str, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """``"128x256"`` → (128, 256): height then width, as Cityscapes sizes are written (1024×2048)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        height, width = (int(p) for p in parts)
-    except ValueError:
-        raise MicronetError(f"size must be HxW in pixels (for example 128x256), got {text!r}") from None
-    if multiple > 1:
-        _check_size(height, width)
-    return height, width
 
 
 def _shape_box(rng: np.random.Generator, height: int, width: int) -> tuple[int, int, int, int]:
@@ -122,14 +111,9 @@ def write_segmentation_set(out_dir: str | os.PathLike, photos: list[Path], heigh
     out = Path(out_dir).expanduser()
     request = {"layout": "cityscapes", "height": height, "width": width, "train_images": train_images,
                "val_images": val_images, "seed": seed, "photos": [p.name for p in photos]}
-    if out.exists():
-        try:
-            existing = json.loads((out / MANIFEST_NAME).read_text())
-        except (OSError, ValueError):
-            existing = None
-        if existing is not None and all(existing.get(k) == v for k, v in request.items()):
-            return existing
-        raise MicronetError(f"{out} already exists and is not this data set; choose another --out or remove it")
+    existing = existing_dataset(out, MANIFEST_NAME, request, "segmentation")
+    if existing is not None:
+        return existing
     if not photos:
         raise MicronetError("no photographs to draw the images from")
     sources = [load_rgb(p) for p in photos]
