@@ -121,7 +121,10 @@ def export_cmd(
                               "deploy form; TFLite through onnx2tf)"),
 ) -> None:
     """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
-    from micronet.console import EXPORT_DROP, PARITY_DROP, console, export_summary, parity_table, print_table
+    from rich.markup import escape
+
+    from micronet.console import (EXPORT_DROP, PARITY_DROP, console, export_summary, export_warnings, parity_table,
+                                  print_table)
     from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_kinds
 
     request = ExportRequest(
@@ -142,6 +145,8 @@ def export_cmd(
         raise
     print_table(parity_table(result.rungs), drop=PARITY_DROP)
     print_table(export_summary(result), drop=EXPORT_DROP)
+    for line in export_warnings(result):
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True)
 
 
 @app.command("bench")

@@ -31,7 +31,8 @@ def _schema():
     return schema
 
 
-def _load_model(path: str | os.PathLike):
+def load_model(path: str | os.PathLike):
+    """The flatbuffer root (``schema.Model``) of the .tflite at ``path``; one clear error if it is not one."""
     schema = _schema()
     try:
         buf = Path(path).read_bytes()
@@ -53,7 +54,7 @@ def tflite_op_inventory(path: str | os.PathLike) -> dict[str, int]:
     or ``CUSTOM:<code>``; see ``non_builtin_ops``.
     """
     schema = _schema()
-    model = _load_model(path)
+    model = load_model(path)
     builtin_names = _enum_names(schema.BuiltinOperator)
     names = []
     for i in range(model.OperatorCodesLength()):
@@ -72,6 +73,29 @@ def tflite_op_inventory(path: str | os.PathLike) -> dict[str, int]:
             name = names[subgraph.Operators(o).OpcodeIndex()]
             counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def tflite_op_versions(path: str | os.PathLike) -> dict[str, int]:
+    """The highest version of each builtin op the file's operator codes declare (``FULLY_CONNECTED``: 12, ...).
+
+    A runtime refuses a model whose op version is newer than its kernels (``Didn't find op for builtin opcode
+    'FULLY_CONNECTED' version '12'``), so these versions, not the op names, decide which runtimes load a file
+    (export/tflite_versions.py). Only codes used by an operator count; Flex/custom codes are left out.
+    """
+    schema = _schema()
+    model = load_model(path)
+    builtin_names = _enum_names(schema.BuiltinOperator)
+    used = {model.Subgraphs(s).Operators(o).OpcodeIndex()
+            for s in range(model.SubgraphsLength()) for o in range(model.Subgraphs(s).OperatorsLength())}
+    versions: dict[str, int] = {}
+    for i in sorted(used):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            continue
+        name = builtin_names.get(builtin, f"BUILTIN_{builtin}")
+        versions[name] = max(versions.get(name, 0), int(code.Version()))
+    return dict(sorted(versions.items()))
 
 
 def non_builtin_ops(inventory: dict[str, int]) -> dict[str, int]:
@@ -102,7 +126,7 @@ def tflite_io_spec(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """``{"input": {...}, "output": {...}}`` with name, shape (-1 = dynamic), dtype and quantization
     ({scale, zero_point} or None) of the main subgraph's single input and output."""
     schema = _schema()
-    subgraph = _load_model(path).Subgraphs(0)
+    subgraph = load_model(path).Subgraphs(0)
     if subgraph.InputsLength() != 1 or subgraph.OutputsLength() != 1:
         raise MicronetError(f"{path}: expected one input and one output, got "
                             f"{subgraph.InputsLength()} and {subgraph.OutputsLength()}")
