@@ -224,7 +224,7 @@ def device_report(
                 "min_seconds": m.min_seconds, "xnnpack": m.xnnpack, "limit": m.limit, "cpu_mask": d.cpu_mask,
                 "retry_throttled": d.retry_throttled, "cooldown_s": d.cooldown_s, "seed": m.seed,
                 "device": run.device, "data": data_label(m.data)}
-    return rep.make_report(run.environment, settings, run.rows)
+    return rep.make_report(run.environment, settings, run.rows, rep.builtin_kernel_warnings(run.rows))
 
 
 def iter_checks(names: Sequence[str] | None = None,

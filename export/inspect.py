@@ -171,33 +171,15 @@ def run_tflite(path: str | os.PathLike, batch_nchw_float: np.ndarray, threads: i
 
 
 def xnnpack_coverage(path: str | os.PathLike) -> dict[str, Any]:
-    """What the XNNPACK delegate takes of the .tflite at ``path`` in this runtime (ai-edge-litert).
-
-    Returns ``partitions`` (delegate nodes: each boundary between a delegated and a built-in op costs a
-    hand-over) and ``not_delegated`` (count per op left to TFLite's built-in kernels, which are much slower
-    on large tensors: int8 MAXIMUM, SPLIT_V and CONCATENATION of more than four inputs, for example).
-    An op belongs to a partition when it lies on a path from the delegate node's inputs to its outputs.
-    """
+    """What the XNNPACK delegate takes of the .tflite at ``path`` in this runtime (ai-edge-litert):
+    ``micronet.inference.delegate_coverage`` of the loaded graph (ops, xnnpack_ops, partitions — each boundary
+    between a delegated and a built-in op costs a hand-over — and not_delegated, the count per op left to
+    TFLite's built-in kernels, which are much slower on large tensors: int8 MAXIMUM, SPLIT_V and CONCATENATION
+    of more than four inputs, for example)."""
     from ai_edge_litert.interpreter import Interpreter
+
+    from micronet.inference import delegate_coverage
 
     interpreter = Interpreter(model_path=str(path), num_threads=1)
     interpreter.allocate_tensors()
-    ops = interpreter._get_ops_details()
-    producer = {int(t): op["index"] for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
-    inside: set[int] = set()
-    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
-    for node in delegates:
-        boundary = {int(t) for t in node["inputs"]}
-        stack, seen = [int(t) for t in node["outputs"]], set()
-        while stack:
-            tensor = stack.pop()
-            if tensor in boundary or tensor in seen or tensor not in producer:
-                continue
-            seen.add(tensor)
-            inside.add(producer[tensor])
-            stack.extend(int(t) for t in ops[producer[tensor]]["inputs"] if t >= 0)
-    left: dict[str, int] = {}
-    for op in ops:
-        if op["op_name"] != "DELEGATE" and op["index"] not in inside:
-            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
-    return {"partitions": len(delegates), "not_delegated": dict(sorted(left.items()))}
+    return delegate_coverage(interpreter._get_ops_details())
