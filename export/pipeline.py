@@ -30,7 +30,7 @@ __all__ = ["ALL_KINDS", "FORMATS", "GRAPH_REVISION", "QUANTIZATIONS", "STAGING_P
            "lower_fast_graph", "plan", "resolve_kinds"]
 
 #: Bumped whenever a graph rewrite changes what an export produces, so cached exports are rebuilt.
-GRAPH_REVISION = 6
+GRAPH_REVISION = 7
 #: Artifacts are built in ``<output>/.micronet-export-XXXX/`` (see ``export``); bench/cache.py exports through
 #: the same function, so its cache folders are cleaned the same way.
 STAGING_PREFIX = ".micronet-export-"

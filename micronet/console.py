@@ -243,12 +243,11 @@ def export_warnings(result) -> list[str]:
     """One line per written file that tflite-runtime 2.14 (the Raspberry Pi's runtime) cannot load."""
     import json
 
-    from micronet.export.tflite_versions import TFLITE_RUNTIME_LATEST, needs_newer_than
+    from micronet.export.tflite_versions import needs_newer_than
 
     lines = []
     for path, manifest_path in zip(result.artifacts, result.manifests):
         m = json.loads(manifest_path.read_text())
         if needs_newer_than(m.get("min_runtime_version")):
-            lines.append(f"{path.name} does not load in tflite-runtime {TFLITE_RUNTIME_LATEST}: "
-                         f"{m['runtime_requirement']}")
+            lines.append(f"{path.name} {m['runtime_requirement']}")
     return lines

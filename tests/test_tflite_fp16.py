@@ -1,0 +1,103 @@
+"""Float16 TFLite rewritten from float32 (export/tflite_fp16.py): weight matrices become float16 behind a
+DEQUANTIZE, vectors stay float32, and the file still runs. Fast: a three-op model written with the flatbuffer
+object API, no converter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from micronet.errors import MicronetError
+from micronet.export.inspect import tflite_op_inventory, tflite_op_versions
+from micronet.export.tflite_fp16 import float16_weights, is_vector
+
+
+def _tiny_float32(path: Path) -> dict[str, np.ndarray]:
+    """x (1, 8) → FULLY_CONNECTED(weights (6, 8), bias (6,)) → MUL by a (1, 6) vector → y (1, 6)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    rng = np.random.default_rng(0)
+    consts = {"weights": rng.standard_normal((6, 8)).astype(np.float32),
+              "bias": rng.standard_normal(6).astype(np.float32),
+              "scale": (1 + 1e-3 * rng.standard_normal((1, 6))).astype(np.float32)}
+    model = schema.ModelT()
+    model.version, model.description = 3, b"test"
+    model.buffers = [schema.BufferT()]
+    tensors = []
+
+    def tensor(name: str, shape, data: np.ndarray | None = None) -> int:
+        t = schema.TensorT()
+        t.name, t.shape, t.type, t.buffer = name.encode(), list(shape), schema.TensorType.FLOAT32, 0
+        if data is not None:
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(data.tobytes(), dtype=np.uint8)
+            model.buffers.append(buffer)
+            t.buffer = len(model.buffers) - 1
+        tensors.append(t)
+        return len(tensors) - 1
+
+    x = tensor("x", (1, 8))
+    w, b, s = (tensor(k, v.shape, v) for k, v in consts.items())
+    h, y = tensor("h", (1, 6)), tensor("y", (1, 6))
+    codes = []
+    for op in (schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.MUL):
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = op
+        code.version = 1
+        codes.append(code)
+    ops = []
+    for index, (inputs, outputs) in enumerate((([x, w, b], [h]), ([h, s], [y]))):
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = index, inputs, outputs
+        ops.append(op)
+    subgraph = schema.SubGraphT()
+    subgraph.tensors, subgraph.inputs, subgraph.outputs, subgraph.operators = tensors, [x], [y], ops
+    model.subgraphs, model.operatorCodes = [subgraph], codes
+    builder = flatbuffers.Builder(4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    return consts
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def test_a_vector_has_at_most_one_dimension_above_one():
+    assert is_vector([6]) and is_vector([1, 1, 1, 96]) and is_vector([1, 6]) and is_vector([])
+    assert not is_vector([6, 8]) and not is_vector([1, 3, 3, 16])
+
+
+def test_weights_become_float16_and_vectors_stay_float32(tmp_path):
+    source = tmp_path / "tiny.float32.tflite"
+    consts = _tiny_float32(source)
+    x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)
+    exact = (x @ consts["weights"].T + consts["bias"]) * consts["scale"]
+    np.testing.assert_allclose(_run(source, x), exact, rtol=1e-5, atol=1e-5)
+
+    kept = tmp_path / "tiny.float16.tflite"
+    record = float16_weights(source, kept)
+    assert record["float16_tensors"] == 1 and record["float32_vectors_kept"] == 2
+    assert tflite_op_inventory(kept) == {"DEQUANTIZE": 1, "FULLY_CONNECTED": 1, "MUL": 1}
+    assert tflite_op_versions(kept)["DEQUANTIZE"] == 3
+    half = (x @ consts["weights"].astype(np.float16).astype(np.float32).T + consts["bias"]) * consts["scale"]
+    np.testing.assert_allclose(_run(kept, x), half, rtol=1e-5, atol=1e-5)  # only the weights were rounded
+    assert record["float16_weight_bytes_saved"] == 6 * 8 * 2  # bytes: 48 weights, 2 bytes each
+
+    everything = tmp_path / "tiny.all.tflite"
+    record = float16_weights(source, everything, keep_vectors_float32=False)  # what TensorFlow's converter does
+    assert record["float16_tensors"] == 3 and tflite_op_inventory(everything)["DEQUANTIZE"] == 3
+
+
+def test_a_file_that_is_not_tflite_is_one_clear_error(tmp_path):
+    with pytest.raises(MicronetError, match="cannot read"):
+        float16_weights(tmp_path / "missing.tflite", tmp_path / "out.tflite")
