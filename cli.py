@@ -174,7 +174,8 @@ def bench_cmd(
     num_classes: int = typer.Option(1000, "--num-classes"),
     out: Path = typer.Option(Path("reports"), "--out", "-o", help="folder for the JSON/CSV/Markdown report"),
     device: Optional[str] = typer.Option(None, "--device", "-d",
-                                         help="local, ssh://user@host[:port], adb[:SERIAL] or a devices.toml name"),
+                                         help="local, ssh://user@host[:port], adb[:SERIAL], emulated[:pi4|pi5] "
+                                         "(arm64 under qemu: outputs, no timings) or a devices.toml name"),
     inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.toml (default: $MICRONET_DEVICES, "
                                              "./devices.toml, ~/.config/micronet/devices.toml)"),
     benchmark_binary: Optional[Path] = typer.Option(None, "--benchmark-binary",

@@ -39,6 +39,11 @@ def make_device(target: DeviceSpec) -> Device:
         from .adb import AdbDevice
 
         return AdbDevice(target)
+    if target.kind == "emulated":
+        from .emulation import DEFAULT_PI, EmulatedDevice, ensure_rootfs
+
+        root, _, _ = ensure_rootfs()
+        return EmulatedDevice(root, target.board or DEFAULT_PI)
     raise AssertionError(target.kind)
 
 

@@ -29,3 +29,12 @@ def test_an_unknown_board_is_one_clear_error(qemu_found, tmp_path):
 def test_the_emulated_device_remembers_its_board(qemu_found, tmp_path):
     device = emulation.EmulatedDevice(tmp_path, "pi5")
     assert device.pi == "pi5" and "cortex-a76" in device.transport.interpreter
+
+
+def test_the_emulated_target_names_its_board():
+    from micronet.devices.target import parse_target
+
+    assert parse_target("emulated").board == "pi4" and parse_target("emulated:pi5").board == "pi5"
+    assert parse_target("emulated:pi5").kind == "emulated"
+    with pytest.raises(MicronetError, match="unknown board 'max'"):
+        parse_target("emulated:max")
