@@ -7,10 +7,12 @@ biases folded into per-channel MUL/ADD operands multiply or shift whole activati
 so their float16 rounding (2^-11 relative) compounds. Measured on m0 at 224 (README, "Float16 files") the
 converter's fast-graph float16 file is an order of magnitude further from float32 than the reference graph's,
 whose vectors sit inside conv biases. ``float16_weights`` rewrites the float32 file instead: every float32
-constant with more than one dimension larger than 1 (filters, weight matrices) becomes a float16 buffer
-dequantized at load time, exactly as the converter writes it; every vector (at most one dimension larger
-than 1, whatever its rank) stays float32. The vectors are a few KiB, so the file is still about half the
-float32 size, and XNNPACK folds the DEQUANTIZE ops into its packed weights as before.
+constant with more than one dimension larger than 1 (filters, weight matrices), and every bias of a
+convolution or fully connected op, becomes a float16 buffer dequantized at load time, exactly as the converter
+writes it; every other vector (at most one dimension larger than 1, whatever its rank: the operands of MUL,
+ADD, SUB, ...) stays float32. Those vectors are a few KiB, so the file is still about half the float32 size,
+and XNNPACK folds the DEQUANTIZE ops into its packed weights as before. Biases follow their filters because
+XNNPACK (LiteRT 2.1) runs a float16 filter beside a float32 bias far slower (README, "Float16 files").
 
 The rewrite goes through the flatbuffer object API (``schema_py_generated.ModelT``), as TensorFlow's own
 ``flatbuffer_utils`` does; data vectors are aligned to 16 bytes like the converter's.
@@ -51,6 +53,21 @@ def is_vector(shape: list[int] | np.ndarray) -> bool:
     return sum(int(d) > 1 for d in shape) <= 1
 
 
+def _biases(schema, model, subgraph) -> set[int]:
+    """The tensors a convolution or fully connected op reads as its bias. They go to float16 with the filters:
+    XNNPACK runs a float16 filter beside a float32 bias far slower (README), and a bias only
+    shifts its own output, so its rounding does not compound the way a multiplier's does."""
+    ops = schema.BuiltinOperator
+    bias_input = {ops.CONV_2D: 2, ops.DEPTHWISE_CONV_2D: 2, ops.FULLY_CONNECTED: 2, ops.TRANSPOSE_CONV: 3}
+    found = set()
+    for op in subgraph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        position = bias_input.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        if position is not None and op.inputs is not None and len(op.inputs) > position and op.inputs[position] >= 0:
+            found.add(int(op.inputs[position]))
+    return found
+
+
 def _dequantize_code(schema, model) -> int:
     """The index of a DEQUANTIZE operator code of the float16 version, added when the model has none."""
     op = schema.BuiltinOperator.DEQUANTIZE
@@ -66,8 +83,8 @@ def _dequantize_code(schema, model) -> int:
 def float16_weights(float32_path: str | os.PathLike, out_path: str | os.PathLike, *,
                     keep_vectors_float32: bool = True) -> dict[str, Any]:
     """Write ``out_path``: the float32 .tflite at ``float32_path`` with its float constants stored in float16
-    (only those with more than one dimension larger than 1 when ``keep_vectors_float32``; all of them, like
-    TensorFlow's converter, otherwise). Returns the stage record: tensors converted and kept, size in bytes."""
+    (with ``keep_vectors_float32``, all but the vectors that are not a convolution's or fully connected op's
+    bias; all of them, like TensorFlow's converter, otherwise). Returns the stage record: tensors converted and kept, size in bytes."""
     from ai_edge_litert import schema_py_generated as schema
 
     source = Path(float32_path)
@@ -87,6 +104,7 @@ def float16_weights(float32_path: str | os.PathLike, out_path: str | os.PathLike
     for subgraph in model.subgraphs:
         io = set(subgraph.inputs or []) | set(subgraph.outputs or [])
         used = {int(t) for op in subgraph.operators for t in (op.inputs if op.inputs is not None else []) if t >= 0}
+        biases = _biases(schema, model, subgraph)
         new_ops = []
         for index in sorted(used - io):
             tensor = subgraph.tensors[index]
@@ -94,7 +112,7 @@ def float16_weights(float32_path: str | os.PathLike, out_path: str | os.PathLike
             if tensor.type != f32 or data is None or len(data) == 0:
                 continue
             shape = list(tensor.shape) if tensor.shape is not None else []
-            if keep_vectors_float32 and is_vector(shape):
+            if keep_vectors_float32 and is_vector(shape) and index not in biases:
                 kept += 1
                 continue
             values = np.frombuffer(bytes(bytearray(data)), dtype="<f4")
