@@ -8,11 +8,12 @@ so their float16 rounding (2^-11 relative) compounds. Measured on m0 at 224 (REA
 converter's fast-graph float16 file is an order of magnitude further from float32 than the reference graph's,
 whose vectors sit inside conv biases. ``float16_weights`` rewrites the float32 file instead: every float32
 constant with more than one dimension larger than 1 (filters, weight matrices), and every bias of a
-convolution or fully connected op, becomes a float16 buffer dequantized at load time, exactly as the converter
+convolution or fully connected op whose filter does, becomes a float16 buffer dequantized at load time, exactly as the converter
 writes it; every other vector (at most one dimension larger than 1, whatever its rank: the operands of MUL,
 ADD, SUB, ...) stays float32. Those vectors are a few KiB, so the file is still about half the float32 size,
-and XNNPACK folds the DEQUANTIZE ops into its packed weights as before. Biases follow their filters because
-XNNPACK (LiteRT 2.1) runs a float16 filter beside a float32 bias far slower (README, "Float16 files").
+and XNNPACK folds the DEQUANTIZE ops into its packed weights as before. A bias takes its filter's precision:
+XNNPACK runs a float16 filter beside a float32 bias far slower in LiteRT 2.1 and refuses a float32 filter beside
+a float16 bias in TF 2.19 (README, "Float16 files").
 
 The rewrite goes through the flatbuffer object API (``schema_py_generated.ModelT``), as TensorFlow's own
 ``flatbuffer_utils`` does; data vectors are aligned to 16 bytes like the converter's.
@@ -53,18 +54,21 @@ def is_vector(shape: list[int] | np.ndarray) -> bool:
     return sum(int(d) > 1 for d in shape) <= 1
 
 
-def _biases(schema, model, subgraph) -> set[int]:
-    """The tensors a convolution or fully connected op reads as its bias. They go to float16 with the filters:
-    XNNPACK runs a float16 filter beside a float32 bias far slower (README), and a bias only
-    shifts its own output, so its rounding does not compound the way a multiplier's does."""
+def _filters_of_biases(schema, model, subgraph) -> dict[int, list[int]]:
+    """bias tensor → the filter tensors beside it, for every convolution or fully connected op. A bias takes
+    its filter's precision: XNNPACK refuses (TF 2.19: "failed to prepare") or runs far slower (LiteRT 2.1) a
+    float16 filter beside a float32 bias and the other way round, and a bias only shifts its own output, so its
+    rounding does not compound the way a multiplier's does."""
     ops = schema.BuiltinOperator
-    bias_input = {ops.CONV_2D: 2, ops.DEPTHWISE_CONV_2D: 2, ops.FULLY_CONNECTED: 2, ops.TRANSPOSE_CONV: 3}
-    found = set()
+    positions = {ops.CONV_2D: (1, 2), ops.DEPTHWISE_CONV_2D: (1, 2), ops.FULLY_CONNECTED: (1, 2),
+                 ops.TRANSPOSE_CONV: (1, 3)}
+    found: dict[int, list[int]] = {}
     for op in subgraph.operators:
         code = model.operatorCodes[op.opcodeIndex]
-        position = bias_input.get(max(code.builtinCode, code.deprecatedBuiltinCode))
-        if position is not None and op.inputs is not None and len(op.inputs) > position and op.inputs[position] >= 0:
-            found.add(int(op.inputs[position]))
+        where = positions.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        inputs = list(op.inputs) if op.inputs is not None else []
+        if where is not None and len(inputs) > where[1] and inputs[where[1]] >= 0:
+            found.setdefault(int(inputs[where[1]]), []).append(int(inputs[where[0]]))
     return found
 
 
@@ -104,15 +108,22 @@ def float16_weights(float32_path: str | os.PathLike, out_path: str | os.PathLike
     for subgraph in model.subgraphs:
         io = set(subgraph.inputs or []) | set(subgraph.outputs or [])
         used = {int(t) for op in subgraph.operators for t in (op.inputs if op.inputs is not None else []) if t >= 0}
-        biases = _biases(schema, model, subgraph)
+        filters = _filters_of_biases(schema, model, subgraph)
+
+        def keeps_float32(index: int) -> bool:
+            """A vector stays float32; a bias goes with its filter(s)."""
+            if index in filters:
+                return any(keeps_float32(f) for f in filters[index])
+            tensor = subgraph.tensors[index]
+            return keep_vectors_float32 and is_vector(list(tensor.shape) if tensor.shape is not None else [])
+
         new_ops = []
         for index in sorted(used - io):
             tensor = subgraph.tensors[index]
             data = model.buffers[tensor.buffer].data if tensor.buffer else None
             if tensor.type != f32 or data is None or len(data) == 0:
                 continue
-            shape = list(tensor.shape) if tensor.shape is not None else []
-            if keep_vectors_float32 and is_vector(shape) and index not in biases:
+            if keeps_float32(index):
                 kept += 1
                 continue
             values = np.frombuffer(bytes(bytearray(data)), dtype="<f4")

@@ -14,15 +14,15 @@ from micronet.export.inspect import tflite_op_inventory, tflite_op_versions
 from micronet.export.tflite_fp16 import float16_weights, is_vector
 
 
-def _tiny_float32(path: Path) -> dict[str, np.ndarray]:
-    """x (1, 8) → FULLY_CONNECTED(weights (6, 8), bias (6,)) → MUL by a (1, 6) vector → y (1, 6)."""
+def _tiny_float32(path: Path, n: int = 6) -> dict[str, np.ndarray]:
+    """x (1, 8) → FULLY_CONNECTED(weights (n, 8), bias (n,)) → MUL by a (1, n) vector → y (1, n)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     rng = np.random.default_rng(0)
-    consts = {"weights": rng.standard_normal((6, 8)).astype(np.float32),
-              "bias": rng.standard_normal(6).astype(np.float32),
-              "scale": (1 + 1e-3 * rng.standard_normal((1, 6))).astype(np.float32)}
+    consts = {"weights": rng.standard_normal((n, 8)).astype(np.float32),
+              "bias": rng.standard_normal(n).astype(np.float32),
+              "scale": (1 + 1e-3 * rng.standard_normal((1, n))).astype(np.float32)}
     model = schema.ModelT()
     model.version, model.description = 3, b"test"
     model.buffers = [schema.BufferT()]
@@ -41,7 +41,7 @@ def _tiny_float32(path: Path) -> dict[str, np.ndarray]:
 
     x = tensor("x", (1, 8))
     w, b, s = (tensor(k, v.shape, v) for k, v in consts.items())
-    h, y = tensor("h", (1, 6)), tensor("y", (1, 6))
+    h, y = tensor("h", (1, n)), tensor("y", (1, n))
     codes = []
     for op in (schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.MUL):
         code = schema.OperatorCodeT()
@@ -98,6 +98,16 @@ def test_weights_become_float16_and_vectors_stay_float32(tmp_path):
     everything = tmp_path / "tiny.all.tflite"
     record = float16_weights(source, everything, keep_vectors_float32=False)  # what TensorFlow's converter does
     assert record["float16_tensors"] == 3 and tflite_op_inventory(everything)["DEQUANTIZE"] == 3
+
+
+def test_a_bias_takes_its_filters_precision(tmp_path):
+    """A one-row weight matrix is a vector, so it stays float32, and its bias with it: XNNPACK refuses a
+    float32 filter beside a float16 bias (TF 2.19) and runs the converse far slower (LiteRT 2.1)."""
+    source = tmp_path / "row.float32.tflite"
+    _tiny_float32(source, n=1)
+    record = float16_weights(source, tmp_path / "row.float16.tflite")
+    assert record["float16_tensors"] == 0 and record["float32_vectors_kept"] == 3
+    assert "DEQUANTIZE" not in tflite_op_inventory(tmp_path / "row.float16.tflite")
 
 
 def test_a_file_that_is_not_tflite_is_one_clear_error(tmp_path):
