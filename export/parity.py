@@ -36,11 +36,11 @@ Why these limits (measured on the lead's m0 at 224×224 with re-estimated BN, an
   the noise and ≥ 19× below the smallest of those. Top-1 agreement is reported but not judged: a near-tie can flip on a 1e-7 perturbation.
 * float16 stores filters and weight matrices in half precision, keeps vectors float32 and computes in float32
   (export/tflite_fp16.py; the reference kernels and XNNPACK agree to 4e-6). Measured rel_max_abs_err
-  (untrained, 224 px): m0 fast graph 2.5e-3, m0 reference graph 1.9e-3, m1 2.5e-3, m3 2.3e-3; m0 at 64 px
-  1.7e-3. Rounding the fast graph's folded coefficient vectors to float16 as well (what TensorFlow's
+  (untrained, 224 px): m0 fast graph 2.6e-3, m0 reference graph 2.3e-3, m1 2.8e-3, m3 2.2e-3; m0 at 64 px
+  1.6e-3. Rounding the fast graph's folded coefficient vectors to float16 as well (what TensorFlow's
   converter does) gave 2.5e-2 on m0, and cosine could not tell it apart (0.99988 against 0.999999), so
-  this rung is judged by the relative error: 1e-2 is 4× above the worst honest file and 2.5× below that one,
-  trained or not.
+  this rung is judged by the relative error: 1e-2 is 3.6× above the worst honest file and 2.5× below that
+  one, trained or not.
 * dynamic-range (int8 weights, activations quantized at run time): measured cosine 0.9985 on m0; ≥ 0.99.
 * full-integer int8 is judged by cosine, not top-1: with untrained weights the top-1/top-2 margins are
   smaller than the int8 error, so top-1 agreement mostly measures near-ties flipping.
