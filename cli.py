@@ -98,10 +98,14 @@ def flops(
 @app.command("export")
 def export_cmd(
     variant: str = VariantOpt,
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="onnx or tflite (default tflite)"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f",
+                                      help="onnx, tflite (default), openvino, ncnn, mnn, or all"),
     quantize: Optional[str] = typer.Option(None, "--quantize", "-q",
-                                           help="TFLite: int8 (default), float32, float16 or dynamic"),
-    all_formats: bool = typer.Option(False, "--all", help="write ONNX and every TFLite quantization"),
+                                           help="TFLite: int8 (default), float32, float16 or dynamic; "
+                                                "OpenVINO: float32 (default), float16 or int8 (NNCF); "
+                                                "ncnn: float32 (default) or float16; MNN: float32 (default), "
+                                                "float16 or int8 (int8 weights)"),
+    all_formats: bool = typer.Option(False, "--all", help="write every format and quantization (= --format all)"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="checkpoint: ours or the authors' micronet-m*.pth"),
     calibration: Optional[Path] = typer.Option(None, "--calibration",
                                                help="folder of your images for int8 calibration and parity"),
@@ -120,12 +124,12 @@ def export_cmd(
                               "TFLite built for XNNPACK and lowered to TensorFlow) or reference (the reference "
                               "deploy form; TFLite through onnx2tf)"),
 ) -> None:
-    """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
+    """Export to ONNX, TFLite, OpenVINO, ncnn or MNN, checking every stage numerically against the one before."""
     from micronet.console import EXPORT_DROP, PARITY_DROP, console, export_summary, parity_table, print_table
     from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_kinds
 
     request = ExportRequest(
-        variant=variant, kinds=resolve_kinds(fmt, quantize, all_formats), weights=weights,
+        variant=variant, kinds=resolve_kinds(fmt, quantize, all_formats, graph), weights=weights,
         calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
         dynamic_batch=dynamic_batch, graph=graph, optimize_for=optimize_for,

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from micronet import interrupts
-from micronet.atomic import remove_abandoned_staging, staging_dir
+from micronet.atomic import remove_abandoned_staging, replace_dir, staging_dir
 from micronet.errors import MicronetError
 from micronet.preprocess import Preprocessing
 
@@ -128,7 +128,7 @@ def write_manifests(ctx: ExportContext, export_plan: ExportPlan, built: dict[str
     files = []
     for kind, name in export_plan.shipped.items():
         artifact = built[name]
-        describe = _onnx_fields if kind.format == "onnx" else _tflite_fields
+        describe = {"onnx": _onnx_fields, "tflite": _tflite_fields}.get(kind.format, _edge_fields)
         write_manifest(artifact.value, {**base, "format": kind.format, "quantize": kind.quantize,
                                         **describe(ctx, kind, artifact),
                                         "graph": ctx.request.graph, "graph_revision": GRAPH_REVISION,
@@ -147,7 +147,10 @@ def commit(files: list[Path], output_dir: Path) -> list[Path]:
         for path in files:
             target = output_dir / path.name
             shutil.move(str(_manifest_path(path)), _manifest_path(target))
-            shutil.move(str(path), target)
+            if path.is_dir():  # OpenVINO, ncnn: a folder (shutil.move would move it *into* an old one)
+                replace_dir(path, target)
+            else:
+                shutil.move(str(path), target)
             written.append(target)
     return written
 
@@ -175,6 +178,25 @@ def _tflite_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -
             "input": _io_spec({**io["input"], "layout": artifact.layout}, ctx.preprocessing),
             "output": _io_spec(io["output"]),
             "ops": {"total": sum(inventory.values()), "by_op": inventory}}
+
+
+def _edge_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> dict:
+    """OpenVINO, ncnn, MNN: float32 NCHW in, logits out (the ONNX file's interface; the quantization is
+    inside the model); the files, the converter's tool versions and options are in ``stages.<format>``."""
+    from .calibration import record_for_artifact
+
+    size = ctx.request.input_size
+    record = artifact.records[kind.format]
+    spec_in = {"name": _EDGE_IO[kind.format][0], "layout": "NCHW", "shape": [1, 3, size, size], "dtype": "float32"}
+    spec_out = {"name": _EDGE_IO[kind.format][1], "shape": [1, ctx.request.num_classes], "dtype": "float32"}
+    return {"calibration": record_for_artifact(ctx.data.record, int8=kind.format == "openvino" and
+                                               kind.quantize == "int8"),
+            "files": record["files"], "converter": record["tool_versions"],
+            "input": _io_spec(spec_in, ctx.preprocessing), "output": _io_spec(spec_out)}
+
+
+#: (input, output) tensor names as each runtime calls them: pnnx renames the blobs in0/out0.
+_EDGE_IO = {"openvino": ("input", "logits"), "ncnn": ("in0", "out0"), "mnn": ("input", "logits")}
 
 
 def _io_spec(io: dict, preprocessing: Preprocessing | None = None) -> dict:

@@ -11,7 +11,8 @@ annotations stay strings (the ``__future__`` import) so that 3.8 can read the fi
 It owns ``TensorSpec``/``Quantization`` with ``quantize``/``dequantize``; ``infer_layout`` and
 ``reconcile`` (a model's own view of a tensor merged with its manifest's); ``RUNTIMES`` (name → format,
 module, library, distribution, pip) with one session per format (``open_session``: TFLite through
-ai-edge-litert, tflite-runtime or ``tf.lite``; ONNX Runtime); ``prepare``/``to_logits``; the latency
+ai-edge-litert, tflite-runtime or ``tf.lite``; ONNX Runtime; OpenVINO, ncnn and MNN, each in float32
+precision); ``prepare``/``to_logits``; the latency
 loop (first inference alone, warm-up, then ``run`` timed with ``perf_counter_ns`` and the garbage
 collector paused; sample std, linear-interpolated percentiles); and the report's ``ROW_FIELDS``.
 Every mistake is an ``InferenceError`` (a ``ValueError``) whose message is the whole explanation.
@@ -244,8 +245,12 @@ RUNTIMES: Dict[str, RuntimeInfo] = {info.name: info for info in (
                 "tflite-runtime==2.14.0"),
     RuntimeInfo("tf-lite", "tflite", "tensorflow", "tensorflow", "tensorflow", "tensorflow==2.19.0"),
     RuntimeInfo("onnxruntime", "onnx", "onnxruntime", "onnxruntime", "onnxruntime", "onnxruntime==1.23.0"),
+    RuntimeInfo("openvino", "openvino", "openvino", "openvino", "openvino", "openvino==2026.4.1"),
+    RuntimeInfo("ncnn", "ncnn", "ncnn", "ncnn", "ncnn", "ncnn==1.0.20261020"),
+    RuntimeInfo("mnn", "mnn", "MNN", "MNN", "mnn", "mnn==3.6.1"),
 )}
-PREFERENCE = {"tflite": ("litert", "tflite-runtime", "tf-lite"), "onnx": ("onnxruntime",)}
+PREFERENCE = {"tflite": ("litert", "tflite-runtime", "tf-lite"), "onnx": ("onnxruntime",),
+              "openvino": ("openvino",), "ncnn": ("ncnn",), "mnn": ("mnn",)}
 
 
 def find_spec(module: str) -> Any:
@@ -396,15 +401,127 @@ def _onnx_spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, shape, dtype)
 
 
+def model_file(path: str, suffix: str) -> str:
+    """The one ``*<suffix>`` file of a model folder (OpenVINO's ``model.xml``, ncnn's ``model.param``), or
+    ``path`` itself when it is such a file (its companion ``.bin`` beside it)."""
+    import os
+
+    if not os.path.isdir(path):
+        if not path.endswith(suffix):
+            raise InferenceError(f"{path} is not a {suffix} file or a folder holding one")
+        return path
+    found = sorted(name for name in os.listdir(path) if name.endswith(suffix))
+    if len(found) != 1:
+        raise InferenceError(f"{path} should hold exactly one {suffix} file, it holds {found or 'none'}")
+    return os.path.join(path, found[0])
+
+
+_OPENVINO_DTYPES = {"f32": "float32", "f16": "float16", "i8": "int8", "u8": "uint8"}
+#: OpenVINO's CPU plugin computes in bfloat16 on CPUs that have it (AVX512-BF16, AMX) unless told otherwise:
+#: 2.6e-2 relative error on m0, against ~1e-6 in float32. Every session here asks for float32.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+
+
+class OpenVinoSession(Session):
+    """OpenVINO's CPU plugin on an IR (a folder with ``model.xml`` + ``model.bin``), one stream, float32
+    inference precision (``OPENVINO_CONFIG``), ``threads`` inference threads."""
+
+    def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
+        super().__init__(info, lib, path, threads, None)
+        config = dict(OPENVINO_CONFIG, INFERENCE_NUM_THREADS=threads)
+        self._compiled = lib.Core().compile_model(model_file(path, ".xml"), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self.inputs = [_openvino_spec(p) for p in self._compiled.inputs]
+        self.outputs = [_openvino_spec(p) for p in self._compiled.outputs]
+
+    def run(self, native: Any) -> Any:
+        self._request.infer({0: native})
+        return np.array(self._request.get_output_tensor(self.output_index).data)  # a copy: the next run reuses it
+
+    def close(self) -> None:
+        self._request = self._compiled = None
+
+
+def _openvino_spec(port: Any) -> TensorSpec:
+    shape = tuple(int(d.get_length()) if d.is_static else None for d in port.get_partial_shape())
+    kind = port.get_element_type().get_type_name()
+    if kind not in _OPENVINO_DTYPES:
+        raise InferenceError(f"OpenVINO tensor {port.get_any_name()!r} has type {kind}, which the benchmark cannot feed")
+    return TensorSpec(port.get_any_name(), shape, _OPENVINO_DTYPES[kind])
+
+
+class NcnnSession(Session):
+    """ncnn on a folder with ``model.param`` + ``model.bin`` (pnnx's ``.ncnn.param``/``.ncnn.bin``), float32
+    storage and arithmetic (a float16 file's weights are widened on load), one image at a time (an ncnn
+    ``Mat`` has no batch axis). The param file does not record the input's size: (1, 3, ?, ?)."""
+
+    def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
+        super().__init__(info, lib, path, threads, None)
+        param = model_file(path, ".param")
+        net = lib.Net()
+        opt = net.opt
+        opt.num_threads = threads
+        opt.use_fp16_packed = opt.use_fp16_storage = opt.use_fp16_arithmetic = False
+        opt.use_bf16_storage = False
+        if net.load_param(param) != 0 or net.load_model(param[:-len(".param")] + ".bin") != 0:
+            raise InferenceError(f"ncnn cannot load {path} (model.param + model.bin)")
+        self._net = net
+        self.inputs = [TensorSpec(name, (1, 3, None, None), "float32") for name in net.input_names()]
+        self.outputs = [TensorSpec(name, (1, None), "float32") for name in net.output_names()]
+
+    def run(self, native: Any) -> Any:
+        # ``Mat`` wraps ``native``'s memory without holding a reference: ``native`` must outlive the extraction.
+        extractor = self._net.create_extractor()
+        extractor.input(self.inputs[0].name, self.lib.Mat(native[0]))
+        status, out = extractor.extract(self.outputs[self.output_index].name)
+        if status != 0:
+            raise InferenceError(f"ncnn failed to run {self.path} (status {status})")
+        return np.array(out).reshape(1, -1)
+
+    def close(self) -> None:
+        self._net = None
+
+
+class MnnSession(Session):
+    """MNN's module API on a ``.mnn`` file, CPU backend, ``precision: high`` (float32; "normal" lets MNN
+    choose float16 or bfloat16 where the CPU has it), ``threads`` threads."""
+
+    def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
+        super().__init__(info, lib, path, threads, None)
+        manager = lib.nn.create_runtime_manager(({"backend": "CPU", "precision": "high", "numThread": threads},))
+        self._module = lib.nn.load_module_from_file(path, [], [], runtime_manager=manager)
+        described = self._module.get_info()
+        self.inputs = [TensorSpec(name, tuple(int(d) for d in var.shape), "float32")
+                       for name, var in zip(described["inputNames"], described["inputs"])]
+        self.outputs = [TensorSpec(name, (None, None), "float32") for name in described["outputNames"]]
+        self._expr = lib.expr
+
+    def run(self, native: Any) -> Any:
+        out = self._module.forward(self._expr.const(native, list(native.shape), self._expr.NCHW))
+        if isinstance(out, (list, tuple)):
+            out = out[self.output_index]
+        return np.array(out.read())
+
+    def close(self) -> None:
+        self._module = None
+
+
 def session_settings(fmt: str, xnnpack: Optional[bool]) -> dict:
     """The knobs a format's session fixes (known before loading), for the report row's settings."""
     if fmt == "tflite":
         return {"op_resolver": "AUTO" if xnnpack else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
+    if fmt == "openvino":
+        return {"device": "CPU", **{k.lower(): v for k, v in OPENVINO_CONFIG.items()}}
+    if fmt == "ncnn":
+        return {"fp16_storage": False, "fp16_arithmetic": False, "bf16_storage": False}
+    if fmt == "mnn":
+        return {"backend": "CPU", "precision": "high", "api": "nn.load_module_from_file"}
     return {"inter_op_threads": 1, "execution_mode": "sequential", "graph_optimization": "all",
             "providers": ["CPUExecutionProvider"]}
 
 
-_SESSIONS = {"tflite": TFLiteSession, "onnx": OnnxSession}
+_SESSIONS = {"tflite": TFLiteSession, "onnx": OnnxSession, "openvino": OpenVinoSession, "ncnn": NcnnSession,
+             "mnn": MnnSession}
 
 
 def open_session(name: str, path: str, threads: int, xnnpack: Optional[bool] = None, lib: Any = None) -> Session:

@@ -115,8 +115,10 @@ def test_kind_resolution():
     assert resolve_kinds("tflite", "float16", False) == [("tflite", "float16")]
     [onnx] = resolve_kinds("onnx", None, False)
     assert (onnx.format, onnx.quantize) == ("onnx", "float32")
-    assert len(resolve_kinds(None, None, True)) == 5
-    for args in (("onnx", "int8", False), ("coreml", None, False), ("tflite", "int4", False), ("onnx", None, True)):
+    assert len(resolve_kinds(None, None, True)) == 13  # ONNX, 4 TFLite, 3 OpenVINO, 2 ncnn, 3 MNN
+    assert resolve_kinds("all", None, False) == resolve_kinds(None, None, True)
+    for args in (("onnx", "int8", False), ("coreml", None, False), ("tflite", "int4", False), ("onnx", None, True),
+                 ("ncnn", "int8", False), ("mnn", "dynamic", False)):
         with pytest.raises(MicronetError):
             resolve_kinds(*args)
 
