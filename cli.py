@@ -150,12 +150,13 @@ def export_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    models: list[Path] = typer.Argument(None, help=".onnx/.tflite files (their manifests are read from beside them)"),
+    models: list[Path] = typer.Argument(None, help=".onnx/.tflite/.mnn files, .openvino/.ncnn folders (manifests are read from beside them)"),
     variant: Optional[str] = typer.Option(None, "--variant", "-v", help="benchmark this variant, exported on the fly"),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="torch, onnx, tflite (default) or all"),
-    quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="TFLite: int8 (default), float32, float16, dynamic"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="torch, onnx, tflite (default), openvino, ncnn, mnn or all"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="TFLite: int8 (default), float32, float16, dynamic; "
+                                           "openvino, mnn: float32 (default), float16, int8; ncnn: float32, float16"),
     matrix: bool = typer.Option(False, "--matrix", help="m0..m3 x torch/ONNX/TFLite fp32/int8 x every installed runtime"),
-    runtime: Optional[list[str]] = typer.Option(None, "--runtime", "-r", help="torch, onnxruntime, litert, tflite-runtime, tf-lite (repeatable)"),
+    runtime: Optional[list[str]] = typer.Option(None, "--runtime", "-r", help="torch, onnxruntime, litert, tflite-runtime, tf-lite, openvino, ncnn, mnn (repeatable)"),
     threads_given: Optional[list[int]] = typer.Option(None, "--threads", "-t",
                                                       help="threads (repeatable; default 1, or the inventory's)"),
     warmup: int = typer.Option(10, "--warmup", help="warm-up runs"),

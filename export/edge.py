@@ -164,10 +164,31 @@ def to_ncnn(onnx_path: Path, folder: Path, quantize: str) -> dict:
         if rc != 0 or not all(p.is_file() and p.stat().st_size for p in made):
             why = f"timed out after {CONVERT_TIMEOUT_S:.0f} s" if rc is None else f"exit code {rc}"
             raise MicronetError(f"pnnx could not convert {onnx_path.name} to ncnn ({why}; log: {log})")
+        _record_input_shape(made[0], _onnx_input_shape(onnx_path))
         folder.mkdir(parents=True, exist_ok=True)
         for source, name in zip(made, FOLDER_FILES["ncnn"]):
             shutil.move(str(source), folder / name)
     return options
+
+
+def _onnx_input_shape(onnx_path: Path) -> list[int]:
+    import onnx
+
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value for d in dims]
+
+
+def _record_input_shape(param: Path, shape: list[int]) -> None:
+    """Write the input's size into the param file's ``Input`` layer (its parameters 0=w 1=h 2=c, which ncnn
+    defines for exactly this): pnnx leaves them out, and without them nothing tells a reader of the model
+    (the benchmark's memory child, a C++ app) what to feed it."""
+    _, c, h, w = shape
+    lines = param.read_text().splitlines()
+    for i, line in enumerate(lines):
+        fields = line.split()
+        if fields and fields[0] == "Input" and not any("=" in f for f in fields):
+            lines[i] = f"{line} 0={w} 1={h} 2={c}"
+    param.write_text("\n".join(lines) + "\n")
 
 
 # --- MNN ---------------------------------------------------------------------------------------------------------

@@ -453,7 +453,8 @@ def _openvino_spec(port: Any) -> TensorSpec:
 class NcnnSession(Session):
     """ncnn on a folder with ``model.param`` + ``model.bin`` (pnnx's ``.ncnn.param``/``.ncnn.bin``), float32
     storage and arithmetic (a float16 file's weights are widened on load), one image at a time (an ncnn
-    ``Mat`` has no batch axis). The param file does not record the input's size: (1, 3, ?, ?)."""
+    ``Mat`` has no batch axis). The input's size is read from the ``Input`` layer's 0=w 1=h 2=c (micronet
+    writes them; pnnx alone does not: then (1, 3, ?, ?))."""
 
     def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
         super().__init__(info, lib, path, threads, None)
@@ -466,7 +467,8 @@ class NcnnSession(Session):
         if net.load_param(param) != 0 or net.load_model(param[:-len(".param")] + ".bin") != 0:
             raise InferenceError(f"ncnn cannot load {path} (model.param + model.bin)")
         self._net = net
-        self.inputs = [TensorSpec(name, (1, 3, None, None), "float32") for name in net.input_names()]
+        sizes = _ncnn_input_sizes(param)
+        self.inputs = [TensorSpec(name, sizes.get(name, (1, 3, None, None)), "float32") for name in net.input_names()]
         self.outputs = [TensorSpec(name, (1, None), "float32") for name in net.output_names()]
 
     def run(self, native: Any) -> Any:
@@ -480,6 +482,19 @@ class NcnnSession(Session):
 
     def close(self) -> None:
         self._net = None
+
+
+def _ncnn_input_sizes(param: str) -> Dict[str, Tuple[int, ...]]:
+    """blob name → (1, c, h, w) from the param file's ``Input`` layers that give 0=w 1=h 2=c."""
+    sizes = {}
+    with open(param) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[0] == "Input":
+                params = dict(f.split("=", 1) for f in fields[5:] if "=" in f)
+                if {"0", "1", "2"} <= set(params):
+                    sizes[fields[4]] = (1, int(params["2"]), int(params["1"]), int(params["0"]))
+    return sizes
 
 
 class MnnSession(Session):

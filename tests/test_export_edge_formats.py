@@ -246,7 +246,11 @@ def test_m0_exports_load_in_their_runtime_and_match_onnx_runtime(fmt, quantize, 
     assert set(manifest["files"]) == set(edge.FOLDER_FILES.get(fmt, (path.name,)))
     stage = manifest["stages"][fmt]
     assert stage["source"] == artifact_name("m0", SIZE, "onnx", "float32") and stage["quantize"] == quantize
-    x = np.random.default_rng(1).normal(size=(3, 3, SIZE, SIZE)).astype(np.float32)
+    from micronet.preprocess import Preprocessing, load_batch
+    from micronet.sample_images import held_out_photographs
+
+    # Photographs, not noise: int8 ranges were calibrated on photographs (noise gives cosine 0.79 here).
+    x, _ = load_batch(held_out_photographs()[:4], Preprocessing(input_size=SIZE))
     onnx = run_onnx(out / artifact_name("m0", SIZE, "onnx", "float32"), x)
     rung = parity.check_rung(f"{fmt}_{quantize}", parity.compare(onnx, edge.run_edge(fmt, path, x)),
                              untrained=True)
@@ -270,15 +274,33 @@ def test_m0_export_leaves_only_the_artifacts_and_manifests(m0_edge):
 
 
 @pytest.mark.slow
-def test_cli_export_and_bench_of_each_edge_format(tmp_path):
-    """One command exports each format and the same harness measures it (latency, memory, cache)."""
-    env_cache = tmp_path / "cache"
+def test_bench_measures_each_edge_format_with_the_same_harness(tmp_path):
+    """``micronet bench --variant m0 --format <fmt>`` exports through the cache and measures the file in its
+    runtime: latency, init, first inference, peak memory in a fresh process, size."""
     for fmt in ("openvino", "ncnn", "mnn"):
-        report = tmp_path / f"{fmt}.json"
+        out = tmp_path / fmt
         result = run_cli("bench", "--variant", "m0", "--format", fmt, "--input-size", "64", "--runs", "20",
-                         "--warmup", "2", "--json", str(report), cwd=tmp_path)
+                         "--warmup", "2", "--out", str(out), cwd=tmp_path)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        rows = json.loads(report.read_text())["results"]
-        assert [r["runtime"] for r in rows] == [fmt] and not rows[0]["invalid"]
-        assert rows[0]["latency"]["p50_ms"] > 0 and rows[0]["memory"]["peak_rss_mib"] > 0
-    _ = env_cache
+        [report] = out.glob("*.json")
+        [row] = json.loads(report.read_text())["results"]
+        assert (row["format"], row["runtime"], row["quantize"], row["invalid"]) == (fmt, fmt, "float32", False)
+        assert row["latency"]["count"] == 20 and row["latency"]["p50_ms"] > 0
+        assert row["memory"]["peak_rss_mib"] > row["memory"]["baseline_rss_mib"] > 0
+        assert row["size_bytes"] == read_manifest(Path(row["model"]))["size_bytes"]
+
+
+def test_bench_knows_the_edge_formats_and_their_runtimes(tiny_onnx, tmp_path):
+    from micronet.bench.runtimes import RUNTIME_FORMATS, check_model_contents, detect_format
+    from micronet.bench.targets import exported_kinds
+
+    assert {RUNTIME_FORMATS[f] for f in ("openvino", "ncnn", "mnn")} == {"openvino", "ncnn", "mnn"}
+    assert exported_kinds("ncnn", "float16") == (False, [("ncnn", "float16")])
+    with pytest.raises(MicronetError, match="--format ncnn is exported in float32, float16"):
+        exported_kinds("ncnn", "int8")
+    folder = tmp_path / "x.float32.ncnn"
+    assert detect_format(folder) == "ncnn" and detect_format(tmp_path / "x.int8.mnn") == "mnn"
+    folder.mkdir()
+    (folder / "model.param").write_text("7767517\n")
+    with pytest.raises(MicronetError, match="holds no .bin file: an incomplete ncnn model"):
+        check_model_contents(folder, "ncnn")
