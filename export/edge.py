@@ -165,10 +165,28 @@ def to_ncnn(onnx_path: Path, folder: Path, quantize: str) -> dict:
             why = f"timed out after {CONVERT_TIMEOUT_S:.0f} s" if rc is None else f"exit code {rc}"
             raise MicronetError(f"pnnx could not convert {onnx_path.name} to ncnn ({why}; log: {log})")
         _record_input_shape(made[0], _onnx_input_shape(onnx_path))
+        _check_ncnn_loads(made, onnx_path, log)
         folder.mkdir(parents=True, exist_ok=True)
         for source, name in zip(made, FOLDER_FILES["ncnn"]):
             shutil.move(str(source), folder / name)
     return options
+
+
+def _check_ncnn_loads(files: list[Path], onnx_path: Path, log: Path) -> None:
+    """pnnx exits 0 even when it wrote a layer ncnn does not have (an ONNX file built for ONNX Runtime gives
+    ``F.batch_norm``): load the pair in ncnn now, so the refusal names the converter."""
+    import ncnn
+
+    from .tflite import output_to
+
+    net = ncnn.Net()
+    with output_to(log):  # ncnn prints its complaint from C++
+        loaded = net.load_param(str(files[0])) == 0 and net.load_model(str(files[1])) == 0
+    if not loaded:
+        unknown = [line.split()[0] for line in files[0].read_text().splitlines()[2:]
+                   if line.split() and "." in line.split()[0]]
+        what = f" (layers ncnn does not have: {', '.join(sorted(set(unknown)))})" if unknown else ""
+        raise MicronetError(f"pnnx could not convert {onnx_path.name} to a model ncnn loads{what}; log: {log}")
 
 
 def _onnx_input_shape(onnx_path: Path) -> list[int]:

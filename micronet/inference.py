@@ -465,7 +465,7 @@ class NcnnSession(Session):
         opt.use_fp16_packed = opt.use_fp16_storage = opt.use_fp16_arithmetic = False
         opt.use_bf16_storage = False
         if net.load_param(param) != 0 or net.load_model(param[:-len(".param")] + ".bin") != 0:
-            raise InferenceError(f"ncnn cannot load {path} (model.param + model.bin)")
+            raise InferenceError(f"ncnn rejects {param} or its .bin (a layer ncnn does not have, or a corrupt file)")
         self._net = net
         sizes = _ncnn_input_sizes(param)
         self.inputs = [TensorSpec(name, sizes.get(name, (1, 3, None, None)), "float32") for name in net.input_names()]

@@ -304,3 +304,11 @@ def test_bench_knows_the_edge_formats_and_their_runtimes(tiny_onnx, tmp_path):
     (folder / "model.param").write_text("7767517\n")
     with pytest.raises(MicronetError, match="holds no .bin file: an incomplete ncnn model"):
         check_model_contents(folder, "ncnn")
+
+
+def test_devices_refuse_the_edge_formats_in_one_line(tmp_path):
+    from micronet.devices.api import model_jobs
+
+    for name in ("m.float32.openvino", "m.float32.ncnn", "m.int8.mnn"):
+        with pytest.raises(MicronetError, match="measured on this machine only"):
+            model_jobs([tmp_path / name])
