@@ -229,7 +229,9 @@ def check_threads(threads: Any) -> int:
 def _import(runtime: type[Runtime], module: str) -> Any:
     """Import a runtime's library; a broken install (e.g. tflite-runtime on numpy 2) is a user error."""
     try:
-        return importlib.import_module(module)
+        info = core.RUNTIMES.get(runtime.name)
+        with core.quiet_stdout(bool(info and info.chatty)):
+            return importlib.import_module(module)
     except Exception as exc:
         raise MicronetError(
             f"runtime {runtime.name!r} is installed but fails to import ({_first_line(exc)}): reinstall {runtime.pip}"

@@ -20,12 +20,13 @@ Every mistake is an ``InferenceError`` (a ``ValueError``) whose message is the w
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 try:
     import numpy as np
@@ -232,6 +233,7 @@ class RuntimeInfo:
     library: str  # the module a session needs, imported before init timing starts
     distribution: str  # package name for the version in reports (and what a board installs)
     pip: str  # the tested requirement on a desktop
+    chatty: bool = False  # its C++ prints to stdout on import and load (MNN): silenced, see quiet_stdout
 
     @property
     def default_layout(self) -> str:
@@ -247,7 +249,7 @@ RUNTIMES: Dict[str, RuntimeInfo] = {info.name: info for info in (
     RuntimeInfo("onnxruntime", "onnx", "onnxruntime", "onnxruntime", "onnxruntime", "onnxruntime==1.23.0"),
     RuntimeInfo("openvino", "openvino", "openvino", "openvino", "openvino", "openvino==2026.4.1"),
     RuntimeInfo("ncnn", "ncnn", "ncnn", "ncnn", "ncnn", "ncnn==1.0.20261020"),
-    RuntimeInfo("mnn", "mnn", "MNN", "MNN", "mnn", "mnn==3.6.1"),
+    RuntimeInfo("mnn", "mnn", "MNN", "MNN", "mnn", "mnn==3.6.1", chatty=True),
 )}
 PREFERENCE = {"tflite": ("litert", "tflite-runtime", "tf-lite"), "onnx": ("onnxruntime",),
               "openvino": ("openvino",), "ncnn": ("ncnn",), "mnn": ("mnn",)}
@@ -276,7 +278,36 @@ def distribution_version(distribution: str) -> str | None:
 
 def import_library(name: str) -> Any:
     """Import a runtime's library (the caller decides how an import failure reads)."""
-    return importlib.import_module(RUNTIMES[name].library)
+    with quiet_stdout(RUNTIMES[name].chatty):
+        return importlib.import_module(RUNTIMES[name].library)
+
+
+@contextlib.contextmanager
+def quiet_stdout(active: bool = True) -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null while the block runs, C's stdio buffers flushed on the way out.
+
+    MNN prints "The device supports: ..." when imported and "MNN use high precision" when a session is made,
+    with printf, into the benchmark's table and the machine-read output of the on-device runner."""
+    if not active:
+        yield
+        return
+    import ctypes
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        try:
+            ctypes.CDLL(None).fflush(None)  # what the block printf'ed goes to /dev/null, not to the next write
+        except (OSError, AttributeError):
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 class Session:
@@ -503,8 +534,9 @@ class MnnSession(Session):
 
     def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
         super().__init__(info, lib, path, threads, None)
-        manager = lib.nn.create_runtime_manager(({"backend": "CPU", "precision": "high", "numThread": threads},))
-        self._module = lib.nn.load_module_from_file(path, [], [], runtime_manager=manager)
+        with quiet_stdout():
+            manager = lib.nn.create_runtime_manager(({"backend": "CPU", "precision": "high", "numThread": threads},))
+            self._module = lib.nn.load_module_from_file(path, [], [], runtime_manager=manager)
         described = self._module.get_info()
         self.inputs = [TensorSpec(name, tuple(int(d) for d in var.shape), "float32")
                        for name, var in zip(described["inputNames"], described["inputs"])]
