@@ -312,3 +312,30 @@ def test_devices_refuse_the_edge_formats_in_one_line(tmp_path):
     for name in ("m.float32.openvino", "m.float32.ncnn", "m.int8.mnn"):
         with pytest.raises(MicronetError, match="measured on this machine only"):
             model_jobs([tmp_path / name])
+
+
+@pytest.mark.slow
+def test_a_converter_failing_mid_export_leaves_the_old_files_alone(tmp_path, monkeypatch):
+    """Two formats asked for, the second converter fails: nothing new appears, a folder artifact from an earlier
+    export keeps its files and its manifest still verifies, and no staging folder is left."""
+    from micronet.export import pipeline
+
+    request = dict(variant="m0", input_size=32, calib_count=16, holdout=4, output_dir=tmp_path)
+    pipeline.export(ExportRequest(kinds=[("ncnn", "float32")], **request))
+    old = tmp_path / artifact_name("m0", 32, "ncnn", "float32")
+    before = read_manifest(old)["sha256"]
+
+    def broken_mnn(onnx_path, path, quantize):
+        path.write_bytes(b"half a model")
+        raise MicronetError("MNN could not convert model.onnx (float32): simulated")
+
+    monkeypatch.setattr(edge, "to_mnn", broken_mnn)
+    with pytest.raises(MicronetError, match="simulated"):
+        pipeline.export(ExportRequest(kinds=[("ncnn", "float32"), ("mnn", "float32")], seed=1, **request))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([old.name, old.name + ".json"])
+    assert read_manifest(old)["sha256"] == before
+    monkeypatch.undo()
+    pipeline.export(ExportRequest(kinds=[("ncnn", "float32")], seed=1, **request))  # replaces the folder whole
+    assert read_manifest(old)["sha256"] != before
+    assert sorted(p.name for p in old.iterdir()) == ["model.bin", "model.param"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([old.name, old.name + ".json"])
