@@ -339,3 +339,10 @@ def test_a_converter_failing_mid_export_leaves_the_old_files_alone(tmp_path, mon
     assert read_manifest(old)["sha256"] != before
     assert sorted(p.name for p in old.iterdir()) == ["model.bin", "model.param"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([old.name, old.name + ".json"])
+
+
+def test_bench_on_a_device_refuses_the_edge_formats_before_any_work(tmp_path):
+    result = run_cli("bench", "--device", "ssh://pi@192.0.2.1", "--variant", "m0", "--format", "mnn",
+                     "--out", str(tmp_path))
+    assert_one_line_error(result, "are measured on this machine only (--device local)")
+    assert list(tmp_path.iterdir()) == []
