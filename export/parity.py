@@ -48,6 +48,10 @@ Why these limits (measured on the lead's m0 at 224×224 with re-estimated BN, an
   smaller than the int8 error, so top-1 agreement mostly measures near-ties flipping.
   Measured 0.993 on m0 (random-normal calibration), 0.983 in the toolchain spec; 0.98 stays provisional
   until measured on trained weights with real calibration images.
+* OpenVINO, ncnn, MNN (export/edge.py), measured on m0 at 224 (docs/export-stages.md): float32 files 2.0e-6
+  to 3.4e-6 relative (the ONNX limit applies); float16 weights cosine 0.99988 (OpenVINO, ncnn) and 0.99950
+  (MNN), held like TFLite float16; OpenVINO int8 (NNCF, activations too) 0.9905, held like TFLite int8; MNN
+  int8 stores int8 weights only and computes in float: 0.9988, held like dynamic-range TFLite.
 """
 
 from __future__ import annotations
