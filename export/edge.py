@@ -5,8 +5,9 @@ unshipped one) and writes its artifact at ``target`` — a folder for OpenVINO (
 ncnn (``model.param`` + ``model.bin``), a file for MNN — and returns the manifest's stage record (tool versions,
 options, files with their sha256, wall time). The stage (export/stages.py) then runs the artifact in its own
 runtime (``micronet.inference``'s sessions, the ones ``micronet bench`` times) and judges it against ONNX
-Runtime's logits of that ONNX file. A converter that fails raises one ``MicronetError`` line and leaves
-nothing at ``target`` (it writes into the export's staging folder, which is removed on failure anyway).
+Runtime's logits of that ONNX file. A converter that fails raises one ``MicronetError`` line (with the
+converter's last word) and leaves nothing at ``target``; its log, ``<target>.log`` beside it, is in the
+export's staging folder, removed with it.
 
 Why each is run the way it is:
 
@@ -109,8 +110,7 @@ def to_openvino(onnx_path: Path, folder: Path, quantize: str, calibration: np.nd
         raise
     except Exception as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        raise MicronetError(f"OpenVINO could not convert {onnx_path.name} ({quantize}): {_first_line(exc)} "
-                            f"(log: {log})") from None
+        raise MicronetError(f"OpenVINO could not convert {onnx_path.name} ({quantize}): {_first_line(exc)}") from None
     return options
 
 
@@ -162,8 +162,9 @@ def to_ncnn(onnx_path: Path, folder: Path, quantize: str) -> dict:
                 rc = None
         made = [work / "model.ncnn.param", work / "model.ncnn.bin"]
         if rc != 0 or not all(p.is_file() and p.stat().st_size for p in made):
-            why = f"timed out after {CONVERT_TIMEOUT_S:.0f} s" if rc is None else f"exit code {rc}"
-            raise MicronetError(f"pnnx could not convert {onnx_path.name} to ncnn ({why}; log: {log})")
+            why = (f"timed out after {CONVERT_TIMEOUT_S:.0f} s" if rc is None else
+                   f"exit code {rc}: {_last_line(log.read_text(errors='replace'))}")
+            raise MicronetError(f"pnnx could not convert {onnx_path.name} to ncnn ({why})")
         _record_input_shape(made[0], _onnx_input_shape(onnx_path))
         _check_ncnn_loads(made, onnx_path, log)
         folder.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,7 @@ def _check_ncnn_loads(files: list[Path], onnx_path: Path, log: Path) -> None:
         unknown = [line.split()[0] for line in files[0].read_text().splitlines()[2:]
                    if line.split() and "." in line.split()[0]]
         what = f" (layers ncnn does not have: {', '.join(sorted(set(unknown)))})" if unknown else ""
-        raise MicronetError(f"pnnx could not convert {onnx_path.name} to a model ncnn loads{what}; log: {log}")
+        raise MicronetError(f"pnnx could not convert {onnx_path.name} to a model ncnn loads{what}")
 
 
 def _onnx_input_shape(onnx_path: Path) -> list[int]:
@@ -235,7 +236,7 @@ def to_mnn(onnx_path: Path, path: Path, quantize: str) -> dict:
     if rc != 0 or "Converted Success" not in text or not path.is_file() or not path.stat().st_size:
         path.unlink(missing_ok=True)
         why = f"timed out after {CONVERT_TIMEOUT_S:.0f} s" if rc is None else _last_line(text) or f"exit code {rc}"
-        raise MicronetError(f"MNN could not convert {onnx_path.name} ({quantize}): {why} (log: {log})")
+        raise MicronetError(f"MNN could not convert {onnx_path.name} ({quantize}): {why}")
     return {"mnnconvert": ["-f", "ONNX", "--bizCode", "micronet", *extra]}
 
 
