@@ -88,7 +88,8 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
     for stale in remove_abandoned_staging(request.output_dir, STAGING_PREFIX):
         say(_plain(stale.describe()))
     interrupts.check()
-    if data.record.get("warning") and ArtifactKind("tflite", "int8") in request.kinds:  # only int8 ranges use them
+    calibrated = {ArtifactKind("tflite", "int8"), ArtifactKind("openvino", "int8")} & set(request.kinds)
+    if data.record.get("warning") and calibrated:  # only int8 activation ranges are fitted on them
         say(f"[bold yellow]warning:[/bold yellow] {data.record['warning']}")
     for line in (data.record.get("note"), calib.skipped_summary(data.record)):
         if line:
