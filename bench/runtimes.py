@@ -230,6 +230,7 @@ def _import(runtime: type[Runtime], module: str) -> Any:
     """Import a runtime's library; a broken install (e.g. tflite-runtime on numpy 2) is a user error."""
     try:
         info = core.RUNTIMES.get(runtime.name)
+        core.before_import(runtime.name)
         with core.quiet_stdout(bool(info and info.chatty)):
             return importlib.import_module(module)
     except Exception as exc:

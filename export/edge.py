@@ -84,9 +84,11 @@ _PINS = {"openvino": "2026.4.1", "nncf": "3.4.0", "pnnx": "20261020", "ncnn": "1
 
 def without_openvino_telemetry() -> None:
     """Make ``openvino_telemetry`` unimportable in this process (OpenVINO's converter and NNCF then use their
-    no-op stubs): otherwise the first conversion writes ``~/intel/openvino_ga_cid`` and sends usage data."""
-    if "openvino_telemetry" not in sys.modules:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import raises ImportError
+    no-op stubs). ``import openvino`` itself writes ``~/intel/openvino_ga_cid`` and counts usage otherwise,
+    so this runs before every import of OpenVINO in micronet (``micronet.inference.before_import``)."""
+    from micronet.inference import block_openvino_telemetry
+
+    block_openvino_telemetry()
 
 
 def to_openvino(onnx_path: Path, folder: Path, quantize: str, calibration: np.ndarray | None) -> dict:

@@ -278,8 +278,28 @@ def distribution_version(distribution: str) -> str | None:
 
 def import_library(name: str) -> Any:
     """Import a runtime's library (the caller decides how an import failure reads)."""
+    before_import(name)
     with quiet_stdout(RUNTIMES[name].chatty):
         return importlib.import_module(RUNTIMES[name].library)
+
+
+def before_import(name: str) -> None:
+    """What must happen before runtime ``name``'s library is first imported: OpenVINO's telemetry blocked."""
+    if name == "openvino":
+        block_openvino_telemetry()
+
+
+def block_openvino_telemetry() -> bool:
+    """Make ``openvino_telemetry`` unimportable (OpenVINO and NNCF then use their no-op stubs); returns whether
+    that worked, i.e. it was not imported yet. ``import openvino`` imports it, and reading an ONNX file or
+    converting a model would write ``~/intel/openvino_ga_cid`` and send usage data. Must run before the first
+    ``import openvino`` of the process."""
+    import sys
+
+    if "openvino_telemetry" in sys.modules:
+        return sys.modules["openvino_telemetry"] is None
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import now raises ImportError
+    return True
 
 
 @contextlib.contextmanager

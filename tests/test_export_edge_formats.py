@@ -105,16 +105,20 @@ def test_a_failing_converter_says_so_in_one_line_and_leaves_nothing(fmt, tmp_pat
 
 
 def test_openvino_conversion_writes_nothing_into_home(tiny_onnx, tmp_path):
-    """OpenVINO's telemetry would write ~/intel/openvino_ga_cid: the converter blocks it (in a child with a
-    home folder of its own, so the real one is never at risk)."""
+    """OpenVINO's telemetry would write ~/intel/openvino_ga_cid (on converting, and on reading an ONNX file):
+    the converter and the runtime's import block it. Checked in children with a home folder of their own, so
+    the real one is never at risk."""
     home = tmp_path / "home"
     home.mkdir()
-    code = ("import sys; from pathlib import Path; from micronet.export import edge; "
-            "edge.convert('openvino', 'float32', Path(sys.argv[1]), Path(sys.argv[2]))")
+    convert = ("import sys; from pathlib import Path; from micronet.export import edge; "
+               "edge.convert('openvino', 'float32', Path(sys.argv[1]), Path(sys.argv[2]))")
+    read_onnx = ("import sys; from micronet import inference as core; "
+                 "core.import_library('openvino').Core().compile_model(sys.argv[1], 'CPU')")
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
-    run = subprocess.run([sys.executable, "-c", code, str(tiny_onnx), str(tmp_path / "ir")], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
+    for code in (convert, read_onnx):
+        run = subprocess.run([sys.executable, "-c", code, str(tiny_onnx), str(tmp_path / "ir")], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "ir" / "model.xml").is_file()
     assert list(home.rglob("*")) == []
 
