@@ -110,10 +110,14 @@ def flops(
 @app.command("export")
 def export_cmd(
     variant: str = VariantOpt,
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="onnx or tflite (default tflite)"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f",
+                                      help="onnx, tflite (default), openvino, ncnn, mnn, or all"),
     quantize: Optional[str] = typer.Option(None, "--quantize", "-q",
-                                           help="TFLite: int8 (default), float32, float16 or dynamic"),
-    all_formats: bool = typer.Option(False, "--all", help="write ONNX and every TFLite quantization"),
+                                           help="TFLite: int8 (default), float32, float16 or dynamic; "
+                                                "OpenVINO: float32 (default), float16 or int8 (NNCF); "
+                                                "ncnn: float32 (default) or float16; MNN: float32 (default), "
+                                                "float16 or int8 (int8 weights)"),
+    all_formats: bool = typer.Option(False, "--all", help="write every format and quantization (= --format all)"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="checkpoint: ours or the authors' micronet-m*.pth"),
     calibration: Optional[Path] = typer.Option(None, "--calibration",
                                                help="folder of your images for int8 calibration and parity"),
@@ -132,7 +136,7 @@ def export_cmd(
                               "TFLite built for XNNPACK and lowered to TensorFlow) or reference (the reference "
                               "deploy form; TFLite through onnx2tf)"),
 ) -> None:
-    """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
+    """Export to ONNX, TFLite, OpenVINO, ncnn or MNN, checking every stage numerically against the one before."""
     from rich.markup import escape
 
     from micronet.console import (EXPORT_DROP, PARITY_DROP, console, export_summary, export_warnings, parity_table,
@@ -140,7 +144,7 @@ def export_cmd(
     from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_kinds
 
     request = ExportRequest(
-        variant=variant, kinds=resolve_kinds(fmt, quantize, all_formats), weights=weights,
+        variant=variant, kinds=resolve_kinds(fmt, quantize, all_formats, graph), weights=weights,
         calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
         dynamic_batch=dynamic_batch, graph=graph, optimize_for=optimize_for,
@@ -163,12 +167,13 @@ def export_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    models: list[Path] = typer.Argument(None, help=".onnx/.tflite files (their manifests are read from beside them)"),
+    models: list[Path] = typer.Argument(None, help=".onnx/.tflite/.mnn files, .openvino/.ncnn folders (manifests are read from beside them)"),
     variant: Optional[str] = typer.Option(None, "--variant", "-v", help="benchmark this variant, exported on the fly"),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="torch, onnx, tflite (default) or all"),
-    quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="TFLite: int8 (default), float32, float16, dynamic"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="torch, onnx, tflite (default), openvino, ncnn, mnn or all"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="TFLite: int8 (default), float32, float16, dynamic; "
+                                           "openvino, mnn: float32 (default), float16, int8; ncnn: float32, float16"),
     matrix: bool = typer.Option(False, "--matrix", help="m0..m3 x torch/ONNX/TFLite fp32/int8 x every installed runtime"),
-    runtime: Optional[list[str]] = typer.Option(None, "--runtime", "-r", help="torch, onnxruntime, litert, tflite-runtime, tf-lite (repeatable)"),
+    runtime: Optional[list[str]] = typer.Option(None, "--runtime", "-r", help="torch, onnxruntime, litert, tflite-runtime, tf-lite, openvino, ncnn, mnn (repeatable)"),
     threads_given: Optional[list[int]] = typer.Option(None, "--threads", "-t",
                                                       help="threads (repeatable; default 1, or the inventory's)"),
     warmup: int = typer.Option(10, "--warmup", help="warm-up runs"),

@@ -77,7 +77,7 @@ def exported(variant: str, kinds: Sequence[tuple[str, str]], *, input_size: int 
 
     def valid(path: Path) -> bool:
         try:
-            return path.is_file() and read_manifest(path) is not None
+            return path.exists() and read_manifest(path) is not None
         except MicronetError:  # a manifest that no longer verifies: re-export
             return False
 

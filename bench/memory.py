@@ -49,8 +49,9 @@ class MemoryResult:
 
 
 def file_size(path: str | Path) -> dict[str, float | int]:
-    """Size of a model file in bytes and MiB (what ships to the device)."""
-    size = Path(path).stat().st_size
+    """Size of a model file (or model folder: OpenVINO, ncnn) in bytes and MiB (what ships to the device)."""
+    path = Path(path)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
     return {"bytes": size, "mib": size / MIB}
 
 
@@ -98,7 +99,8 @@ def measure_memory(
 
 
 def _source_spec(source: Any, tmp: Path) -> dict[str, str]:
-    if isinstance(source, Path) or (isinstance(source, str) and Path(source).suffix in (".onnx", ".tflite")):
+    if isinstance(source, Path) or (isinstance(source, str) and Path(source).suffix in (".onnx", ".tflite", ".mnn",
+                                                                                    ".openvino", ".ncnn")):
         return {"path": str(Path(source).resolve())}
     if isinstance(source, str):
         return {"variant": source}

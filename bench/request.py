@@ -141,6 +141,10 @@ class BenchRequest:
         from micronet.devices.target import DEVICE_RUNTIMES, check_cpu_mask
 
         target = resolve(self.device, self.inventory)
+        edge = [str(p) for p in self.models if Path(p).suffix.lower() in (".openvino", ".ncnn", ".mnn")]
+        if target.kind != "local" and ((self.fmt or "").lower() in ("openvino", "ncnn", "mnn") or edge):
+            raise MicronetError(f"{target.name} runs .tflite and .onnx models: OpenVINO, ncnn and MNN "
+                                f"({(edge or [self.fmt])[0]}) are measured on this machine only (--device local)")
         if len(self.runtime) > 1:
             raise MicronetError("--device runs one runtime per call: give at most one --runtime")
         if self.runtime and target.kind != "local" and self.runtime[0] not in DEVICE_RUNTIMES:

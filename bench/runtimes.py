@@ -27,6 +27,9 @@ runtime            format    Python package (``pip install ...``)
 ``litert``         tflite    ``ai-edge-litert==2.1.0`` (the recommended TFLite runtime)
 ``tflite-runtime`` tflite    ``tflite-runtime==2.14.0`` (legacy; needs numpy<2, slow int8)
 ``tf-lite``        tflite    ``tensorflow==2.19.0`` (``tf.lite.Interpreter``, deprecated)
+``openvino``       openvino  ``openvino==2026.4.1`` (CPU plugin, float32 precision hint)
+``ncnn``           ncnn      ``ncnn==1.0.20261020`` (float32 storage and arithmetic)
+``mnn``            mnn       ``mnn==3.6.1`` (CPU backend, precision high)
 =================  ========  ==========================================================
 
 XNNPACK: the three TFLite runtimes apply the XNNPACK delegate by default. ``xnnpack=False`` loads
@@ -226,18 +229,25 @@ def check_threads(threads: Any) -> int:
 def _import(runtime: type[Runtime], module: str) -> Any:
     """Import a runtime's library; a broken install (e.g. tflite-runtime on numpy 2) is a user error."""
     try:
-        return importlib.import_module(module)
+        info = core.RUNTIMES.get(runtime.name)
+        core.before_import(runtime.name)
+        with core.quiet_stdout(bool(info and info.chatty)):
+            return importlib.import_module(module)
     except Exception as exc:
         raise MicronetError(
             f"runtime {runtime.name!r} is installed but fails to import ({_first_line(exc)}): reinstall {runtime.pip}"
         ) from exc
 
 
-_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
+_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".mnn": "mnn", ".openvino": "openvino", ".ncnn": "ncnn"}
+#: Formats whose model is a folder (``micronet-m0-224.float32.openvino/`` with model.xml + model.bin; ncnn's
+#: model.param + model.bin), as ``micronet export`` writes them.
+FOLDER_FORMATS = ("openvino", "ncnn")
+SUPPORTED = "a .onnx, .tflite or .mnn file, a .openvino or .ncnn folder"
 
 
 def detect_format(source: Any) -> str:
-    """"torch" for a module or variant name, else the file's format from its suffix."""
+    """"torch" for a module or variant name, else the file's (or model folder's) format from its suffix."""
     if not isinstance(source, (str, Path)):
         return "torch"
     suffix = Path(source).suffix.lower()
@@ -245,7 +255,7 @@ def detect_format(source: Any) -> str:
         return _SUFFIXES[suffix]
     if isinstance(source, str) and suffix == "" and not Path(source).exists():
         return "torch"  # a variant name such as "m0"
-    raise MicronetError(f"cannot benchmark {source}: expected a .onnx or .tflite file (or a torch model)")
+    raise MicronetError(f"cannot benchmark {source}: expected {SUPPORTED} (or a torch model)")
 
 
 def _check_model_file(source: Any, fmt: str) -> Path:
@@ -253,6 +263,15 @@ def _check_model_file(source: Any, fmt: str) -> Path:
     if not isinstance(source, (str, Path)):
         raise MicronetError(f"the {fmt} runtimes load a model file, got a {type(source).__name__}")
     path = Path(source)
+    if fmt in FOLDER_FORMATS:
+        wanted = {"openvino": (".xml", ".bin"), "ncnn": (".param", ".bin")}[fmt]
+        if not path.is_dir():
+            raise MicronetError(f"model folder not found: {path} (an {fmt} model is a folder with "
+                                f"{' and '.join('model' + w for w in wanted)})")
+        for ending in wanted:
+            if not [p for p in path.iterdir() if p.name.endswith(ending) and p.stat().st_size]:
+                raise MicronetError(f"{path} holds no {ending} file: an incomplete {fmt} model")
+        return path
     if not path.is_file():
         raise MicronetError(f"model file not found: {path}")
     if path.stat().st_size == 0:
@@ -395,7 +414,7 @@ def _file_runtime(info: core.RuntimeInfo) -> type[FileRuntime]:
 
 # -------------------------------------------------------------------------------------------- registry
 
-_FORMAT_ORDER = ("torch", "onnx", "tflite")  # how the desktop lists its runtimes: reference first
+_FORMAT_ORDER = ("torch", "onnx", "tflite", "openvino", "ncnn", "mnn")  # how runtimes are listed: reference first
 RUNTIMES: dict[str, type[Runtime]] = {
     "torch": TorchRuntime,
     **{name: _file_runtime(info)
@@ -405,7 +424,8 @@ RUNTIME_FORMATS: dict[str, str] = {name: cls.format for name, cls in RUNTIMES.it
 
 
 def runtimes_for_format(fmt: str) -> list[str]:
-    """Runtime names that can load ``fmt`` ("torch", "onnx", "tflite"), installed or not."""
+    """Runtime names that can load ``fmt`` ("torch", "onnx", "tflite", "openvino", "ncnn", "mnn"), installed
+    or not."""
     return [name for name, f in RUNTIME_FORMATS.items() if f == fmt]
 
 

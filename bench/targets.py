@@ -13,7 +13,7 @@ from micronet.export.request import ArtifactKind, resolve_kinds
 
 from .harness import BenchModel
 
-BENCH_FORMATS = ("torch", "onnx", "tflite", "all")
+BENCH_FORMATS = ("torch", "onnx", "tflite", "openvino", "ncnn", "mnn", "all")
 MATRIX_VARIANTS = ("m0", "m1", "m2", "m3")
 #: "all": the float reference, ONNX, and the two TFLite files people ship.
 ALL_FORMATS: tuple[ArtifactKind, ...] = (ArtifactKind("onnx", "float32"), ArtifactKind("tflite", "float32"),
@@ -30,7 +30,7 @@ def exported_kinds(fmt: str, quantize: str | None) -> tuple[bool, list[ArtifactK
         return True, list(ALL_FORMATS)
     if fmt == "torch":
         if quantize not in (None, "float32"):
-            raise MicronetError("--quantize applies to --format tflite")
+            raise MicronetError("--quantize applies to --format tflite, openvino, ncnn and mnn")
         return True, []
     return False, resolve_kinds(fmt, quantize, False)
 

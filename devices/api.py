@@ -61,6 +61,9 @@ def model_jobs(model_paths: Sequence[str | os.PathLike]) -> list[ModelJob]:
     jobs = []
     for item in model_paths:
         path = Path(item)
+        if path.suffix.lower() in (".openvino", ".ncnn", ".mnn"):
+            raise MicronetError(f"cannot benchmark {path} on a device: the OpenVINO, ncnn and MNN runtimes are "
+                                "measured on this machine only (micronet bench without --device, or --device local)")
         if path.suffix.lower() not in (".tflite", ".onnx"):
             raise MicronetError(f"cannot benchmark {path} on a device: expected a .tflite or .onnx file")
         t = BenchModel(path=path)  # checks existence, reads and verifies the manifest

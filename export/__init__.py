@@ -5,7 +5,7 @@ for the reference graph) → TFLite, plus inspection, parity and manifests.
 graphs and files those kinds need), ``stages`` (one function per artifact, each from an input artifact to an
 output artifact plus a small JSON-ready record), ``ladder`` (the parity rungs, timings and progress lines).
 The converters they call live one per module (``deploy``, ``fast``, ``onnx``, ``tf_graph``, ``tflite``,
-``calibration``, ``inspect``, ``parity``, ``manifest``). Nothing heavy is imported here: torch, onnx and
+``edge`` (ONNX → OpenVINO, ncnn, MNN), ``calibration``, ``inspect``, ``parity``, ``manifest``). Nothing heavy is imported here: torch, onnx and
 tensorflow are imported inside the functions that need them, so importing the package (e.g. for
 ``micronet --help``) stays fast.
 """

@@ -2,7 +2,8 @@
 
 A manifest is what every consumer (the benchmark harness, device scripts) reads instead of guessing: how to
 feed the model (``input``: name, layout, shape, dtype, quantization, preprocessing), how to read it
-(``output``), which file it describes (``sha256``, ``size_bytes``) and which tools made it. It is written
+(``output``), which file it describes (``sha256``, ``size_bytes``; for a folder artifact, OpenVINO's or ncnn's, the
+sha256 of its ``sha256sum`` listing and the sum of its files) and which tools made it. It is written
 atomically (temp file in the same folder + ``os.replace``) so a reader never sees half a manifest, and
 ``read_manifest`` refuses one whose hash no longer matches its artifact (a re-export that did not finish).
 
@@ -33,7 +34,7 @@ SCHEMA_VERSION = 1
 
 # Distribution names as pip knows them; the manifest records the installed version of each (None if absent).
 TOOL_DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxsim", "onnxslim", "onnx2tf",
-                      "tensorflow", "ai-edge-litert", "numpy")
+                      "tensorflow", "ai-edge-litert", "openvino", "nncf", "pnnx", "ncnn", "mnn", "numpy")
 
 LAYOUTS = ("NCHW", "NHWC")
 IO_DTYPES = ("float32", "int8", "uint8")
@@ -57,6 +58,26 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_path(path: str | os.PathLike) -> str:
+    """sha256 of an artifact: of the file, or for a folder artifact (OpenVINO, ncnn) of its listing in
+    ``sha256sum`` form (``<sha256>  <name>`` lines, sorted by name), so a changed, added or removed file all
+    change it."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    lines = "".join(f"{sha256_file(p)}  {p.relative_to(path).as_posix()}\n"
+                    for p in sorted(path.rglob("*")) if p.is_file())
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def size_bytes(path: str | os.PathLike) -> int:
+    """Bytes of an artifact: the file's, or the sum of a folder artifact's files."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def manifest_path(artifact_path: str | os.PathLike) -> Path:
@@ -88,8 +109,8 @@ def check_io_spec(spec: Any, which: str) -> None:
 def write_manifest(artifact_path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write ``<artifact>.json``: ``data`` plus the fields computed here, which ``data`` may not set."""
     artifact = Path(artifact_path)
-    if not artifact.is_file():
-        raise MicronetError(f"cannot write a manifest for {artifact}: no such file")
+    if not (artifact.is_file() or artifact.is_dir()):
+        raise MicronetError(f"cannot write a manifest for {artifact}: no such file or folder")
     clash = sorted(set(data) & set(_COMPUTED))
     if clash:
         raise ValueError(f"manifest fields {clash} are computed by write_manifest, not passed in")
@@ -99,8 +120,8 @@ def write_manifest(artifact_path: str | os.PathLike, data: dict[str, Any]) -> Pa
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "artifact": artifact.name,
-        "sha256": sha256_file(artifact),
-        "size_bytes": artifact.stat().st_size,
+        "sha256": sha256_path(artifact),
+        "size_bytes": size_bytes(artifact),
         "tool_versions": tool_versions(),
         **data,
     }
@@ -128,8 +149,8 @@ def read_manifest(artifact_path: str | os.PathLike, *, verify: bool = True) -> d
         raise MicronetError(f"{target} is not a micronet manifest of schema version {SCHEMA_VERSION}")
     if verify:
         artifact = Path(artifact_path)
-        if not artifact.is_file():
+        if not (artifact.is_file() or artifact.is_dir()):
             raise MicronetError(f"manifest {target} describes {artifact.name}, which is missing")
-        if sha256_file(artifact) != manifest.get("sha256"):
+        if sha256_path(artifact) != manifest.get("sha256"):
             raise MicronetError(f"manifest {target} does not match {artifact.name} (sha256 differs): re-export it")
     return manifest

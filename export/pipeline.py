@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from micronet import interrupts
-from micronet.atomic import remove_abandoned_staging, staging_dir
+from micronet.atomic import remove_abandoned_staging, replace_dir, staging_dir
 from micronet.errors import MicronetError
 from micronet.preprocess import Preprocessing
 
@@ -88,7 +88,8 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
     for stale in remove_abandoned_staging(request.output_dir, STAGING_PREFIX):
         say(_plain(stale.describe()))
     interrupts.check()
-    if data.record.get("warning") and ArtifactKind("tflite", "int8") in request.kinds:  # only int8 ranges use them
+    calibrated = {ArtifactKind("tflite", "int8"), ArtifactKind("openvino", "int8")} & set(request.kinds)
+    if data.record.get("warning") and calibrated:  # only int8 activation ranges are fitted on them
         say(f"[bold yellow]warning:[/bold yellow] {data.record['warning']}")
     for line in (data.record.get("note"), calib.skipped_summary(data.record)):
         if line:
@@ -128,7 +129,7 @@ def write_manifests(ctx: ExportContext, export_plan: ExportPlan, built: dict[str
     files = []
     for kind, name in export_plan.shipped.items():
         artifact = built[name]
-        describe = _onnx_fields if kind.format == "onnx" else _tflite_fields
+        describe = {"onnx": _onnx_fields, "tflite": _tflite_fields}.get(kind.format, _edge_fields)
         write_manifest(artifact.value, {**base, "format": kind.format, "quantize": kind.quantize,
                                         **describe(ctx, kind, artifact),
                                         "graph": ctx.request.graph, "graph_revision": GRAPH_REVISION,
@@ -147,7 +148,10 @@ def commit(files: list[Path], output_dir: Path) -> list[Path]:
         for path in files:
             target = output_dir / path.name
             shutil.move(str(_manifest_path(path)), _manifest_path(target))
-            shutil.move(str(path), target)
+            if path.is_dir():  # OpenVINO, ncnn: a folder (shutil.move would move it *into* an old one)
+                replace_dir(path, target)
+            else:
+                shutil.move(str(path), target)
             written.append(target)
     return written
 
@@ -177,6 +181,25 @@ def _tflite_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -
             "output": _io_spec(io["output"]),
             "ops": {"total": sum(inventory.values()), "by_op": inventory},
             **runtime_fields(artifact.value)}
+
+
+def _edge_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> dict:
+    """OpenVINO, ncnn, MNN: float32 NCHW in, logits out (the ONNX file's interface; the quantization is
+    inside the model); the files, the converter's tool versions and options are in ``stages.<format>``."""
+    from .calibration import record_for_artifact
+
+    size = ctx.request.input_size
+    record = artifact.records[kind.format]
+    spec_in = {"name": _EDGE_IO[kind.format][0], "layout": "NCHW", "shape": [1, 3, size, size], "dtype": "float32"}
+    spec_out = {"name": _EDGE_IO[kind.format][1], "shape": [1, ctx.request.num_classes], "dtype": "float32"}
+    return {"calibration": record_for_artifact(ctx.data.record, int8=kind.format == "openvino" and
+                                               kind.quantize == "int8"),
+            "files": record["files"], "converter": record["tool_versions"],
+            "input": _io_spec(spec_in, ctx.preprocessing), "output": _io_spec(spec_out)}
+
+
+#: (input, output) tensor names as each runtime calls them: pnnx renames the blobs in0/out0.
+_EDGE_IO = {"openvino": ("input", "logits"), "ncnn": ("in0", "out0"), "mnn": ("input", "logits")}
 
 
 def _io_spec(io: dict, preprocessing: Preprocessing | None = None) -> dict:

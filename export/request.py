@@ -20,7 +20,15 @@ QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # TFLite's
 FORMAT_QUANTIZATIONS: dict[str, tuple[str, ...]] = {
     "onnx": ("float32",),
     "tflite": ("int8", "float32", "float16", "dynamic"),
+    # The edge runtimes' own formats (export/edge.py), each converted from a portable ONNX file. OpenVINO int8
+    # is NNCF's post-training quantization (weights and activations); MNN int8 is weight-only (--weightQuantBits
+    # 8, computed in float); ncnn's int8 needs its own calibration tool and is not offered.
+    "openvino": ("float32", "float16", "int8"),
+    "ncnn": ("float32", "float16"),
+    "mnn": ("float32", "float16", "int8"),
 }
+#: Formats written as a folder of files (OpenVINO .xml + .bin, ncnn .param + .bin) rather than one file.
+FOLDER_FORMATS = ("openvino", "ncnn")
 FORMATS = tuple(FORMAT_QUANTIZATIONS)
 #: Graphs the artifacts can be built from. "fast": the ONNX artifact is export/fast/'s graph built for ONNX
 #: Runtime (target "onnxruntime"), TFLite the one built for XNNPACK lowered op for op to TensorFlow in NHWC
@@ -32,8 +40,8 @@ TFLITE_GRAPHS = ("fast", "reference")
 class ArtifactKind(NamedTuple):
     """One kind of file an export writes: its format and quantization."""
 
-    format: str  # "onnx" or "tflite"
-    quantize: str  # one of QUANTIZATIONS ("float32" for ONNX)
+    format: str  # a key of FORMAT_QUANTIZATIONS
+    quantize: str  # one of FORMAT_QUANTIZATIONS[format]
 
 
 ALL_KINDS: tuple[ArtifactKind, ...] = (ArtifactKind("onnx", "float32"),) + tuple(
@@ -84,6 +92,9 @@ class ExportRequest:
             if ArtifactKind("onnx", "float32") not in self.kinds:
                 raise MicronetError(f"--optimize-for {self.optimize_for} shapes the ONNX file; "
                                     "add --format onnx (or --all)")
+        if self.graph == "reference" and any(kind.format == "ncnn" for kind in self.kinds):
+            raise MicronetError("--format ncnn needs the fast graph: pnnx cannot convert the reference graph's "
+                                "ONNX (it fails at the channel shuffle); drop --graph reference")
         if self.io_dtype not in ("int8", "uint8"):
             raise MicronetError(f"int8 input/output type must be int8 or uint8, got {self.io_dtype!r}")
 
@@ -97,15 +108,19 @@ class ExportResult:
     steps: list[str] = field(default_factory=list)  # the plan's steps that ran, in order (export/plan.py)
 
 
-def resolve_kinds(fmt: str | None, quantize: str | None, all_formats: bool) -> list[ArtifactKind]:
-    """The artifact kinds the CLI's ``--format/--quantize/--all`` ask for."""
+def resolve_kinds(fmt: str | None, quantize: str | None, all_formats: bool, graph: str = "fast"
+                  ) -> list[ArtifactKind]:
+    """The artifact kinds the CLI's ``--format/--quantize/--all`` ask for (``--format all`` is ``--all``).
+    With ``--graph reference``, "every format" leaves out ncnn, which pnnx cannot convert from that graph."""
+    if fmt is not None and fmt.lower() == "all":
+        fmt, all_formats = None, True
     if all_formats:
         if fmt or quantize:
             raise MicronetError("--all writes every format; do not combine it with --format or --quantize")
-        return list(ALL_KINDS)
+        return [kind for kind in ALL_KINDS if not (graph == "reference" and kind.format == "ncnn")]
     fmt = (fmt or "tflite").lower()
     if fmt not in FORMATS:
-        raise MicronetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+        raise MicronetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)} (or all)")
     allowed = FORMAT_QUANTIZATIONS[fmt]
     if quantize is not None and quantize not in allowed:
         if len(allowed) == 1:
@@ -115,5 +130,7 @@ def resolve_kinds(fmt: str | None, quantize: str | None, all_formats: bool) -> l
 
 
 def artifact_name(variant: str, input_size: int, fmt: str, quantize: str) -> str:
-    suffix = "onnx" if fmt == "onnx" else f"{quantize}.tflite"
+    """The file (or, for FOLDER_FORMATS, folder) name: ``micronet-m0-224.int8.tflite``,
+    ``micronet-m0-224.float16.openvino/``; its manifest is the name plus ``.json``."""
+    suffix = "onnx" if fmt == "onnx" else f"{quantize}.{fmt}"
     return f"micronet-{variant}-{input_size}.{suffix}"

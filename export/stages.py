@@ -24,7 +24,7 @@ from micronet.preprocess import Preprocessing
 from .calibration import CalibrationData
 from .ladder import Ladder, Progress
 from .plan import TRAINING
-from .request import QUANTIZATIONS, ExportRequest, artifact_name
+from .request import FORMAT_QUANTIZATIONS, QUANTIZATIONS, ExportRequest, artifact_name
 
 #: How the ladder names the training form's logits, the reference of every deploy-form rung.
 TRAINING_REFERENCE = "pytorch training form"
@@ -310,6 +310,27 @@ def tflite_float16(ctx: ExportContext, float32: Artifact) -> Artifact:
                     {**sources, "tflite_float32": float32.records["tflite"], "tflite": record})
 
 
+def edge_format(fmt: str, quantize: str) -> Stage:
+    """The stage that converts the portable ONNX file to ``fmt`` (OpenVINO, ncnn, MNN; export/edge.py) in
+    ``quantize`` and judges it in its own runtime against the ONNX file's logits in ONNX Runtime (rung
+    ``<fmt>_<quantize>``). OpenVINO int8 is calibrated on the images TFLite int8 uses."""
+
+    def stage(ctx: ExportContext, onnx: Artifact) -> Artifact:
+        from . import edge
+
+        ctx.say(f"converting ONNX → {edge.DISPLAY[fmt]} {quantize}")
+        path = ctx.file(fmt, quantize)
+        calibration = ctx.data.calibration if quantize == "int8" else None
+        record = edge.convert(fmt, quantize, onnx.value, path, calibration)
+        logits = edge.run_edge(fmt, path, ctx.data.holdout)
+        name = f"{fmt}_{quantize}"
+        ctx.ladder.judge(name, onnx.reference, onnx.logits, logits)
+        return Artifact(name, path, logits, name, "NCHW", {**onnx.records, fmt: record})
+
+    stage.__name__ = stage.__qualname__ = f"{fmt}_{quantize}"
+    return stage
+
+
 #: The stage that builds each artifact the plan can name.
 STAGES: dict[str, Stage] = {
     "deploy": deploy_form,
@@ -325,4 +346,6 @@ STAGES: dict[str, Stage] = {
     "onnx2tf": onnx2tf,
     **{f"tflite_{q}": tflite(q) for q in QUANTIZATIONS if q != "float16"},
     "tflite_float16": tflite_float16,
+    **{f"{fmt}_{q}": edge_format(fmt, q) for fmt, qs in FORMAT_QUANTIZATIONS.items() if fmt not in ("onnx", "tflite")
+       for q in qs},
 }

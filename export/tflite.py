@@ -196,7 +196,7 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, workdir: str | os.PathLike
 
 
 @contextlib.contextmanager
-def _output_to(log: Path) -> Iterator[None]:
+def output_to(log: Path) -> Iterator[None]:
     """Send this process's stdout/stderr file descriptors to ``log``: TensorFlow's converter writes its
     chatter from C++, below ``sys.stderr``, so only redirecting the descriptors catches it."""
     sys.stdout.flush()
@@ -280,7 +280,7 @@ def saved_model_to_tflite(saved_model_dir: str | os.PathLike, out_path: str | os
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    with _output_to(log):
+    with output_to(log):
         import_start = time.perf_counter()
         from micronet.quiet import import_tensorflow
 

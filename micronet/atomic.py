@@ -90,6 +90,21 @@ def replacing_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished folder ``source`` to ``target`` (same file system), replacing an old folder there:
+    the old one is renamed aside first and removed after, so ``target`` is missing for one rename at most and
+    never holds a mix of old and new files."""
+    source, target = Path(source), Path(target)
+    aside = None
+    if target.exists() or target.is_symlink():
+        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+        os.replace(target, aside / target.name)
+    _as_if_created(source, directory=True)
+    os.replace(source, target)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 OWNER_FILE = ".owner"
 #: A staging folder without an owner file is younger than this while its export is still starting (the owner
 #: file is written right after the folder is made); older ones were left by an export killed in between, or

@@ -11,7 +11,8 @@ annotations stay strings (the ``__future__`` import) so that 3.8 can read the fi
 It owns ``TensorSpec``/``Quantization`` with ``quantize``/``dequantize``; ``infer_layout`` and
 ``reconcile`` (a model's own view of a tensor merged with its manifest's); ``RUNTIMES`` (name → format,
 module, library, distribution, pip) with one session per format (``open_session``: TFLite through
-ai-edge-litert, tflite-runtime or ``tf.lite``; ONNX Runtime); ``prepare``/``to_logits``; the latency
+ai-edge-litert, tflite-runtime or ``tf.lite``; ONNX Runtime; OpenVINO, ncnn and MNN, each in float32
+precision); ``prepare``/``to_logits``; the latency
 loop (first inference alone, warm-up, then ``run`` timed with ``perf_counter_ns`` and the garbage
 collector paused; sample std, linear-interpolated percentiles); and the report's ``ROW_FIELDS``.
 Every mistake is an ``InferenceError`` (a ``ValueError``) whose message is the whole explanation.
@@ -19,12 +20,13 @@ Every mistake is an ``InferenceError`` (a ``ValueError``) whose message is the w
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 try:
     import numpy as np
@@ -231,6 +233,7 @@ class RuntimeInfo:
     library: str  # the module a session needs, imported before init timing starts
     distribution: str  # package name for the version in reports (and what a board installs)
     pip: str  # the tested requirement on a desktop
+    chatty: bool = False  # its C++ prints to stdout on import and load (MNN): silenced, see quiet_stdout
 
     @property
     def default_layout(self) -> str:
@@ -244,8 +247,12 @@ RUNTIMES: Dict[str, RuntimeInfo] = {info.name: info for info in (
                 "tflite-runtime==2.14.0"),
     RuntimeInfo("tf-lite", "tflite", "tensorflow", "tensorflow", "tensorflow", "tensorflow==2.19.0"),
     RuntimeInfo("onnxruntime", "onnx", "onnxruntime", "onnxruntime", "onnxruntime", "onnxruntime==1.23.0"),
+    RuntimeInfo("openvino", "openvino", "openvino", "openvino", "openvino", "openvino==2026.4.1"),
+    RuntimeInfo("ncnn", "ncnn", "ncnn", "ncnn", "ncnn", "ncnn==1.0.20261020"),
+    RuntimeInfo("mnn", "mnn", "MNN", "MNN", "mnn", "mnn==3.6.1", chatty=True),
 )}
-PREFERENCE = {"tflite": ("litert", "tflite-runtime", "tf-lite"), "onnx": ("onnxruntime",)}
+PREFERENCE = {"tflite": ("litert", "tflite-runtime", "tf-lite"), "onnx": ("onnxruntime",),
+              "openvino": ("openvino",), "ncnn": ("ncnn",), "mnn": ("mnn",)}
 
 
 def find_spec(module: str) -> Any:
@@ -271,7 +278,56 @@ def distribution_version(distribution: str) -> str | None:
 
 def import_library(name: str) -> Any:
     """Import a runtime's library (the caller decides how an import failure reads)."""
-    return importlib.import_module(RUNTIMES[name].library)
+    before_import(name)
+    with quiet_stdout(RUNTIMES[name].chatty):
+        return importlib.import_module(RUNTIMES[name].library)
+
+
+def before_import(name: str) -> None:
+    """What must happen before runtime ``name``'s library is first imported: OpenVINO's telemetry blocked."""
+    if name == "openvino":
+        block_openvino_telemetry()
+
+
+def block_openvino_telemetry() -> bool:
+    """Make ``openvino_telemetry`` unimportable (OpenVINO and NNCF then use their no-op stubs); returns whether
+    that worked, i.e. it was not imported yet. ``import openvino`` imports it, and reading an ONNX file or
+    converting a model would write ``~/intel/openvino_ga_cid`` and send usage data. Must run before the first
+    ``import openvino`` of the process."""
+    import sys
+
+    if "openvino_telemetry" in sys.modules:
+        return sys.modules["openvino_telemetry"] is None
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import now raises ImportError
+    return True
+
+
+@contextlib.contextmanager
+def quiet_stdout(active: bool = True) -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null while the block runs, C's stdio buffers flushed on the way out.
+
+    MNN prints "The device supports: ..." when imported and "MNN use high precision" when a session is made,
+    with printf, into the benchmark's table and the machine-read output of the on-device runner."""
+    if not active:
+        yield
+        return
+    import ctypes
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        try:
+            ctypes.CDLL(None).fflush(None)  # what the block printf'ed goes to /dev/null, not to the next write
+        except (OSError, AttributeError):
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 class Session:
@@ -436,15 +492,143 @@ def _onnx_spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, shape, dtype)
 
 
+def model_file(path: str, suffix: str) -> str:
+    """The one ``*<suffix>`` file of a model folder (OpenVINO's ``model.xml``, ncnn's ``model.param``), or
+    ``path`` itself when it is such a file (its companion ``.bin`` beside it)."""
+    import os
+
+    if not os.path.isdir(path):
+        if not path.endswith(suffix):
+            raise InferenceError(f"{path} is not a {suffix} file or a folder holding one")
+        return path
+    found = sorted(name for name in os.listdir(path) if name.endswith(suffix))
+    if len(found) != 1:
+        raise InferenceError(f"{path} should hold exactly one {suffix} file, it holds {found or 'none'}")
+    return os.path.join(path, found[0])
+
+
+_OPENVINO_DTYPES = {"f32": "float32", "f16": "float16", "i8": "int8", "u8": "uint8"}
+#: OpenVINO's CPU plugin computes in bfloat16 on CPUs that have it (AVX512-BF16, AMX) unless told otherwise:
+#: 2.6e-2 relative error on m0, against ~1e-6 in float32. Every session here asks for float32.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+
+
+class OpenVinoSession(Session):
+    """OpenVINO's CPU plugin on an IR (a folder with ``model.xml`` + ``model.bin``), one stream, float32
+    inference precision (``OPENVINO_CONFIG``), ``threads`` inference threads."""
+
+    def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
+        super().__init__(info, lib, path, threads, None)
+        config = dict(OPENVINO_CONFIG, INFERENCE_NUM_THREADS=threads)
+        self._compiled = lib.Core().compile_model(model_file(path, ".xml"), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self.inputs = [_openvino_spec(p) for p in self._compiled.inputs]
+        self.outputs = [_openvino_spec(p) for p in self._compiled.outputs]
+
+    def run(self, native: Any) -> Any:
+        self._request.infer({0: native})
+        return np.array(self._request.get_output_tensor(self.output_index).data)  # a copy: the next run reuses it
+
+    def close(self) -> None:
+        self._request = self._compiled = None
+
+
+def _openvino_spec(port: Any) -> TensorSpec:
+    shape = tuple(int(d.get_length()) if d.is_static else None for d in port.get_partial_shape())
+    kind = port.get_element_type().get_type_name()
+    if kind not in _OPENVINO_DTYPES:
+        raise InferenceError(f"OpenVINO tensor {port.get_any_name()!r} has type {kind}, which the benchmark cannot feed")
+    return TensorSpec(port.get_any_name(), shape, _OPENVINO_DTYPES[kind])
+
+
+class NcnnSession(Session):
+    """ncnn on a folder with ``model.param`` + ``model.bin`` (pnnx's ``.ncnn.param``/``.ncnn.bin``), float32
+    storage and arithmetic (a float16 file's weights are widened on load), one image at a time (an ncnn
+    ``Mat`` has no batch axis). The input's size is read from the ``Input`` layer's 0=w 1=h 2=c (micronet
+    writes them; pnnx alone does not: then (1, 3, ?, ?))."""
+
+    def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
+        super().__init__(info, lib, path, threads, None)
+        param = model_file(path, ".param")
+        net = lib.Net()
+        opt = net.opt
+        opt.num_threads = threads
+        opt.use_fp16_packed = opt.use_fp16_storage = opt.use_fp16_arithmetic = False
+        opt.use_bf16_storage = False
+        if net.load_param(param) != 0 or net.load_model(param[:-len(".param")] + ".bin") != 0:
+            raise InferenceError(f"ncnn rejects {param} or its .bin (a layer ncnn does not have, or a corrupt file)")
+        self._net = net
+        sizes = _ncnn_input_sizes(param)
+        self.inputs = [TensorSpec(name, sizes.get(name, (1, 3, None, None)), "float32") for name in net.input_names()]
+        self.outputs = [TensorSpec(name, (1, None), "float32") for name in net.output_names()]
+
+    def run(self, native: Any) -> Any:
+        # ``Mat`` wraps ``native``'s memory without holding a reference: ``native`` must outlive the extraction.
+        extractor = self._net.create_extractor()
+        extractor.input(self.inputs[0].name, self.lib.Mat(native[0]))
+        status, out = extractor.extract(self.outputs[self.output_index].name)
+        if status != 0:
+            raise InferenceError(f"ncnn failed to run {self.path} (status {status})")
+        return np.array(out).reshape(1, -1)
+
+    def close(self) -> None:
+        self._net = None
+
+
+def _ncnn_input_sizes(param: str) -> Dict[str, Tuple[int, ...]]:
+    """blob name → (1, c, h, w) from the param file's ``Input`` layers that give 0=w 1=h 2=c."""
+    sizes = {}
+    with open(param) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[0] == "Input":
+                params = dict(f.split("=", 1) for f in fields[5:] if "=" in f)
+                if {"0", "1", "2"} <= set(params):
+                    sizes[fields[4]] = (1, int(params["2"]), int(params["1"]), int(params["0"]))
+    return sizes
+
+
+class MnnSession(Session):
+    """MNN's module API on a ``.mnn`` file, CPU backend, ``precision: high`` (float32; "normal" lets MNN
+    choose float16 or bfloat16 where the CPU has it), ``threads`` threads."""
+
+    def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
+        super().__init__(info, lib, path, threads, None)
+        with quiet_stdout():
+            manager = lib.nn.create_runtime_manager(({"backend": "CPU", "precision": "high", "numThread": threads},))
+            self._module = lib.nn.load_module_from_file(path, [], [], runtime_manager=manager)
+        described = self._module.get_info()
+        self.inputs = [TensorSpec(name, tuple(int(d) for d in var.shape), "float32")
+                       for name, var in zip(described["inputNames"], described["inputs"])]
+        self.outputs = [TensorSpec(name, (None, None), "float32") for name in described["outputNames"]]
+        self._expr = lib.expr
+
+    def run(self, native: Any) -> Any:
+        out = self._module.forward(self._expr.const(native, list(native.shape), self._expr.NCHW))
+        if isinstance(out, (list, tuple)):
+            out = out[self.output_index]
+        return np.array(out.read())
+
+    def close(self) -> None:
+        self._module = None
+
+
 def session_settings(fmt: str, xnnpack: Optional[bool]) -> dict:
     """The knobs a format's session fixes (known before loading), for the report row's settings."""
     if fmt == "tflite":
         return {"op_resolver": "AUTO" if xnnpack else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
+    if fmt == "openvino":
+        return {"device": "CPU", **{k.lower(): v for k, v in OPENVINO_CONFIG.items()}}
+    if fmt == "ncnn":
+        return {"fp16_storage": False, "fp16_arithmetic": False, "bf16_storage": False}
+    if fmt == "mnn":
+        return {"backend": "CPU", "precision": "high", "api": "nn.load_module_from_file"}
     return {"inter_op_threads": 1, "execution_mode": "sequential", "graph_optimization": "all",
             "providers": ["CPUExecutionProvider"]}
 
 
-_SESSIONS = {"tflite": TFLiteSession, "onnx": OnnxSession}
+_SESSIONS = {"tflite": TFLiteSession, "onnx": OnnxSession, "openvino": OpenVinoSession, "ncnn": NcnnSession,
+             "mnn": MnnSession}
 
 
 def open_session(name: str, path: str, threads: int, xnnpack: Optional[bool] = None, lib: Any = None) -> Session:

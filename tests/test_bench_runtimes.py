@@ -208,10 +208,11 @@ def test_a_missing_runtime_names_the_pip_package(monkeypatch):
 
 
 def test_registry_knows_which_runtime_runs_which_format():
-    assert set(RUNTIMES) == {"torch", "onnxruntime", "litert", "tflite-runtime", "tf-lite"}
+    assert set(RUNTIMES) == {"torch", "onnxruntime", "litert", "tflite-runtime", "tf-lite", "openvino", "ncnn", "mnn"}
     assert runtimes_for_format("tflite") == ["litert", "tflite-runtime", "tf-lite"]
     assert runtimes_for_format("onnx") == ["onnxruntime"]
-    assert {"torch", "onnxruntime", "litert"} <= set(available_runtimes())
+    assert [runtimes_for_format(f) for f in ("openvino", "ncnn", "mnn")] == [["openvino"], ["ncnn"], ["mnn"]]
+    assert {"torch", "onnxruntime", "litert", "openvino", "ncnn", "mnn"} <= set(available_runtimes())
 
 
 def test_wrong_input_shape_and_batch_are_user_errors(models):

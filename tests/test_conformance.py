@@ -3,7 +3,8 @@ its outputs compared with ONNX Runtime's (ONNX and the formats converted from it
 
 It is what keeps the default ONNX file portable (``--optimize-for portable``, export/onnx_targets.py): a rewrite
 that some consumer rejects fails here, naming the consumer. m0 at 224 px (the size users export) on every
-artifact; m3, whose wider blocks took other rewrites than m0 (6-D channel transposes), on the ONNX file.
+artifact (the OpenVINO, ncnn and MNN files in their own runtimes); m3, whose wider blocks took other rewrites
+than m0 (6-D channel transposes), on the ONNX file, which MNN and pnnx → ncnn convert as well.
 
 Limits: a float32 consumer of a float32 file computes the same function, so it is held to the parity ladder's
 float32 limit (relative max error ≤ 1e-4, export/parity.py). A float16 or integer TFLite file in another
@@ -73,6 +74,8 @@ ONNX_CONSUMERS = {
     "onnx.reference": lambda path, x, tmp: consumers.onnx_reference(path, x),
     "openvino": lambda path, x, tmp: consumers.openvino(path, x),
     "onnx2tf": consumers.onnx2tf_litert,
+    "mnn": consumers.mnn,
+    "pnnx-ncnn": consumers.pnnx_ncnn,
 }
 
 
@@ -111,6 +114,31 @@ def test_onnx_for_onnx_runtime_fails_where_its_manifest_says(tmp_path):
 
     with pytest.raises(MicronetError, match="onnx2tf could not convert"):
         consumers.onnx2tf_litert(path, np.zeros((1, 3, SIZE, SIZE), np.float32), tmp_path / "onnx2tf")
+    assert any(k.startswith("MNN") for k in failing) and any(k.startswith("pnnx") for k in failing)
+    for consumer, message in ((consumers.mnn, "MNN could not convert"), (consumers.pnnx_ncnn, "pnnx could not convert .* to a model ncnn loads")):
+        (tmp_path / consumer.__name__).mkdir()
+        with pytest.raises(MicronetError, match=message):
+            consumer(path, np.zeros((1, 3, SIZE, SIZE), np.float32), tmp_path / consumer.__name__)
+
+
+# --- OpenVINO, ncnn and MNN files -------------------------------------------------------------------------------
+
+EDGE_KINDS = ["float32.openvino", "float16.openvino", "int8.openvino", "float32.ncnn", "float16.ncnn",
+              "float32.mnn", "float16.mnn", "int8.mnn"]
+
+
+@pytest.mark.parametrize("kind", EDGE_KINDS)
+def test_edge_format_files_match_onnx_runtime_in_their_runtime(kind, m0, inputs):
+    """Every OpenVINO, ncnn and MNN file of ``--all`` in its own runtime against the shipped ONNX file in ONNX
+    Runtime, held to its rung (float32 at the ONNX limit; float16 and int8 by cosine, untrained limits)."""
+    from micronet.export import edge
+    from micronet.export.parity import check_rung
+
+    quantize, fmt = kind.split(".")
+    x = inputs[:2] if quantize == "int8" else inputs  # int8 ranges come from photographs: noise leaves them
+    rung = check_rung(f"{fmt}_{quantize}", compare(run_onnx(m0["onnx"], x), edge.run_edge(fmt, m0[kind], x)),
+                      untrained=True)
+    assert rung.passed, rung.summary()
 
 
 # --- TFLite files -------------------------------------------------------------------------------------------------

@@ -34,10 +34,11 @@ def test_digits_train_export_bench_keeps_accuracy(tmp_path, monkeypatch):
     manifest = json.loads((exports / "micronet-m0-32.int8.tflite.json").read_text())
     assert manifest["weights"]["state"] == "loaded" and not manifest["calibration"]["is_default"]
 
-    files = [str(exports / f) for f in ("micronet-m0-32.onnx", "micronet-m0-32.int8.tflite")]
+    edge = ("micronet-m0-32.int8.openvino", "micronet-m0-32.float16.ncnn", "micronet-m0-32.int8.mnn")
+    files = [str(exports / f) for f in ("micronet-m0-32.onnx", "micronet-m0-32.int8.tflite", *edge)]
     benched = run_cli("bench", *files, "--data", str(data / "val"), "--max-drop", str(MAX_DROP), "--runtime",
-                      "onnxruntime", "--runtime", "litert", "--runtime", "torch", "--runs", "20", "--no-memory",
-                      "--out", str(reports))
+                      "onnxruntime", "--runtime", "litert", "--runtime", "torch", "--runtime", "openvino",
+                      "--runtime", "ncnn", "--runtime", "mnn", "--runs", "20", "--no-memory", "--out", str(reports))
     assert benched.returncode == 0, benched.stdout[-3000:] + benched.stderr[-2000:]
     [report] = reports.glob("bench-*.json")
     rows = json.loads(report.read_text())["results"]
@@ -46,5 +47,8 @@ def test_digits_train_export_bench_keeps_accuracy(tmp_path, monkeypatch):
     assert top1[("torch", "float32")] >= MIN_FLOAT_TOP1
     assert top1[("torch", "float32")] - top1[("onnx", "float32")] <= MAX_DROP
     assert top1[("torch", "float32")] - top1[("tflite", "int8")] <= MAX_DROP
+    for kind in (("openvino", "int8"), ("ncnn", "float16"), ("mnn", "int8")):  # trained weights: real accuracy
+        assert top1[("torch", "float32")] - top1[kind] <= MAX_DROP, kind
     print(f"digits top-1: torch {top1[('torch', 'float32')]:.2f}%, onnx {top1[('onnx', 'float32')]:.2f}%, "
-          f"int8 tflite {top1[('tflite', 'int8')]:.2f}%")
+          f"int8 tflite {top1[('tflite', 'int8')]:.2f}%, int8 openvino {top1[('openvino', 'int8')]:.2f}%, "
+          f"float16 ncnn {top1[('ncnn', 'float16')]:.2f}%, int8 mnn {top1[('mnn', 'int8')]:.2f}%")

@@ -14,6 +14,7 @@ from micronet.errors import MicronetError
 from micronet.model import build_model
 from micronet.weights import save_released_layout
 from micronet.export import parity
+from micronet.export.manifest import read_manifest
 from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_kinds
 
 from test_cli import assert_one_line_error, run_cli
@@ -39,21 +40,28 @@ def test_all_formats_written_with_manifests(exported_all):
     names = sorted(p.name for p in exported_all.iterdir())
     stems = [f"micronet-m0-{SIZE}.onnx"] + [f"micronet-m0-{SIZE}.{q}.tflite" for q in
                                             ("dynamic", "float16", "float32", "int8")]
+    stems += [f"micronet-m0-{SIZE}.{q}.{fmt}" for fmt, qs in (("openvino", ("float32", "float16", "int8")),
+                                                            ("ncnn", ("float32", "float16")),
+                                                            ("mnn", ("float32", "float16", "int8"))) for q in qs]
     assert names == sorted(stems + [s + ".json" for s in stems])  # no staging folder or temp file left
     for stem in stems:
         m = _manifest(exported_all / stem)
-        data = (exported_all / stem).read_bytes()
-        assert m["sha256"] == hashlib.sha256(data).hexdigest() and m["size_bytes"] == len(data)
+        if (exported_all / stem).is_dir():  # OpenVINO, ncnn: the manifest hashes the folder's files
+            files = {p.name for p in (exported_all / stem).iterdir()}
+            assert read_manifest(exported_all / stem)["files"].keys() == files
+        else:
+            data = (exported_all / stem).read_bytes()
+            assert m["sha256"] == hashlib.sha256(data).hexdigest() and m["size_bytes"] == len(data)
         assert m["variant"] == "m0" and m["params"] == 1_777_587 and m["input_size"] == SIZE
         assert m["weights"]["state"] == "untrained" and m["weights"]["batchnorm_recalibrated_on"] > 0
         assert m["calibration"]["is_default"]
-        if stem.endswith(".int8.tflite"):  # the only file whose int8 ranges were fitted on the default images
+        if stem.endswith((".int8.tflite", ".int8.openvino")):  # int8 ranges fitted on the default images
             assert "must calibrate on its own" in m["calibration"]["warning"]
         else:
             assert "warning" not in m["calibration"] and "no int8 ranges" in m["calibration"]["note"]
         assert m["input"]["preprocessing"]["input_size"] == SIZE
         assert all(r["passed"] for r in m["parity"])
-        assert m["parity"][0]["rung"] == ("deploy_fast_portable" if stem.endswith(".onnx") else "deploy_fast")
+        assert m["parity"][0]["rung"] == ("deploy_fast" if stem.endswith(".tflite") else "deploy_fast_portable")
         assert m["tool_versions"]["onnx2tf"] == "1.29.24"
 
 
@@ -117,8 +125,10 @@ def test_kind_resolution():
     assert resolve_kinds("tflite", "float16", False) == [("tflite", "float16")]
     [onnx] = resolve_kinds("onnx", None, False)
     assert (onnx.format, onnx.quantize) == ("onnx", "float32")
-    assert len(resolve_kinds(None, None, True)) == 5
-    for args in (("onnx", "int8", False), ("coreml", None, False), ("tflite", "int4", False), ("onnx", None, True)):
+    assert len(resolve_kinds(None, None, True)) == 13  # ONNX, 4 TFLite, 3 OpenVINO, 2 ncnn, 3 MNN
+    assert resolve_kinds("all", None, False) == resolve_kinds(None, None, True)
+    for args in (("onnx", "int8", False), ("coreml", None, False), ("tflite", "int4", False), ("onnx", None, True),
+                 ("ncnn", "int8", False), ("mnn", "dynamic", False)):
         with pytest.raises(MicronetError):
             resolve_kinds(*args)
 
