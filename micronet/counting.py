@@ -118,7 +118,9 @@ class Counts:
                 s["attention"] += row.madds
             elif row.op in ("conv", "linear", "shiftmax"):
                 s[row.op] += row.madds
-            if row.op != "batchnorm" and ".attention" not in row.name:
+            # An attention inside a block does not change the block's output; a stage that *is* an attention
+            # (MR-ASPP's) ends with its product, the branch's shape, not its convs' pooled 1x1.
+            if row.op != "batchnorm" and (".attention" not in row.name or stage.endswith(".attention")):
                 s["out_shape"] = row.out_shape
         return list(stages.values())
 

@@ -235,6 +235,7 @@ def test_the_head_counted_by_hand():
     assert stages["mr_aspp.low_classifier"]["madds"] == hw8 * 16 * 19
     assert stages["mr_aspp.upsample"]["madds"] == stages["upsample"]["madds"] == 0
     assert stages["upsample"]["out_shape"] == [1, 19, 1024, 2048]
+    assert stages["mr_aspp.attention"]["out_shape"] == [1, 128, 64, 128]  # the product's, not the pooled convs' 1x1
 
 
 def test_stage_and_layer_tables_sum_to_the_total():
