@@ -99,6 +99,11 @@ def flops(
             data["paper"] = {"madds": info.paper_madds, "params": info.paper_params, "miou": info.paper_miou,
                              "input_size": list(info.input_size),
                              "lr_aspp_mobilenetv3_small": {"madds": "2.90B", "params": "0.47M", "miou": 68.4}}
+            if tuple(counts.input_size) == info.input_size and counts.num_classes == info.outputs:
+                from micronet.registry import paper_comparison
+
+                # ours / Table 9's; README "Segmentation models" says where the difference sits
+                data["paper"]["ours_over_paper"] = paper_comparison(info, counts.params, counts.madds)
         if not per_layer:
             data.pop("layers")
         print(json.dumps(data, indent=2))

@@ -238,10 +238,16 @@ def paper_note(info, counts: Counts) -> str:
 
 def seg_paper_note(info, counts: Counts) -> str:
     """A segmentation variant's figures beside the paper's Table 9, and where they sit (README)."""
+    from .registry import paper_comparison
+
     head = sum(s["madds"] for s in counts.by_stage() if s["stage"].startswith("mr_aspp"))
+    ratio = ""
+    if tuple(counts.input_size) == info.input_size and counts.num_classes == info.outputs:
+        c = paper_comparison(info, counts.params, counts.madds)
+        ratio = f" ({c['madds_ratio']:.2f}x Table 9's MAdds, {c['params_ratio']:.2f}x its params)"
     return (f"paper (Table 9, 1024x2048): {info.paper_madds} MAdds, {info.paper_params} params, mIoU "
             f"{info.paper_miou} (LR-ASPP MobileNetV3-Small: 2.90B, 68.4). Here: {counts.madds / 1e9:.3f}B MAdds, "
-            f"{counts.params / 1e6:.2f}M params at {size_label(counts.input_size)}; the backbone (stride 16, "
+            f"{counts.params / 1e6:.2f}M params at {size_label(counts.input_size)}{ratio}; the backbone (stride 16, "
             f"dilated) is {(counts.madds - head) / 1e9:.3f}B of it and MR-ASPP {head / 1e9:.3f}B. Widths are the "
             "classifiers' rows and Lite R-ASPP's 128, not tuned; README \"Segmentation models\" explains the "
             "difference.")

@@ -199,6 +199,25 @@ ALIASES: dict[str, str] = {alias: v.name for v in ALL_VARIANTS.values() for alia
 RELEASED_WEIGHTS: dict[str, ReleasedWeights] = {w.file_name: w for v in VARIANTS.values() for w in v.weights}
 
 
+#: Suffixes of the published figures ("0.81B", "77.7M", "1.8M").
+_SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9}
+
+
+def published_number(text: str) -> int:
+    """A published figure as printed ("0.81B", "1.87M") -> the number it stands for (810_000_000, 1_870_000)."""
+    value, suffix = text.strip()[:-1], text.strip()[-1:].upper()
+    if suffix not in _SUFFIXES:
+        raise ValueError(f"a published figure ends with K, M or B, got {text!r}")
+    return round(float(value) * _SUFFIXES[suffix])
+
+
+def paper_comparison(info: VariantInfo, params: int, madds: int) -> dict[str, Any]:
+    """Our exact figures over the published ones (at the variant's own input size): what the tables explain."""
+    paper_madds, paper_params = published_number(info.paper_madds), published_number(info.paper_params)
+    return {"paper_madds": paper_madds, "paper_params": paper_params,
+            "madds_ratio": round(madds / paper_madds, 3), "params_ratio": round(params / paper_params, 3)}
+
+
 def variant_names(include_aliases: bool = False, task: Task | None = "classification") -> list[str]:
     """Names of ``task``'s variants (every task's for ``task=None``), aliases after them if asked."""
     names = [n for n, v in ALL_VARIANTS.items() if task is None or v.task == task]

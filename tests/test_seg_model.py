@@ -102,6 +102,15 @@ def test_bad_lines_are_named(line, message):
         seg_variant(line)
 
 
+def test_published_numbers():
+    from micronet.registry import published_number
+
+    assert [published_number(t) for t in ("0.81B", "1.87M", "77.7M", "4M")] == [810_000_000, 1_870_000,
+                                                                               77_700_000, 4_000_000]
+    with pytest.raises(ValueError, match="ends with K, M or B"):
+        published_number("0.81")
+
+
 def test_a_table_is_parsed_whole():
     assert list(configs_from_table("\n  seg-a m1 6-8 2 64 4 4\n\n")) == ["seg-a"]
 
@@ -323,6 +332,10 @@ def test_cli_flops_json_and_refusals():
     assert data["totals"]["attention_madds"] > 0 and data["other_conventions"]["matches"] is True
     assert data["paper"]["madds"] == "0.81B" and data["paper"]["miou"] == 56.9
     assert data["paper"]["input_size"] == [1024, 2048]
+    assert "ours_over_paper" not in data["paper"]  # only at Table 9's own size
+    full = json.loads(run_cli("flops", "--variant", "seg-m0", "--json").stdout)
+    assert full["input_size"] == [1024, 2048] and full["paper"]["ours_over_paper"] == {
+        "paper_madds": 810_000_000, "paper_params": 430_000, "madds_ratio": 0.627, "params_ratio": 0.662}
     assert_one_line_error(run_cli("flops", "--variant", "seg-m0", "--input-size", "1000x2048"),
                           "input size 1000x2048 is not supported: segmentation MicroNets need H x W")
     assert_one_line_error(run_cli("export", "--variant", "seg-m0"), "seg-m0 is a segmentation model")
