@@ -148,7 +148,10 @@ def export_cmd(
                               "deploy form; TFLite through onnx2tf)"),
 ) -> None:
     """Export to ONNX and/or TFLite, checking every stage numerically against the one before."""
-    from micronet.console import EXPORT_DROP, PARITY_DROP, console, export_summary, parity_table, print_table
+    from rich.markup import escape
+
+    from micronet.console import (EXPORT_DROP, PARITY_DROP, console, export_summary, export_warnings, parity_table,
+                                  print_table)
     from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_kinds
 
     request = ExportRequest(
@@ -169,6 +172,8 @@ def export_cmd(
         raise
     print_table(parity_table(result.rungs), drop=PARITY_DROP)
     print_table(export_summary(result), drop=EXPORT_DROP)
+    for line in export_warnings(result):
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True)
 
 
 @app.command("bench")
@@ -196,7 +201,8 @@ def bench_cmd(
     num_classes: int = typer.Option(1000, "--num-classes"),
     out: Path = typer.Option(Path("reports"), "--out", "-o", help="folder for the JSON/CSV/Markdown report"),
     device: Optional[str] = typer.Option(None, "--device", "-d",
-                                         help="local, ssh://user@host[:port], adb[:SERIAL] or a devices.toml name"),
+                                         help="local, ssh://user@host[:port], adb[:SERIAL], emulated[:pi4|pi5] "
+                                         "(arm64 under qemu: outputs, no timings) or a devices.toml name"),
     inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.toml (default: $MICRONET_DEVICES, "
                                              "./devices.toml, ~/.config/micronet/devices.toml)"),
     benchmark_binary: Optional[Path] = typer.Option(None, "--benchmark-binary",

@@ -332,7 +332,7 @@ def run_benchmark(
         "data": data_label(data),
         "limit": limit, "batch": batch, "end_to_end": end_to_end, "seed": seed,
     }
-    return rep.make_report(environment, settings, rows, warnings)
+    return rep.make_report(environment, settings, rows, [*warnings, *rep.builtin_kernel_warnings(rows)])
 
 
 def _safe_counts(target: BenchModel) -> tuple[int | None, int | None]:
@@ -363,6 +363,7 @@ def _measure(target: BenchModel, runtime_name: str, threads: int, xnn: bool | No
         return {
             "input": runtime.input_spec.to_dict(),
             "xnnpack_applied": runtime.settings().get("xnnpack_applied"),
+            "xnnpack_coverage": getattr(runtime, "xnnpack_coverage", None),
             "init_ms": init_s * 1e3,
             "first_ms": latency.first_ms,
             "latency": latency.to_dict(),

@@ -41,6 +41,10 @@ Result row::
     threads         int     intra-op threads given to the runtime.
     xnnpack         bool|null  TFLite only: XNNPACK delegate requested (true = the runtime default).
     xnnpack_applied bool|null  TFLite only: a delegate node was found in the loaded graph.
+    xnnpack_coverage object|null  TFLite only (``micronet.inference.delegate_coverage``): ops (the model's
+                            nodes), xnnpack_ops (taken by XNNPACK), partitions, not_delegated {op: count}.
+                            An int8 row whose XNNPACK took no op ran on TFLite's built-in kernels
+                            (tflite-runtime 2.14 does that): the report warns (``builtin_kernel_warnings``).
     device          str     "local" (this machine); device farms write their own name.
     input           object|null  the fed tensor: name, shape (null = dynamic axis), dtype, layout
                             ("NCHW"|"NHWC"), quantization {scale, zero_point}|null.
@@ -103,6 +107,7 @@ CSV_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("model",)), ("name", ("name",)), ("variant", ("variant",)), ("format", ("format",)),
     ("quantize", ("quantize",)), ("runtime", ("runtime",)), ("runtime_version", ("runtime_version",)),
     ("threads", ("threads",)), ("xnnpack", ("xnnpack",)), ("xnnpack_applied", ("xnnpack_applied",)),
+    ("xnnpack_ops", ("xnnpack_coverage", "xnnpack_ops")), ("ops", ("xnnpack_coverage", "ops")),
     ("device", ("device",)), ("input_layout", ("input", "layout")), ("input_dtype", ("input", "dtype")),
     ("madds", ("madds",)), ("params", ("params",)), ("size_bytes", ("size_bytes",)), ("size_mib", ("size_mib",)),
     ("init_ms", ("init_ms",)), ("first_ms", ("first_ms",)), ("warmup", ("latency", "warmup")),
@@ -291,7 +296,32 @@ def _xnnpack(row: dict[str, Any]) -> str:
     state = "on" if row["xnnpack"] else "off"
     if row.get("xnnpack_applied") is not None and row["xnnpack_applied"] != row["xnnpack"]:
         state += " (not applied)" if row["xnnpack"] else " (applied!)"
+    coverage = row.get("xnnpack_coverage")
+    if row["xnnpack"] and coverage:
+        state += f" ({coverage['xnnpack_ops']}/{coverage['ops']} ops)"
     return state
+
+
+def on_builtin_kernels(row: dict[str, Any]) -> bool:
+    """An int8 TFLite row measured with XNNPACK asked for, of which XNNPACK took no op: it ran on TFLite's
+    built-in kernels (tflite-runtime 2.14 delegates no int8 op), so its latency is not XNNPACK's."""
+    if row.get("format") != "tflite" or row.get("quantize") != "int8" or not row.get("xnnpack") or row.get("invalid"):
+        return False
+    coverage = row.get("xnnpack_coverage")
+    return (coverage["xnnpack_ops"] == 0) if coverage else row.get("xnnpack_applied") is False
+
+
+def builtin_kernel_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One report warning per int8 row that ran on the built-in kernels (``on_builtin_kernels``)."""
+    lines = []
+    for row in rows:
+        if on_builtin_kernels(row):
+            version = f" {row['runtime_version']}" if row.get("runtime_version") else ""
+            where = f" on {row['device']}" if (row.get("device") or "local") != "local" else ""
+            lines.append(f"{row.get('name')} (int8) ran on TFLite's built-in kernels in {row.get('runtime')}{version}"
+                         f"{where}: XNNPACK took none of its ops, so it is much slower than in LiteRT "
+                         "(ai-edge-litert), where XNNPACK runs int8; do not read it as int8's speed")
+    return lines
 
 
 def _status(row: dict[str, Any]) -> str:

@@ -355,11 +355,13 @@ class FileRuntime(Runtime):
         super().__init__(threads)
         self.xnnpack = (True if xnnpack is None else bool(xnnpack)) if self.format == "tflite" else None
         self.xnnpack_applied: bool | None = None
+        self.xnnpack_coverage: dict | None = None  # core.delegate_coverage of the loaded graph
         self._session: core.Session | None = None
 
     def _load(self, source: Any, input_size: int | None) -> core.Session:
         self._session = core.open_session(self.name, str(source), self.threads, self.xnnpack, lib=self._lib)
         self.xnnpack_applied = self._session.xnnpack_applied
+        self.xnnpack_coverage = self._session.xnnpack_coverage
         return self._session
 
     def _bind(self, session: core.Session) -> tuple[TensorSpec, TensorSpec]:

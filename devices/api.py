@@ -39,6 +39,11 @@ def make_device(target: DeviceSpec) -> Device:
         from .adb import AdbDevice
 
         return AdbDevice(target)
+    if target.kind == "emulated":
+        from .emulation import DEFAULT_PI, EmulatedDevice, ensure_rootfs
+
+        root, _, _ = ensure_rootfs()
+        return EmulatedDevice(root, target.board or DEFAULT_PI)
     raise AssertionError(target.kind)
 
 
@@ -224,7 +229,7 @@ def device_report(
                 "min_seconds": m.min_seconds, "xnnpack": m.xnnpack, "limit": m.limit, "cpu_mask": d.cpu_mask,
                 "retry_throttled": d.retry_throttled, "cooldown_s": d.cooldown_s, "seed": m.seed,
                 "device": run.device, "data": data_label(m.data)}
-    return rep.make_report(run.environment, settings, run.rows)
+    return rep.make_report(run.environment, settings, run.rows, rep.builtin_kernel_warnings(run.rows))
 
 
 def iter_checks(names: Sequence[str] | None = None,

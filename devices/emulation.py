@@ -16,8 +16,13 @@ second stage, which would execute arm64 programs, cannot run. Instead:
    needed to run Python);
 3. aarch64 wheels of numpy and ai-edge-litert are installed from PyPI with the host's pip
    (``--platform manylinux_2_17_aarch64 --only-binary=:all:``) into ``/opt/micronet-site``;
-4. a smoke test imports them under ``qemu-aarch64-static -L ROOT`` (``-L`` sends the emulated
-   program's absolute-path file lookups to ROOT first: its loader, libc, libpython).
+4. a smoke test imports them under ``qemu-aarch64-static -cpu cortex-a72 -L ROOT`` (``-L`` sends the
+   emulated program's absolute-path file lookups to ROOT first: its loader, libc, libpython).
+
+The emulated CPU is always named (``PI_CPUS``: the Pi 4's Cortex-A72 by default, the Pi 5's Cortex-A76),
+never qemu's default ``-cpu max``: that one advertises every extension qemu can emulate (SVE, SME, ...), which
+no Pi has, and XNNPACK picks its kernels from the CPU's features, so under ``max`` LiteRT ran kernels a Pi
+never runs and gave wrong outputs for the dynamic-range file. The run's environment records the choice.
 
 The result is cached (``$MICRONET_ARM64_ROOTFS``, else ``arm64-rootfs`` in micronet's cache folder:
 ``$MICRONET_CACHE``, ``$XDG_CACHE_HOME/micronet`` or ``~/.cache/micronet``, see ``bench.cache.cache_root``) and
@@ -53,6 +58,9 @@ STAMP = "micronet-rootfs.json"
 DEVICE_NAME = "qemu-arm64 (emulated)"
 EMULATION_NOTE = ("emulated arm64 (qemu user mode): timings removed, they are not Raspberry Pi figures; "
                   "outputs and accuracy are the aarch64 builds' own")
+#: The board each emulated run stands for → qemu's ``-cpu`` model (the board's cores).
+PI_CPUS = {"pi4": "cortex-a72", "pi5": "cortex-a76"}
+DEFAULT_PI = "pi4"
 _WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64",
                     "manylinux_2_28_aarch64")
 
@@ -164,8 +172,19 @@ def ensure_rootfs(root: Path | None = None, progress: Progress | None = None) ->
     return root, build_rootfs(root, progress=progress), True
 
 
-def emulated_python(root: Path) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that run the root file system's Python 3 under qemu."""
+def qemu_cpu(pi: str) -> str:
+    """qemu's ``-cpu`` model for the board ``pi`` (a key of ``PI_CPUS``); anything else is one clear error."""
+    try:
+        return PI_CPUS[pi]
+    except KeyError:
+        raise MicronetError(f"unknown board {pi!r} for the arm64 emulation: choose one of "
+                            f"{', '.join(PI_CPUS)}") from None
+
+
+def emulated_python(root: Path, pi: str = DEFAULT_PI) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run the root file system's Python 3 under qemu, emulating the
+    cores of the board ``pi`` (``PI_CPUS``)."""
+    cpu = qemu_cpu(pi)
     qemu = shutil.which(QEMU)
     if qemu is None:
         raise MicronetError(f"{QEMU} not found (apt-get install qemu-user-static)")
@@ -173,7 +192,7 @@ def emulated_python(root: Path) -> tuple[list[str], dict[str, str]]:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root / SITE), "PYTHONNOUSERSITE": "1",
            "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/tmp"),
            "MICRONET_RUNNER_QUIET": "1"}
-    return [qemu, "-L", str(root), str(python)], env
+    return [qemu, "-cpu", cpu, "-L", str(root), str(python)], env
 
 
 class HostRunnerDevice(RunnerDevice):
@@ -188,12 +207,14 @@ class HostRunnerDevice(RunnerDevice):
 
 
 class EmulatedDevice(RunnerDevice):
-    """The runner inside the arm64 root file system. Rows keep outputs and accuracy, never timings."""
+    """The runner inside the arm64 root file system, on the cores of the board ``pi`` (``PI_CPUS``). Rows keep
+    outputs and accuracy, never timings."""
 
     kind = "emulated"
 
-    def __init__(self, root: Path) -> None:
-        argv, env = emulated_python(root)
+    def __init__(self, root: Path, pi: str = DEFAULT_PI) -> None:
+        argv, env = emulated_python(root, pi)
+        self.pi = pi
         super().__init__(DeviceSpec("emulated", f"qemu-arm64:{root}", DEVICE_NAME), ProcessTransport(argv, env=env))
 
     def _device_run(self, result: dict, outputs: dict) -> DeviceRun:
@@ -201,5 +222,6 @@ class EmulatedDevice(RunnerDevice):
         for row in run.rows:
             row.update(init_ms=None, first_ms=None, latency=None)
             row["notes"] = [EMULATION_NOTE, *row["notes"]]
-        run.environment["emulated"] = {"qemu": QEMU, "note": EMULATION_NOTE}
+        run.environment["emulated"] = {"qemu": QEMU, "board": self.pi, "cpu": PI_CPUS[self.pi],
+                                       "note": EMULATION_NOTE}
         return run

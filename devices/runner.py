@@ -280,6 +280,7 @@ class Model:
         self.threads, self.xnnpack = threads, xnnpack
         self.format = core.RUNTIMES[runtime].format
         self.xnnpack_applied = None
+        self.xnnpack_coverage = None
         self.lib = core.import_library(runtime)  # before init timing, like the harness
 
     def load(self) -> float:
@@ -290,6 +291,7 @@ class Model:
             raise RunnerError(str(exc)) from None
         seconds = time.perf_counter() - start
         self.xnnpack_applied = session.xnnpack_applied
+        self.xnnpack_coverage = session.xnnpack_coverage
         self._model = core.bind_model(session, self.manifest, "the model")
         self.fixed_batch, self.chw = self._model.input.fixed_batch, self._model.input.chw
         return seconds
@@ -486,7 +488,8 @@ def _measure_row(np, request, workdir, spec, manifest, runtime, threads, xnn, ev
             first_ms, latency = measure_latency(model, native, int(request.get("warmup", 10)),
                                                 request.get("runs"), request.get("min_seconds"))
             after = thermal_state()
-            fields = {"input": model.input_dict(), "xnnpack_applied": model.xnnpack_applied, "init_ms": init_s * 1e3,
+            fields = {"input": model.input_dict(), "xnnpack_applied": model.xnnpack_applied,
+                      "xnnpack_coverage": model.xnnpack_coverage, "init_ms": init_s * 1e3,
                       "first_ms": first_ms, "latency": latency, "settings": model.settings()}
             error = None
         except RunnerError:

@@ -43,7 +43,7 @@ from typing import Any
 
 from micronet.errors import MicronetError
 
-KINDS = ("local", "ssh", "adb")
+KINDS = ("local", "ssh", "adb", "emulated")
 TFLITE_RUNTIMES = ("litert", "tflite-runtime", "tf-lite")
 DEVICE_RUNTIMES = TFLITE_RUNTIMES + ("onnxruntime",)
 ENV_INVENTORY = "MICRONET_DEVICES"
@@ -97,13 +97,14 @@ class DeviceSpec:
     (Named apart from the other "targets" of the project: a benchmark model is a ``BenchModel``, an
     export's format/quantisation pair an export target.)"""
 
-    kind: str  # "local" | "ssh" | "adb"
+    kind: str  # "local" | "ssh" | "adb" | "emulated"
     text: str  # the target string as written (normalised)
     name: str  # what the report's ``device`` column shows: the inventory name or the target string
     user: str | None = None
     host: str | None = None
     port: int | None = None
     serial: str | None = None
+    board: str | None = None  # emulated: the board whose cores qemu emulates (devices.emulation.PI_CPUS)
     options: DeviceOptions = field(default_factory=DeviceOptions)
 
     @property
@@ -130,8 +131,14 @@ def parse_target(text: str, *, name: str | None = None, options: DeviceOptions |
         return DeviceSpec("adb", raw, name or raw, serial=serial, options=opts)
     if raw.startswith("ssh://"):
         return _parse_ssh(raw, name, opts)
-    raise MicronetError(f"unknown device target {raw!r}: use local, ssh://user@host[:port], adb[:SERIAL] "
-                        "or a name from devices.toml")
+    if raw == "emulated" or raw.startswith("emulated:"):
+        from .emulation import DEFAULT_PI, qemu_cpu
+
+        board = raw.partition(":")[2] or DEFAULT_PI
+        qemu_cpu(board)  # an unknown board is an error here, before anything runs
+        return DeviceSpec("emulated", raw, name or raw, board=board, options=opts)
+    raise MicronetError(f"unknown device target {raw!r}: use local, ssh://user@host[:port], adb[:SERIAL], "
+                        "emulated[:pi4|pi5] or a name from devices.toml")
 
 
 def _parse_ssh(raw: str, name: str | None, opts: DeviceOptions) -> DeviceSpec:

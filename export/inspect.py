@@ -31,7 +31,8 @@ def _schema():
     return schema
 
 
-def _load_model(path: str | os.PathLike):
+def load_model(path: str | os.PathLike):
+    """The flatbuffer root (``schema.Model``) of the .tflite at ``path``; one clear error if it is not one."""
     schema = _schema()
     try:
         buf = Path(path).read_bytes()
@@ -53,7 +54,7 @@ def tflite_op_inventory(path: str | os.PathLike) -> dict[str, int]:
     or ``CUSTOM:<code>``; see ``non_builtin_ops``.
     """
     schema = _schema()
-    model = _load_model(path)
+    model = load_model(path)
     builtin_names = _enum_names(schema.BuiltinOperator)
     names = []
     for i in range(model.OperatorCodesLength()):
@@ -72,6 +73,29 @@ def tflite_op_inventory(path: str | os.PathLike) -> dict[str, int]:
             name = names[subgraph.Operators(o).OpcodeIndex()]
             counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def tflite_op_versions(path: str | os.PathLike) -> dict[str, int]:
+    """The highest version of each builtin op the file's operator codes declare (``FULLY_CONNECTED``: 12, ...).
+
+    A runtime refuses a model whose op version is newer than its kernels (``Didn't find op for builtin opcode
+    'FULLY_CONNECTED' version '12'``), so these versions, not the op names, decide which runtimes load a file
+    (export/tflite_versions.py). Only codes used by an operator count; Flex/custom codes are left out.
+    """
+    schema = _schema()
+    model = load_model(path)
+    builtin_names = _enum_names(schema.BuiltinOperator)
+    used = {model.Subgraphs(s).Operators(o).OpcodeIndex()
+            for s in range(model.SubgraphsLength()) for o in range(model.Subgraphs(s).OperatorsLength())}
+    versions: dict[str, int] = {}
+    for i in sorted(used):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            continue
+        name = builtin_names.get(builtin, f"BUILTIN_{builtin}")
+        versions[name] = max(versions.get(name, 0), int(code.Version()))
+    return dict(sorted(versions.items()))
 
 
 def non_builtin_ops(inventory: dict[str, int]) -> dict[str, int]:
@@ -102,7 +126,7 @@ def tflite_io_spec(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """``{"input": {...}, "output": {...}}`` with name, shape (-1 = dynamic), dtype and quantization
     ({scale, zero_point} or None) of the main subgraph's single input and output."""
     schema = _schema()
-    subgraph = _load_model(path).Subgraphs(0)
+    subgraph = load_model(path).Subgraphs(0)
     if subgraph.InputsLength() != 1 or subgraph.OutputsLength() != 1:
         raise MicronetError(f"{path}: expected one input and one output, got "
                             f"{subgraph.InputsLength()} and {subgraph.OutputsLength()}")
@@ -147,33 +171,15 @@ def run_tflite(path: str | os.PathLike, batch_nchw_float: np.ndarray, threads: i
 
 
 def xnnpack_coverage(path: str | os.PathLike) -> dict[str, Any]:
-    """What the XNNPACK delegate takes of the .tflite at ``path`` in this runtime (ai-edge-litert).
-
-    Returns ``partitions`` (delegate nodes: each boundary between a delegated and a built-in op costs a
-    hand-over) and ``not_delegated`` (count per op left to TFLite's built-in kernels, which are much slower
-    on large tensors: int8 MAXIMUM, SPLIT_V and CONCATENATION of more than four inputs, for example).
-    An op belongs to a partition when it lies on a path from the delegate node's inputs to its outputs.
-    """
+    """What the XNNPACK delegate takes of the .tflite at ``path`` in this runtime (ai-edge-litert):
+    ``micronet.inference.delegate_coverage`` of the loaded graph (ops, xnnpack_ops, partitions — each boundary
+    between a delegated and a built-in op costs a hand-over — and not_delegated, the count per op left to
+    TFLite's built-in kernels, which are much slower on large tensors: int8 MAXIMUM, SPLIT_V and CONCATENATION
+    of more than four inputs, for example)."""
     from ai_edge_litert.interpreter import Interpreter
+
+    from micronet.inference import delegate_coverage
 
     interpreter = Interpreter(model_path=str(path), num_threads=1)
     interpreter.allocate_tensors()
-    ops = interpreter._get_ops_details()
-    producer = {int(t): op["index"] for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
-    inside: set[int] = set()
-    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
-    for node in delegates:
-        boundary = {int(t) for t in node["inputs"]}
-        stack, seen = [int(t) for t in node["outputs"]], set()
-        while stack:
-            tensor = stack.pop()
-            if tensor in boundary or tensor in seen or tensor not in producer:
-                continue
-            seen.add(tensor)
-            inside.add(producer[tensor])
-            stack.extend(int(t) for t in ops[producer[tensor]]["inputs"] if t >= 0)
-    left: dict[str, int] = {}
-    for op in ops:
-        if op["op_name"] != "DELEGATE" and op["index"] not in inside:
-            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
-    return {"partitions": len(delegates), "not_delegated": dict(sorted(left.items()))}
+    return delegate_coverage(interpreter._get_ops_details())

@@ -10,7 +10,7 @@ deploy, deploy_fast, deploy_fast_onnxruntime, deploy_fast_portable
 onnx, onnx_portable
                 ONNX (ORT) vs. its graph    rel_max_abs_err                  ≤ 1e-4
 tflite_float32  TFLite fp32 vs. its graph   rel_max_abs_err                  ≤ 1e-4
-tflite_float16  TFLite fp16 vs. TFLite fp32 cosine (mean over rows)          ≥ 0.998
+tflite_float16  TFLite fp16 vs. TFLite fp32 rel_max_abs_err                  ≤ 1e-2
 tflite_dynamic  dynamic-range vs. fp32      cosine                           ≥ 0.99
 tflite_int8     full-integer vs. fp32       cosine                           ≥ 0.98 (provisional)
 ==============  ==========================  ===============================  =====================
@@ -34,9 +34,13 @@ Why these limits (measured on the lead's m0 at 224×224 with re-estimated BN, an
   silently rounded to float16 moved the logits by 1.9e-3 (test net) and 2.8e-3 (m0) relative, a BatchNorm
   epsilon of 1e-3 instead of 1e-5 by 0.83 and 0.98, layout or channel-order bugs by ~1. 1e-4 is ≥ 14× above
   the noise and ≥ 19× below the smallest of those. Top-1 agreement is reported but not judged: a near-tie can flip on a 1e-7 perturbation.
-* float16 stores weights in half precision and computes in float32 (the reference kernels and XNNPACK agree
-  to 4e-6). Measured cosine 0.99915 on m0 (max error 3.7 % of the largest logit: an untrained MicroNet's
-  multiplicative Shift-Max gates amplify weight rounding); 0.998 flags anything worse than that.
+* float16 stores filters and weight matrices in half precision, keeps vectors float32 and computes in float32
+  (export/tflite_fp16.py; the reference kernels and XNNPACK agree to 4e-6). Measured rel_max_abs_err
+  (untrained, 224 px): m0 fast graph 2.6e-3, m0 reference graph 2.3e-3, m1 2.8e-3, m3 2.2e-3; m0 at 64 px
+  1.6e-3. Rounding the fast graph's folded coefficient vectors to float16 as well (what TensorFlow's
+  converter does) gave 2.5e-2 on m0, and cosine could not tell it apart (0.99988 against 0.999999), so
+  this rung is judged by the relative error: 1e-2 is 3.6× above the worst honest file and 2.5× below that
+  one, trained or not.
 * dynamic-range (int8 weights, activations quantized at run time): measured cosine 0.9985 on m0; ≥ 0.99.
 * full-integer int8 is judged by cosine, not top-1: with untrained weights the top-1/top-2 margins are
   smaller than the int8 error, so top-1 agreement mostly measures near-ties flipping.
@@ -69,7 +73,7 @@ THRESHOLDS: dict[str, Threshold] = {
        for form in ("deploy", "deploy_fast", "deploy_fast_onnxruntime", "deploy_fast_portable")},
     **{rung: Threshold("rel_max_abs_err", 1e-4, False, "pytorch") for rung in ("onnx", "onnx_portable")},
     "tflite_float32": Threshold("rel_max_abs_err", 1e-4, False, "deploy_fast"),
-    "tflite_float16": Threshold("cosine", 0.998, True, "tflite_float32"),
+    "tflite_float16": Threshold("rel_max_abs_err", 1e-2, False, "tflite_float32"),
     "tflite_dynamic": Threshold("cosine", 0.99, True, "tflite_float32"),
     "tflite_int8": Threshold("cosine", 0.98, True, "tflite_float32"),
 }
@@ -79,7 +83,7 @@ THRESHOLDS: dict[str, Threshold] = {
 #: amplify rounding block after block, so honest int8 lands at cosine 0.97-0.99 (m0..m3 at 224); the
 #: rung must still catch a broken conversion (a layout or channel-order bug gives cosine < 0.5).
 #: Trained weights are held to THRESHOLDS (digits m0: int8 cosine 0.9994).
-UNTRAINED_LIMITS: dict[str, float] = {"tflite_int8": 0.95, "tflite_float16": 0.99, "tflite_dynamic": 0.98}
+UNTRAINED_LIMITS: dict[str, float] = {"tflite_int8": 0.95, "tflite_dynamic": 0.98}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ __all__ = ["ALL_KINDS", "FORMATS", "GRAPH_REVISION", "QUANTIZATIONS", "STAGING_P
            "lower_fast_graph", "plan", "resolve_kinds"]
 
 #: Bumped whenever a graph rewrite changes what an export produces, so cached exports are rebuilt.
-GRAPH_REVISION = 6
+GRAPH_REVISION = 7
 #: Artifacts are built in ``<output>/.micronet-export-XXXX/`` (see ``export``); bench/cache.py exports through
 #: the same function, so its cache folders are cleaned the same way.
 STAGING_PREFIX = ".micronet-export-"
@@ -167,6 +167,7 @@ def _onnx_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> 
 def _tflite_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> dict:
     from . import inspect as tfl_inspect
     from .calibration import record_for_artifact
+    from .tflite_versions import runtime_fields
 
     io = tfl_inspect.tflite_io_spec(artifact.value)
     inventory = tfl_inspect.tflite_op_inventory(artifact.value)
@@ -174,7 +175,8 @@ def _tflite_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -
             "per_channel": ctx.request.per_channel if kind.quantize in ("int8", "dynamic") else None,
             "input": _io_spec({**io["input"], "layout": artifact.layout}, ctx.preprocessing),
             "output": _io_spec(io["output"]),
-            "ops": {"total": sum(inventory.values()), "by_op": inventory}}
+            "ops": {"total": sum(inventory.values()), "by_op": inventory},
+            **runtime_fields(artifact.value)}
 
 
 def _io_spec(io: dict, preprocessing: Preprocessing | None = None) -> dict:

@@ -12,7 +12,8 @@ With the fast graph (the default):
   ``--dynamic-batch``, the ONNX file.
 * TFLite: the fast graph for XNNPACK (rung ``deploy_fast``), its SavedModel, float32 TFLite (rung
   ``tflite_float32``, judged against the fast graph it was lowered from; the reference of every quantized
-  file, so it is built even when not asked for); int8 also the ``relu_max`` form and its SavedModel.
+  file, so it is built even when not asked for); int8 also the ``relu_max`` form and its SavedModel; float16 is
+  rewritten from the float32 file (weights in float16, vectors kept float32: export/tflite_fp16.py).
 * The other formats (OpenVINO, ncnn, MNN): each converted from a portable, fixed-batch ONNX file (rung
   ``<format>_<quantize>``, judged against that file in ONNX Runtime): the shipped ONNX file when it is one,
   else an unshipped one (steps ``deploy_fast_portable``, ``onnx_portable``).
@@ -106,8 +107,15 @@ def _tflite_steps(quantized: list[str]) -> list[Step]:
     if "int8" in quantized:
         steps += [Step("relu_max", "deploy_fast"), Step("tf_graph_int8", "relu_max")]
     steps.append(Step("tflite_float32", "tf_graph"))
-    return steps + [Step(f"tflite_{q}", "tf_graph_int8" if q == "int8" else "tf_graph", reference="tflite_float32")
-                    for q in quantized]
+    return steps + [_quantized_step(q, "tf_graph_int8" if q == "int8" else "tf_graph") for q in quantized]
+
+
+def _quantized_step(quantize: str, saved_model: str) -> Step:
+    """float16 is rewritten from the float32 file (export/tflite_fp16.py), the others converted from the
+    SavedModel; every one is judged against float32 TFLite."""
+    if quantize == "float16":
+        return Step("tflite_float16", "tflite_float32")
+    return Step(f"tflite_{quantize}", saved_model, reference="tflite_float32")
 
 
 def _reference_steps(tflite: bool, quantized: list[str]) -> list[Step]:
@@ -115,5 +123,5 @@ def _reference_steps(tflite: bool, quantized: list[str]) -> list[Step]:
     steps = [Step("deploy", TRAINING), Step("onnx", "deploy")]
     if tflite:
         steps += [Step("onnx2tf", "onnx"), Step("tflite_float32", "onnx2tf")]
-        steps += [Step(f"tflite_{q}", "onnx2tf", reference="tflite_float32") for q in quantized]
+        steps += [_quantized_step(q, "onnx2tf") for q in quantized]
     return steps

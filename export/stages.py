@@ -294,6 +294,22 @@ def tflite(quantize: str) -> Stage:
     return stage
 
 
+def tflite_float16(ctx: ExportContext, float32: Artifact) -> Artifact:
+    """Float16 TFLite rewritten from the float32 file: filters and weight matrices in float16, vectors kept
+    float32 (export/tflite_fp16.py says why), judged against float32 TFLite (rung ``tflite_float16``)."""
+    from . import inspect as tfl_inspect
+    from .tflite_fp16 import float16_weights
+
+    ctx.say("building TFLite float16 (weights in float16, vectors kept float32)")
+    path = ctx.file("tflite", "float16")
+    record = float16_weights(float32.value, path, keep_vectors_float32=True)
+    logits = tfl_inspect.run_tflite(path, ctx.data.holdout)
+    ctx.ladder.judge("tflite_float16", float32.reference, float32.logits, logits)
+    sources = {k: v for k, v in float32.records.items() if k != "tflite"}
+    return Artifact("tflite_float16", path, logits, "tflite_float16", float32.layout,
+                    {**sources, "tflite_float32": float32.records["tflite"], "tflite": record})
+
+
 #: The stage that builds each artifact the plan can name.
 STAGES: dict[str, Stage] = {
     "deploy": deploy_form,
@@ -307,5 +323,6 @@ STAGES: dict[str, Stage] = {
     "tf_graph": tf_graph,
     "tf_graph_int8": tf_graph_int8,
     "onnx2tf": onnx2tf,
-    **{f"tflite_{q}": tflite(q) for q in QUANTIZATIONS},
+    **{f"tflite_{q}": tflite(q) for q in QUANTIZATIONS if q != "float16"},
+    "tflite_float16": tflite_float16,
 }

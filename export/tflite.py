@@ -38,7 +38,8 @@ Two steps, because they cost very differently and fail for different reasons:
    prints from C++.
 
    * ``float32``: no optimization.
-   * ``float16``: float16 weights, float32 compute and I/O.
+   * ``float16``: float16 weights, float32 compute and I/O (every float constant; the export writes its float16
+     file with export/tflite_fp16.py instead, which keeps vectors float32).
    * ``dynamic``: dynamic-range: int8 weights, activations quantized at run time; float32 I/O.
    * ``int8``: full-integer: ``representative_dataset`` from NHWC float32 calibration samples (fed one at a
      time), ``TFLITE_BUILTINS_INT8`` only, int8 (default) or uint8 input and output. Per-channel weight

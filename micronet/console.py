@@ -152,7 +152,7 @@ VARIANTS_DROP = ("what it is", "released weights (top-1)", "input", "task", "pub
 STAGES_DROP = ("output shape", "attention MAdds", "Shift-Max MAdds", "Linear MAdds", "conv MAdds")
 LAYERS_DROP = ("output shape", "op")
 PARITY_DROP = ("cosine", "compared with", "top-1 agree")
-EXPORT_DROP = ("ops", "format", "input")
+EXPORT_DROP = ("ops", "format", "runtime", "input")
 
 
 def variants_table(rows: list[dict]) -> Table:
@@ -276,7 +276,7 @@ def export_summary(result) -> Table:
 
     table = Table(title=f"exported to {result.artifacts[0].parent if result.artifacts else '-'}")
     # File names differ only near the end (m0_float32.tflite vs m0_float16.tflite): never cut them.
-    for col in ("file", "format", "quantize", "input", "size", "ops"):
+    for col in ("file", "format", "quantize", "input", "size", "ops", "runtime"):
         table.add_column(col, justify="right" if col in ("size", "ops") else "left", no_wrap=col != "input")
     for path, manifest_path in zip(result.artifacts, result.manifests):
         m = json.loads(manifest_path.read_text())
@@ -284,6 +284,21 @@ def export_summary(result) -> Table:
         quant = f" q=({inp['quantization']['scale']:.4g}, {inp['quantization']['zero_point']})" if inp.get(
             "quantization") else ""
         ops = str(m["ops"]["total"]) if "ops" in m else "-"
+        runtime = f"TFLite ≥ {m['min_runtime_version']}" if m.get("min_runtime_version") else "-"
         table.add_row(path.name, m["format"], m["quantize"], f"{inp['layout']} {inp['dtype']}{quant}",
-                      f"{m['size_bytes'] / 2**20:.2f} MiB", ops)
+                      f"{m['size_bytes'] / 2**20:.2f} MiB", ops, runtime)
     return table
+
+
+def export_warnings(result) -> list[str]:
+    """One line per written file that tflite-runtime 2.14 (the Raspberry Pi's runtime) cannot load."""
+    import json
+
+    from micronet.export.tflite_versions import needs_newer_than
+
+    lines = []
+    for path, manifest_path in zip(result.artifacts, result.manifests):
+        m = json.loads(manifest_path.read_text())
+        if needs_newer_than(m.get("min_runtime_version")):
+            lines.append(f"{path.name} {m['runtime_requirement']}")
+    return lines

@@ -33,7 +33,7 @@ except ImportError:  # a board without numpy can still list its runtimes (the ru
 
 ROW_FIELDS = (
     "model", "name", "variant", "format", "quantize", "runtime", "runtime_version", "threads", "xnnpack",
-    "xnnpack_applied", "device", "input", "madds", "params", "size_bytes", "size_mib", "init_ms", "first_ms",
+    "xnnpack_applied", "xnnpack_coverage", "device", "input", "madds", "params", "size_bytes", "size_mib", "init_ms", "first_ms",
     "latency", "memory", "accuracy", "settings", "notes", "invalid", "invalid_reason",
 )
 LAYOUTS = ("NCHW", "NHWC")
@@ -284,6 +284,7 @@ class Session:
     inputs: List[TensorSpec]
     outputs: List[TensorSpec]
     xnnpack_applied: Optional[bool] = None
+    xnnpack_coverage: Optional[dict] = None
 
     def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
         self.info, self.lib, self.path, self.threads, self.xnnpack = info, lib, path, threads, xnnpack
@@ -305,7 +306,8 @@ class TFLiteSession(Session):
 
     XNNPACK: the three apply the XNNPACK delegate by default; ``xnnpack=False`` loads with
     ``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``. Whether the delegate took part is read back from
-    the node list (XNNPACK adds a ``DELEGATE`` node), a private API, so any failure there means "unknown".
+    the node list (XNNPACK adds a ``DELEGATE`` node), a private API, so any failure there means "unknown";
+    how much it took is ``xnnpack_coverage`` (``delegate_coverage``).
     """
 
     def __init__(self, info: RuntimeInfo, lib: Any, path: str, threads: int, xnnpack: Optional[bool]) -> None:
@@ -324,9 +326,10 @@ class TFLiteSession(Session):
         it.allocate_tensors()
         self._it = it
         try:
-            self.xnnpack_applied = any(op["op_name"] == "DELEGATE" for op in it._get_ops_details())
+            self.xnnpack_coverage = delegate_coverage(it._get_ops_details())
+            self.xnnpack_applied = self.xnnpack_coverage["partitions"] > 0
         except Exception:
-            self.xnnpack_applied = None
+            self.xnnpack_coverage, self.xnnpack_applied = None, None
         details_in, details_out = it.get_input_details(), it.get_output_details()
         self._in_indices = [d["index"] for d in details_in]
         self._out_indices = [d["index"] for d in details_out]
@@ -351,6 +354,43 @@ class TFLiteSession(Session):
 
     def close(self) -> None:
         self._it = None
+
+
+def delegate_coverage(ops: List[dict]) -> dict:
+    """How much of a loaded TFLite graph a delegate (XNNPACK, the only one applied here) took, from an
+    Interpreter's ``_get_ops_details()``: the model's own nodes plus one ``DELEGATE`` node per partition.
+
+    Why it matters: a runtime may load a model and still run it on its built-in reference kernels (tflite-runtime
+    2.14 delegates no int8 op), which changes its latency several-fold with nothing else to show for it. An op
+    belongs to a partition when it lies on a path from the delegate node's inputs to its outputs. Returns
+    ``ops`` (the model's nodes), ``xnnpack_ops`` (those taken), ``partitions`` (delegate nodes: each boundary
+    with a built-in op is a hand-over) and ``not_delegated`` (count per op left to the built-in kernels).
+    """
+    producer = {}
+    for op in ops:
+        if op["op_name"] != "DELEGATE":
+            for t in op["outputs"]:
+                producer[int(t)] = op["index"]
+    by_index = {op["index"]: op for op in ops}
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    inside = set()
+    for node in delegates:
+        boundary = {int(t) for t in node["inputs"]}
+        stack, seen = [int(t) for t in node["outputs"]], set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in boundary or tensor in seen or tensor not in producer:
+                continue
+            seen.add(tensor)
+            inside.add(producer[tensor])
+            stack.extend(int(t) for t in by_index[producer[tensor]]["inputs"] if t >= 0)
+    own = [op for op in ops if op["op_name"] != "DELEGATE"]
+    left = {}  # type: Dict[str, int]
+    for op in own:
+        if op["index"] not in inside:
+            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
+    return {"ops": len(own), "xnnpack_ops": len(inside), "partitions": len(delegates),
+            "not_delegated": dict(sorted(left.items()))}
 
 
 def _tflite_spec(detail: dict) -> TensorSpec:

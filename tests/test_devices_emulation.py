@@ -66,6 +66,7 @@ def test_arm64_runner_gives_the_x86_outputs(rootfs, tmp_path_factory, tmp_path, 
 
     assert arm.environment["os"]["machine"] == "aarch64" and x86.environment["os"]["machine"] == "x86_64"
     assert arm.environment["python"]["version"].startswith("3.11")
+    assert arm.environment["emulated"]["cpu"] == "cortex-a72" and arm.environment["emulated"]["board"] == "pi4"
     a, b = x86.outputs[0], arm.outputs[0]
     assert a.dtype == b.dtype == np.int8 and a.shape == b.shape == (len(photos), 1000)
     steps = int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())

@@ -168,6 +168,9 @@ def test_rows_match_the_desktop_runtime_outputs_and_schema(tiny, tmp_path):
         assert row["settings"]["thermal"]["problems"] == []
     assert run.rows[0]["input"]["dtype"] == "int8" and run.rows[0]["input"]["layout"] == "NHWC"
     assert run.rows[0]["xnnpack_applied"] is True and run.rows[2]["xnnpack"] is None
+    coverage = run.rows[0]["xnnpack_coverage"]  # how much of the model XNNPACK took, counted on the device
+    assert 0 < coverage["xnnpack_ops"] <= coverage["ops"] and coverage["partitions"] >= 1
+    assert run.rows[2]["xnnpack_coverage"] is None  # ONNX
     # The runner's outputs on the pushed inputs equal the desktop harness runtimes' outputs, bit for bit.
     for index, (path, name) in enumerate(((tiny["tflite"], "litert"), (tiny["onnx"], "onnxruntime"))):
         desktop = bench_runtimes.get_runtime(name)

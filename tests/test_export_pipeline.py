@@ -64,6 +64,8 @@ def test_tflite_manifests_record_layout_ops_and_quantization(exported_all):
         assert m["input"]["layout"] == "NHWC" and m["input"]["shape"] == [1, SIZE, SIZE, 3]
         assert m["ops"]["total"] == sum(m["ops"]["by_op"].values()) > 100
         assert not any(op.startswith(("FLEX", "CUSTOM")) for op in m["ops"]["by_op"])
+        assert set(m["op_versions"]) <= set(m["ops"]["by_op"]) and m["min_runtime_version"]
+        assert m["min_runtime_version"] in m["runtime_requirement"]
         # Each file's own lineage: no ONNX rung (TFLite is lowered from the fast graph, not converted from ONNX).
         assert [r["rung"] for r in m["parity"]] == ["deploy_fast", "tflite_float32"] + (
             [f"tflite_{q}"] if q != "float32" else [])

@@ -207,7 +207,7 @@ def test_check_rung_applies_each_threshold():
     rung = check_rung("tflite_int8", {"cosine": 0.97})
     assert not rung.passed and rung.metric == "cosine" and rung.limit == THRESHOLDS["tflite_int8"].limit
     assert "FAIL" in rung.summary()
-    assert not check_rung("tflite_float16", {"cosine": float("nan")}).passed
+    assert not check_rung("tflite_float16", {"rel_max_abs_err": float("nan")}).passed
     with pytest.raises(ValueError, match="unknown parity rung"):
         check_rung("pytorch", {"cosine": 1.0})
 
