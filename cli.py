@@ -44,7 +44,8 @@ def root(verbose: bool = typer.Option(False, "--verbose", help="show TensorFlow'
 
 VariantOpt = typer.Option("m0", "--variant", "-v", help="m0 m1 m2 m3 release-m0 release-m3 (aliases release-m1, release-m2)")
 AnyVariantOpt = typer.Option("m0", "--variant", "-v", help="m0 m1 m2 m3 release-m0 release-m3 (aliases release-m1, "
-                             "release-m2); keypoint models pose-m0 pose-m1 pose-m2 pose-m3")
+                             "release-m2); keypoint models pose-m0 pose-m1 pose-m2 pose-m3; segmentation models "
+                             "seg-m0 seg-m1 seg-m2 seg-m3")
 InputSizeOpt = typer.Option(224, "--input-size", help="input resolution in pixels, a multiple of 32")
 DEFAULT_BUDGETS = Path("budgets.toml")
 
@@ -73,9 +74,10 @@ def variants(as_json: bool = flag("--json", help="machine-readable output")) -> 
 def flops(
     variant: str = AnyVariantOpt,
     input_size: Optional[str] = typer.Option(None, "--input-size", help="pixels (224) or H x W (256x192), multiples "
-                                             "of 32; default: the variant's own (224; 256x192 for pose-*)"),
+                                             "of 32; default: the variant's own (224; 256x192 for pose-*; "
+                                             "1024x2048 for seg-*)"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="classes, or heatmaps for pose-* "
-                                              "(default 1000; 17)"),
+                                              "(default 1000; 17; 19 for seg-*)"),
     per_layer: bool = flag("--per-layer", help="one row per conv/Linear/Shift-Max/BN layer"),
     as_json: bool = flag("--json", help="print the full table as JSON"),
 ) -> None:
@@ -93,6 +95,15 @@ def flops(
         data["other_conventions"] = check
         if info.task == "pose":  # the paper's Table 8 figures, as printed, beside ours
             data["paper"] = {"madds": info.paper_madds, "params": info.paper_params, "ap": info.paper_ap}
+        if info.task == "segmentation":  # the paper's Table 9 figures, as printed, beside ours
+            data["paper"] = {"madds": info.paper_madds, "params": info.paper_params, "miou": info.paper_miou,
+                             "input_size": list(info.input_size),
+                             "lr_aspp_mobilenetv3_small": {"madds": "2.90B", "params": "0.47M", "miou": 68.4}}
+            if tuple(counts.input_size) == info.input_size and counts.num_classes == info.outputs:
+                from micronet.registry import paper_comparison
+
+                # ours / Table 9's; README "Segmentation models" says where the difference sits
+                data["paper"]["ours_over_paper"] = paper_comparison(info, counts.params, counts.madds)
         if not per_layer:
             data.pop("layers")
         print(json.dumps(data, indent=2))
@@ -105,6 +116,10 @@ def flops(
         from micronet.console import paper_note
 
         console.print(paper_note(info, counts))
+    if info.task == "segmentation":
+        from micronet.console import seg_paper_note
+
+        console.print(seg_paper_note(info, counts))
 
 
 @app.command("export")
@@ -284,9 +299,12 @@ def budget_check(budgets: Path = typer.Argument(DEFAULT_BUDGETS, help="TOML file
 
     results = check_budgets(budgets)
     over = [r for r in results if not r.ok]
+    # Columns as wide as the widest figure (the segmentation MAdds pass a billion), at least the old 12.
+    width = max([12] + [len(f"{v:,}") for r in results for v in (r.measured, r.allowed)])
     for r in results:
         mark = "[green]ok[/green]  " if r.ok else "[red]OVER[/red]"
-        console.print(f"{mark} {r.variant:<11} {r.metric:<6} measured {r.measured:>12,}  allowed {r.allowed:>12,}")
+        console.print(f"{mark} {r.variant:<11} {r.metric:<6} measured {r.measured:>{width},}  "
+                      f"allowed {r.allowed:>{width},}")
     if over:
         names = ", ".join(sorted({f"{r.variant} ({r.metric} {r.measured:,} > {r.allowed:,})" for r in over}))
         console.print(f"[red]over budget:[/red] {names}")

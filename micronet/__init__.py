@@ -24,6 +24,8 @@ _LAZY = {
     "MicroNet": "micronet.model",
     "build_pose_model": "micronet.pose_model",
     "PoseMicroNet": "micronet.pose_model",
+    "build_seg_model": "micronet.seg_model",
+    "SegMicroNet": "micronet.seg_model",
     "load_weights": "micronet.weights",
     "count_variant": "micronet.counting",
     "count_model": "micronet.counting",

@@ -56,10 +56,10 @@ def _final_layers(row: BlockRow, cin: int, hidden: int, reduction: int, variant:
 
 
 def _a_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
-              variant: VariantConfig) -> list[nn.Module]:
+              variant: VariantConfig, stride: int, dilation: int) -> list[nn.Module]:
     """Micro-Block A: factorised depthwise (expanding), activation, shuffles, squeezing 1x1."""
     layers = [
-        MicroFactorizedDepthwise(cin, row.kernel, row.stride, row.expansion1, row.expansion2),
+        MicroFactorizedDepthwise(cin, row.kernel, stride, row.expansion1, row.expansion2, dilation),
         _activation(row.depthwise_act, hidden, row.shift_groups, reduction, variant),
         ChannelShuffle(row.shift_groups),
     ]
@@ -75,7 +75,7 @@ def _a_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
 
 
 def _bc_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
-               variant: VariantConfig, upsample: bool = False) -> list[nn.Module]:
+               variant: VariantConfig, stride: int, dilation: int, upsample: bool = False) -> list[nn.Module]:
     """Micro-Block B/C: expanding 1x1, activation, shuffle, depthwise, activation, shuffle,
     squeezing 1x1, optional Shift-Max and shuffles.
 
@@ -91,7 +91,7 @@ def _bc_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
     if upsample:
         layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
     layers += [
-        MicroFactorizedDepthwise(hidden, row.kernel, row.stride),
+        MicroFactorizedDepthwise(hidden, row.kernel, stride, dilation=dilation),
         # The depthwise activation of B/C shifts inside groups of g2 channels (the released "expansion" grouping).
         _activation(row.depthwise_act, hidden, hidden // row.shift_groups if row.shift_groups != 1 else 1,
                     reduction, variant),
@@ -110,22 +110,31 @@ def _bc_layers(row: BlockRow, cin: int, hidden: int, cout: int, reduction: int,
     return layers
 
 
-def build_block(row: BlockRow, cin: int, variant: VariantConfig, upsample: bool = False) -> tuple[MicroBlock, int]:
+def build_block(row: BlockRow, cin: int, variant: VariantConfig, upsample: bool = False,
+                dilation: int = 1) -> tuple[MicroBlock, int]:
     """Turn a row into a block; returns the block and its output channel count.
 
     ``upsample`` (B/C rows only) doubles the resolution before the depthwise; such a block has no
     residual, since its input is at half its output's resolution.
+
+    ``dilation`` > 1 dilates the depthwise convs and runs them at stride 1, whatever the row's stride,
+    as torchvision's MobileNetV3 ``dilated=True`` does for its segmentation backbones: the network
+    stops downsampling but keeps the receptive field growing. The residual is still decided by the
+    row's own stride (as torchvision's), so a dilated row has exactly the classifier's layers.
     """
     hidden = cin * row.expansion1 * row.expansion2
     reduction = BASE_REDUCTION * row.reduction_factor
     if upsample and (row.kind != "BC" or row.stride != 1):
         raise ValueError(f"only a stride-1 Micro-Block B/C row can upsample, not a {row.kind} row of stride {row.stride}")
+    if not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be a positive integer, got {dilation!r}")
+    stride = 1 if dilation > 1 else row.stride
     if row.kind == "final":
         return MicroBlock(_final_layers(row, cin, hidden, reduction, variant), residual=False, kind="final"), hidden
     cout = row.out_channels
     if row.kind == "A":
-        layers = _a_layers(row, cin, hidden, cout, reduction, variant)
+        layers = _a_layers(row, cin, hidden, cout, reduction, variant, stride, dilation)
     else:
-        layers = _bc_layers(row, cin, hidden, cout, reduction, variant, upsample)
+        layers = _bc_layers(row, cin, hidden, cout, reduction, variant, stride, dilation, upsample)
     residual = row.stride == 1 and cin == cout and not upsample
     return MicroBlock(layers, residual=residual, kind=row.kind), cout

@@ -5,7 +5,7 @@ A budgets file is TOML, one table per variant::
     [m0]
     madds = 6_200_000     # MAdds at input_size (the counting rule of micronet.counting)
     params = 1_800_000
-    input_size = 224      # optional, default the variant's own (224; pose-*: 256x192, not settable)
+    input_size = 224      # optional, default the variant's own (224; pose-*: 256x192, seg-*: 1024x2048, not settable)
 
 A change that makes a variant bigger than its budget fails ``micronet budget check`` until the
 budget is raised on purpose, in the same review.

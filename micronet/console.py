@@ -20,7 +20,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from .counting import POSE_RULE, RULE, Counts, size_label
+from .counting import TASK_OUTPUTS_NAME, Counts, size_label, task_rule
 
 # Width of the shared console when stdout is not a terminal: pipes, logs and CI keep every line whole
 # instead of rich's 80-column default. Tables are not expanded, so this only lifts the limit.
@@ -159,7 +159,8 @@ def variants_table(rows: list[dict]) -> Table:
     """``micronet variants``: measured figures beside the published ones, per variant.
 
     Each row's figures are at its task's input (224x224 and 1000 classes; 256x192 and 17 heatmaps for
-    pose), which the ``input`` column names; a pose row's published figures add the paper's COCO AP.
+    pose; 1024x2048 and 19 classes for segmentation), which the ``input`` column names; a pose row's
+    published figures add the paper's COCO AP, a segmentation row's its Cityscapes mIoU.
     """
     table = Table(title="MicroNet variants (figures at each variant's input)")
     for col in ("variant", "task", "params", "MAdds", "input", "published", "released weights (top-1)",
@@ -172,16 +173,18 @@ def variants_table(rows: list[dict]) -> Table:
         published = f"{r['paper_madds']} MAdds, {r['paper_params']}"
         if r.get("paper_ap") is not None:
             published += f", AP {r['paper_ap']}"
+        if r.get("paper_miou") is not None:
+            published += f", mIoU {r['paper_miou']}"
         table.add_row(name, r["task"], f"{r['params']:,}", f"{r['madds']:,}", size_label(tuple(r["input_size"])), published,
                       weights, r["description"])
     return table
 
 
 def counts_table(counts: Counts, per_layer: bool = False) -> Table:
-    pose = counts.task == "pose"
-    outputs = "heatmaps" if pose else "classes"
+    attention = counts.task != "classification"  # pose and segmentation have an attention to show
+    outputs = TASK_OUTPUTS_NAME[counts.task]
     title = f"MicroNet {counts.variant} at {size_label(counts.input_size)}, {counts.num_classes} {outputs}"
-    table = Table(title=title, caption=f"MAdds = {RULE}" + (f" {POSE_RULE}" if pose else ""))
+    table = Table(title=title, caption=f"MAdds = {task_rule(counts.task)}")
     # Every cell is a name, a shape or a number: all whole (print_table drops columns instead).
     if per_layer:
         for col in ("layer", "op", "output shape", "params", "MAdds"):
@@ -190,8 +193,9 @@ def counts_table(counts: Counts, per_layer: bool = False) -> Table:
         for row in counts.layers:
             table.add_row(row.name, row.op, _shape(row.out_shape), f"{row.params:,}", f"{row.madds:,}")
     else:
-        # The attention column only where there is attention (pose): the classification table is unchanged.
-        kinds = ("conv", "linear", "shiftmax") + (("attention",) if pose else ())
+        # The attention column only where there is attention (pose, segmentation): the classification table
+        # is unchanged.
+        kinds = ("conv", "linear", "shiftmax") + (("attention",) if attention else ())
         names = {"conv": "conv MAdds", "linear": "Linear MAdds", "shiftmax": "Shift-Max MAdds",
                  "attention": "attention MAdds"}
         for col in ("stage", "output shape", "params", *(names[k] for k in kinds), "MAdds"):
@@ -215,7 +219,8 @@ def conventions_note(check: dict) -> str:
             f"= {check['flop_counter_as_madds']:,} MAdds = our conv + Linear MAdds "
             f"{'(equal)' if check['matches'] else '(DIFFERENT)'}; the Shift-Max products "
             f"({check['shiftmax_madds']:,} MAdds)"
-            + (f" and the spatial attention products ({check['attention_product_madds']:,} MAdds)"
+            + (f" and the {check.get('attention_kind', 'spatial attention')} products "
+               f"({check['attention_product_madds']:,} MAdds)"
                if check.get("attention_product_madds") else "")
             + f" are the only difference to the {check['micronet_madds']:,} above.")
 
@@ -229,6 +234,23 @@ def paper_note(info, counts: Counts) -> str:
             f"the head (stride 8 and 4) is {head / 1e6:.1f}M of it and the spatial attention "
             f"{counts.attention_total() / 1e6:.1f}M. Widths are Table 10's, not tuned; README \"Pose models\" "
             "explains the difference.")
+
+
+def seg_paper_note(info, counts: Counts) -> str:
+    """A segmentation variant's figures beside the paper's Table 9, and where they sit (README)."""
+    from .registry import paper_comparison
+
+    head = sum(s["madds"] for s in counts.by_stage() if s["stage"].startswith("mr_aspp"))
+    ratio = ""
+    if tuple(counts.input_size) == info.input_size and counts.num_classes == info.outputs:
+        c = paper_comparison(info, counts.params, counts.madds)
+        ratio = f" ({c['madds_ratio']:.2f}x Table 9's MAdds, {c['params_ratio']:.2f}x its params)"
+    return (f"paper (Table 9, 1024x2048): {info.paper_madds} MAdds, {info.paper_params} params, mIoU "
+            f"{info.paper_miou} (LR-ASPP MobileNetV3-Small: 2.90B, 68.4). Here: {counts.madds / 1e9:.3f}B MAdds, "
+            f"{counts.params / 1e6:.2f}M params at {size_label(counts.input_size)}{ratio}; the backbone (stride 16, "
+            f"dilated) is {(counts.madds - head) / 1e9:.3f}B of it and MR-ASPP {head / 1e9:.3f}B. Widths are the "
+            "classifiers' rows and Lite R-ASPP's 128, not tuned; README \"Segmentation models\" explains the "
+            "difference.")
 
 
 def parity_table(rungs: list[dict]) -> Table:

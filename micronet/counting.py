@@ -14,6 +14,11 @@ The keypoint variants add two things the rule must place: DY-ReLU spatial attent
 a conv; its per-position scaling is 1 product per element, counted like the Shift-Max products, as
 op ``attention``) and bilinear x2 upsampling (listed as op ``upsample`` with 0 MAdds: interpolation is
 free under the rule, like pooling; about 4 MAdds per output element under a FLOP-style count).
+
+The segmentation variants add MR-ASPP's attention branch (``PooledAttention``): global pooling and the
+sigmoid are free, its two grouped 1x1 convs are convs (on a 1x1 map), and its product with the feature
+branch is 1 MAdd per element, counted as op ``attention`` exactly like the keypoint models' attention
+product; the bilinear x2 and the final upsampling to the input size are free, as in pose.
 """
 
 from __future__ import annotations
@@ -26,10 +31,24 @@ from torch import nn
 from .layers import DynamicShiftMax, SpatialAttention
 from .errors import MicronetError
 from .model import build_model
+from .seg_head import PooledAttention
 
 RULE = "conv + all Linear (classifier and Shift-Max hyper-functions) + Shift-Max products (2/elt K=1, 4/elt K=2)"
 #: What the rule adds for the keypoint variants (printed under their tables).
 POSE_RULE = "+ spatial attention (its 1x1 conv, 1 product/elt); bilinear upsampling free"
+#: What the rule adds for the segmentation variants: MR-ASPP's attention branch.
+SEG_RULE = "+ MR-ASPP attention (its 1x1 convs, 1 product/elt); global pool, sigmoid, bilinear upsampling free"
+#: Each task's addition to ``RULE`` (none for classification).
+TASK_RULES: dict[str, str] = {"classification": "", "pose": POSE_RULE, "segmentation": SEG_RULE}
+
+
+#: What a task's outputs are called in tables.
+TASK_OUTPUTS_NAME: dict[str, str] = {"classification": "classes", "pose": "heatmaps", "segmentation": "classes"}
+
+
+def task_rule(task: str) -> str:
+    """The whole rule a task's table is counted by: ``RULE`` plus the task's addition."""
+    return f"{RULE} {TASK_RULES[task]}".strip()
 
 InputSize = int | tuple[int, int]
 
@@ -90,7 +109,7 @@ class Counts:
         stages: dict[str, dict] = {}
         for row in self.layers:
             parts = row.name.split(".")
-            stage = ".".join(parts[:2]) if parts[0] in ("blocks", "head_blocks") else parts[0]
+            stage = ".".join(parts[:2]) if parts[0] in ("blocks", "head_blocks", "mr_aspp") else parts[0]
             s = stages.setdefault(stage, {"stage": stage, "params": 0, "madds": 0, "conv": 0, "linear": 0,
                                           "shiftmax": 0, "attention": 0, "out_shape": row.out_shape})
             s["params"] += row.params
@@ -99,7 +118,9 @@ class Counts:
                 s["attention"] += row.madds
             elif row.op in ("conv", "linear", "shiftmax"):
                 s[row.op] += row.madds
-            if row.op != "batchnorm" and ".attention" not in row.name:
+            # An attention inside a block does not change the block's output; a stage that *is* an attention
+            # (MR-ASPP's) ends with its product, the branch's shape, not its convs' pooled 1x1.
+            if row.op != "batchnorm" and (".attention" not in row.name or stage.endswith(".attention")):
                 s["out_shape"] = row.out_shape
         return list(stages.values())
 
@@ -113,14 +134,14 @@ class Counts:
             "task": self.task,
             "input_size": self.input_size if isinstance(self.input_size, int) else list(self.input_size),
             "num_classes": self.num_classes,
-            "rule": RULE if self.task == "classification" else f"{RULE} {POSE_RULE}",
+            "rule": task_rule(self.task),
             "totals": {
                 "madds": self.madds,
                 "params": self.params,
                 "conv_madds": self.total("conv"),
                 "linear_madds": self.total("linear"),
                 "shiftmax_madds": self.total("shiftmax"),
-                **({"attention_madds": self.attention_total()} if self.task == "pose" else {}),
+                **({"attention_madds": self.attention_total()} if self.task != "classification" else {}),
             },
             "stages": self.by_stage(),
             "layers": [asdict(row) for row in self.layers],
@@ -132,13 +153,13 @@ def _own_params(module: nn.Module) -> int:
 
 
 def count_model(model: nn.Module, input_size: InputSize | None = None) -> Counts:
-    """Count a built model (a ``MicroNet`` or a ``PoseMicroNet``) by one batch-1 forward pass.
+    """Count a built model (a ``MicroNet``, ``PoseMicroNet`` or ``SegMicroNet``) by one batch-1 forward pass.
 
     Shapes come from the pass, the arithmetic from each layer's definition, so the count is exact for
     any input size without allocating activations (on the meta device).
     """
     size = input_size or model.input_size
-    task = getattr(model, "task", "classification")  # PoseMicroNet says "pose"
+    task = getattr(model, "task", "classification")  # PoseMicroNet says "pose", SegMicroNet "segmentation"
     counts = Counts(model.config.name, size, model.num_classes, task=task)
     hooks = []
 
@@ -152,7 +173,7 @@ def count_model(model: nn.Module, input_size: InputSize | None = None) -> Counts
                 op, madds = "linear", mod.in_features * mod.out_features * x.shape[0]
             elif isinstance(mod, DynamicShiftMax):
                 op, madds = "shiftmax", x.numel() * 2 * mod.branches
-            elif isinstance(mod, SpatialAttention):
+            elif isinstance(mod, (SpatialAttention, PooledAttention)):
                 op, madds = "attention", output.numel()
             elif isinstance(mod, nn.Upsample):
                 op, madds = "upsample", 0
@@ -163,7 +184,7 @@ def count_model(model: nn.Module, input_size: InputSize | None = None) -> Counts
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear, DynamicShiftMax, SpatialAttention, nn.Upsample,
+        if isinstance(module, (nn.Conv2d, nn.Linear, DynamicShiftMax, SpatialAttention, PooledAttention, nn.Upsample,
                                nn.BatchNorm2d, nn.BatchNorm1d)):
             hooks.append(module.register_forward_hook(record(name, module)))
     was_training = model.training
@@ -182,7 +203,8 @@ def count_model(model: nn.Module, input_size: InputSize | None = None) -> Counts
 
 
 def _build(variant: str, input_size: InputSize | None, num_classes: int | None) -> nn.Module:
-    """Either task's model; ``None`` sizes and output counts mean the variant's own (224 / 256x192, 1000 / 17)."""
+    """Any task's model; ``None`` sizes and output counts mean the variant's own (224 / 256x192 / 1024x2048,
+    1000 / 17 / 19)."""
     from .registry import resolve_variant
 
     info = resolve_variant(variant, task=None)
@@ -192,6 +214,10 @@ def _build(variant: str, input_size: InputSize | None, num_classes: int | None) 
         from .pose_model import build_pose_model
 
         return build_pose_model(info.name, keypoints=outputs, input_size=input_hw(size))
+    if info.task == "segmentation":
+        from .seg_model import build_seg_model
+
+        return build_seg_model(info.name, classes=outputs, input_size=input_hw(size))
     if not isinstance(size, int):
         h, w = input_hw(size)
         if h != w:
@@ -236,6 +262,7 @@ def cross_check(variant: str, input_size: InputSize | None = None, num_classes: 
         "conv_plus_linear_madds": conv_linear,
         "shiftmax_madds": counts.total("shiftmax"),
         "attention_product_madds": counts.total("attention"),
+        "attention_kind": {"pose": "spatial attention", "segmentation": "MR-ASPP attention"}.get(counts.task, ""),
         "micronet_madds": counts.madds,
         "matches": flops == 2 * conv_linear,
     }

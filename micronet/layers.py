@@ -172,12 +172,18 @@ class DynamicShiftMax(nn.Module):
 
 
 class ConvBN(nn.Sequential):
-    """A bias-free convolution and its BatchNorm (folded into one conv at export)."""
+    """A bias-free convolution and its BatchNorm (folded into one conv at export).
 
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int], groups: int) -> None:
-        padding = (kernel[0] // 2, kernel[1] // 2)
+    ``dilation`` (per axis, default 1) widens the kernel's reach without striding, so a segmentation
+    backbone keeps stride 16 where the classifier goes to 32; the padding grows with it, so the output
+    size is the same as at dilation 1 and stride 1.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int], groups: int,
+                 dilation: tuple[int, int] = (1, 1)) -> None:
+        padding = (dilation[0] * (kernel[0] // 2), dilation[1] * (kernel[1] // 2))
         super().__init__(
-            nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
+            nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, groups=groups, bias=False),
             nn.BatchNorm2d(cout),
         )
 
@@ -185,15 +191,16 @@ class ConvBN(nn.Sequential):
 class MicroFactorizedDepthwise(nn.Sequential):
     """k x 1 then 1 x k depthwise convolutions (each + BN), no nonlinearity between.
 
-    The stride is split too: (s, 1) on the first, (1, s) on the second. ``c1``/``c2`` are channel
-    multipliers of the two convs (Micro-Block A expands here; B/C use 1, 1).
+    The stride is split too: (s, 1) on the first, (1, s) on the second, and so is the dilation:
+    (d, 1), (1, d). ``c1``/``c2`` are channel multipliers of the two convs (Micro-Block A expands here;
+    B/C use 1, 1).
     """
 
-    def __init__(self, cin: int, kernel: int, stride: int, c1: int = 1, c2: int = 1) -> None:
+    def __init__(self, cin: int, kernel: int, stride: int, c1: int = 1, c2: int = 1, dilation: int = 1) -> None:
         mid, out = cin * c1, cin * c1 * c2
         super().__init__(
-            ConvBN(cin, mid, (kernel, 1), (stride, 1), groups=cin),
-            ConvBN(mid, out, (1, kernel), (1, stride), groups=mid),
+            ConvBN(cin, mid, (kernel, 1), (stride, 1), groups=cin, dilation=(dilation, 1)),
+            ConvBN(mid, out, (1, kernel), (1, stride), groups=mid, dilation=(1, dilation)),
         )
 
 

@@ -28,11 +28,14 @@ RELEASE_URL = "http://www.svcl.ucsd.edu/projects/micronet/assets/"
 FIGURES_INPUT_SIZE = 224
 FIGURES_CLASSES = 1000
 
-Task = Literal["classification", "pose"]
-#: The input size (H, W) each task's figures are stated at: ImageNet 224x224, COCO pose crops 256x192.
-TASK_INPUT_SIZE: dict[str, tuple[int, int]] = {"classification": (224, 224), "pose": (256, 192)}
-#: What each task's outputs are, for tables: 1000 classes, 17 heatmaps.
-TASK_OUTPUTS: dict[str, tuple[int, str]] = {"classification": (1000, "classes"), "pose": (17, "heatmaps")}
+Task = Literal["classification", "pose", "segmentation"]
+#: The input size (H, W) each task's figures are stated at: ImageNet 224x224, COCO pose crops 256x192,
+#: full Cityscapes frames 1024x2048.
+TASK_INPUT_SIZE: dict[str, tuple[int, int]] = {"classification": (224, 224), "pose": (256, 192),
+                                               "segmentation": (1024, 2048)}
+#: What each task's outputs are, for tables: 1000 classes, 17 heatmaps, 19 Cityscapes classes.
+TASK_OUTPUTS: dict[str, tuple[int, str]] = {"classification": (1000, "classes"), "pose": (17, "heatmaps"),
+                                            "segmentation": (19, "classes")}
 
 #: How the authors evaluate: shorter side to 256 (bilinear), centre crop 224, ImageNet mean/std.
 IMAGENET_EVAL = Preprocessing(input_size=224, crop_ratio=0.875, interpolation="bilinear")
@@ -83,6 +86,7 @@ class VariantInfo:
     aliases: tuple[str, ...] = ()
     task: Task = "classification"
     paper_ap: float | None = None  # COCO val2017 AP the paper reports (pose variants, Table 8)
+    paper_miou: float | None = None  # Cityscapes val mIoU the paper reports (segmentation variants, Table 9)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -101,6 +105,13 @@ class VariantInfo:
 
         return POSE_CONFIGS[self.name]
 
+    @property
+    def seg_config(self):
+        """The segmentation variant's ``SegConfig`` (backbone, dilated rows, MR-ASPP widths); seg variants only."""
+        from .seg_config import SEG_CONFIGS
+
+        return SEG_CONFIGS[self.name]
+
     def __post_init__(self) -> None:
         for w in self.weights:
             if w.variant != self.name:  # a data-entry slip, caught at import
@@ -108,7 +119,11 @@ class VariantInfo:
 
     @property
     def config(self) -> VariantConfig:
-        return self.pose_config.variant if self.task == "pose" else CONFIGS[self.name]
+        if self.task == "pose":
+            return self.pose_config.variant
+        if self.task == "segmentation":
+            return self.seg_config.variant
+        return CONFIGS[self.name]
 
     def to_row(self) -> dict[str, Any]:
         """The ``micronet variants --json`` record (``release_*`` name the first released checkpoint)."""
@@ -118,7 +133,7 @@ class VariantInfo:
                 "paper_madds": self.paper_madds, "paper_params": self.paper_params,
                 "release_checkpoint": first.file_name if first else None,
                 "release_top1": first.top1 if first else None,
-                "paper_ap": self.paper_ap,
+                "paper_ap": self.paper_ap, "paper_miou": self.paper_miou,
                 "description": self.description, "weights": [w.to_dict() for w in self.weights]}
 
 
@@ -159,13 +174,48 @@ POSE_VARIANTS: dict[str, VariantInfo] = {
     )
 }
 
+#: The segmentation MicroNets (paper §6.2; figures at 1024x2048, 19 classes; paper figures from Table 9, where
+#: LR-ASPP on MobileNetV3-Small is 2.90B MAdds, 68.4 mIoU). Kept apart from ``VARIANTS`` like the pose ones.
+SEG_VARIANTS: dict[str, VariantInfo] = {
+    v.name: v
+    for v in (
+        VariantInfo("seg-m0", "m0 at stride 16 + MR-ASPP (Table 9)", 284_561, 508_007_136, "0.81B", "0.43M",
+                    task="segmentation", paper_miou=56.9),
+        VariantInfo("seg-m1", "m1 at stride 16 + MR-ASPP (Table 9)", 609_482, 891_413_392, "1.20B", "0.99M",
+                    task="segmentation", paper_miou=63.5),
+        VariantInfo("seg-m2", "m2 at stride 16 + MR-ASPP (Table 9)", 1_266_962, 1_352_599_104, "1.75B", "1.85M",
+                    task="segmentation", paper_miou=66.1),
+        VariantInfo("seg-m3", "m3 at stride 16 + MR-ASPP (Table 9)", 1_482_570, 1_884_535_248, "2.52B", "1.87M",
+                    task="segmentation", paper_miou=69.1),
+    )
+}
+
 #: Every variant of every task, by name.
-ALL_VARIANTS: dict[str, VariantInfo] = {**VARIANTS, **POSE_VARIANTS}
+ALL_VARIANTS: dict[str, VariantInfo] = {**VARIANTS, **POSE_VARIANTS, **SEG_VARIANTS}
 
 ALIASES: dict[str, str] = {alias: v.name for v in ALL_VARIANTS.values() for alias in v.aliases}
 
 #: Every released checkpoint by the file name the authors publish it under.
 RELEASED_WEIGHTS: dict[str, ReleasedWeights] = {w.file_name: w for v in VARIANTS.values() for w in v.weights}
+
+
+#: Suffixes of the published figures ("0.81B", "77.7M", "1.8M").
+_SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9}
+
+
+def published_number(text: str) -> int:
+    """A published figure as printed ("0.81B", "1.87M") -> the number it stands for (810_000_000, 1_870_000)."""
+    value, suffix = text.strip()[:-1], text.strip()[-1:].upper()
+    if suffix not in _SUFFIXES:
+        raise ValueError(f"a published figure ends with K, M or B, got {text!r}")
+    return round(float(value) * _SUFFIXES[suffix])
+
+
+def paper_comparison(info: VariantInfo, params: int, madds: int) -> dict[str, Any]:
+    """Our exact figures over the published ones (at the variant's own input size): what the tables explain."""
+    paper_madds, paper_params = published_number(info.paper_madds), published_number(info.paper_params)
+    return {"paper_madds": paper_madds, "paper_params": paper_params,
+            "madds_ratio": round(madds / paper_madds, 3), "params_ratio": round(params / paper_params, 3)}
 
 
 def variant_names(include_aliases: bool = False, task: Task | None = "classification") -> list[str]:

@@ -230,24 +230,30 @@ def _article(name: str) -> str:
     return "an" if first in "aeio" or (spelled and first in "fhlmnrsx") else "a"
 
 
-#: Top-level modules only a keypoint (pose) model has: how a checkpoint's task is told from its keys.
+#: Top-level modules only one task's models have: how a checkpoint's task is told from its keys.
 POSE_ONLY_MODULES = ("head_blocks", "heatmaps")
+SEG_ONLY_MODULES = ("mr_aspp",)
+#: How a refusal names each task's checkpoints.
+CHECKPOINT_KINDS = {"pose": "a keypoint (pose) checkpoint", "classification": "an image-classification checkpoint",
+                    "segmentation": "a segmentation checkpoint"}
 
 
 def checkpoint_task(state: Mapping[str, Tensor]) -> str:
-    """"pose" for a keypoint MicroNet's state_dict (it has heatmaps), else "classification"."""
+    """"pose" for a keypoint MicroNet's state_dict (it has heatmaps), "segmentation" for one with an MR-ASPP
+    head, else "classification"."""
     roots = {k.removeprefix("module.").split(".")[0] for k in state}
-    return "pose" if roots & set(POSE_ONLY_MODULES) else "classification"
+    if roots & set(POSE_ONLY_MODULES):
+        return "pose"
+    return "segmentation" if roots & set(SEG_ONLY_MODULES) else "classification"
 
 
 def _cross_task_message(state: Mapping[str, Tensor], model: nn.Module, origin: str) -> str | None:
     """One line when checkpoint and model are of different tasks, which no shape check should have to explain."""
-    model_task = getattr(model, "task", "classification")  # PoseMicroNet says "pose"
+    model_task = getattr(model, "task", "classification")  # PoseMicroNet says "pose", SegMicroNet "segmentation"
     found = checkpoint_task(state)
     if found == model_task:
         return None
-    what = {"pose": "a keypoint (pose) checkpoint", "classification": "an image-classification checkpoint"}
-    return (f"{origin} is {what[found]} but {model.config.name} is a {model_task} model; "
+    return (f"{origin} is {CHECKPOINT_KINDS[found]} but {model.config.name} is a {model_task} model; "
             f"load it into a {found} variant")
 
 
