@@ -90,3 +90,65 @@ def test_cli_writes_and_refuses_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "multiple of 32" in lines[0]
     assert not (tmp_path / "t").exists()
+
+
+def _oracle(samples, num_classes=19):
+    """Logits that are one-hot on each image's own labels (ignore → class 0): a perfect model."""
+    queue = list(samples)
+
+    def run(batch):
+        out = []
+        for _ in range(len(batch)):
+            label = queue.pop(0).load_label()
+            logits = np.zeros((num_classes, *label.shape), np.float32)
+            cls = np.where(label == IGNORE_INDEX, 0, label)
+            np.put_along_axis(logits, cls[None].astype(np.int64), 1.0, axis=0)
+            out.append(logits)
+        return np.stack(out)
+
+    return run
+
+
+def test_a_perfect_model_scores_miou_one_and_a_constant_one_scores_the_background_baseline(small_set):
+    from micronet.segmentation.evaluate import evaluate_segmentation
+    out, _ = small_set
+    samples = scan_cityscapes(out, "val")
+    perfect = evaluate_segmentation(_oracle(samples), samples, (64, 128), batch_size=3)
+    assert perfect["miou"] == 1.0 and perfect["images"] == 4
+    background = evaluate_segmentation(
+        lambda batch: np.eye(19, dtype=np.float32)[BACKGROUND][None, :, None, None].repeat(len(batch), 0)
+        .repeat(64, 2).repeat(128, 3), samples, (64, 128))
+    # all-background: only the background class has an IoU above 0 (its pixel share), the shapes score 0
+    assert 0.0 < background["miou"] < 0.3
+    assert background["per_class_iou"]["car"] == 0.0 and background["per_class_iou"]["road"] is None
+
+
+def test_predictions_at_another_resolution_are_scored_at_the_annotations(small_set):
+    from micronet.segmentation.evaluate import evaluate_segmentation
+    out, _ = small_set
+    samples = scan_cityscapes(out, "val")
+    full = _oracle(samples)
+
+    def half(batch):  # a model run at 32x64: its perfect labels, subsampled, come back at 64x128
+        return full(batch)[:, :, ::2, ::2]
+
+    report = evaluate_segmentation(half, samples, (32, 64))
+    assert 0.6 < report["miou"] < 1.0 and report["input_size"] == [32, 64]
+
+
+def test_the_segmentation_network_runs_through_the_evaluation(small_set):
+    """seg-m0's own logits (untrained) at the images' size: a report over all 19 classes."""
+    import torch
+    from micronet.seg_model import build_seg_model
+    from micronet.segmentation.evaluate import evaluate_segmentation
+
+    torch.manual_seed(0)
+    model = build_seg_model("seg-m0", input_size=(64, 128)).eval()
+
+    def run(batch):
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy()
+
+    out, _ = small_set
+    report = evaluate_segmentation(run, scan_cityscapes(out, "val"), (64, 128))
+    assert 0.0 <= report["miou"] <= 1.0 and len(report["per_class_iou"]) == 19

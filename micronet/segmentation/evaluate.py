@@ -1,0 +1,51 @@
+"""A segmentation model's mIoU over a Cityscapes split, for any runner (PyTorch, ONNX, TFLite).
+
+``run`` maps a normalised NCHW float32 batch to (N, classes, H, W) logits at the input's resolution (the
+MR-ASPP head upsamples to it). Images are resized to ``input_size`` (H, W) when they differ from it, and
+the predicted labels are brought back to the annotation's resolution by nearest-neighbour resizing: the
+benchmark scores at the annotation's resolution, whatever the model ran at.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from micronet.images import load_rgb
+from micronet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+from .cityscapes import CLASS_NAMES, SegmentationSample
+from .metrics import ConfusionMatrix
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def _normalised(image: Image.Image, input_size: tuple[int, int]) -> np.ndarray:
+    height, width = input_size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    pixels = (pixels - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return pixels.transpose(2, 0, 1)
+
+
+def evaluate_segmentation(run: Runner, samples: Sequence[SegmentationSample], input_size: tuple[int, int],
+                          num_classes: int = len(CLASS_NAMES), batch_size: int = 4,
+                          progress: Callable[[int], None] | None = None) -> dict:
+    """mIoU, pixel accuracy and per-class IoU (``ConfusionMatrix.report``) of ``run`` on ``samples``."""
+    matrix = ConfusionMatrix(num_classes)
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        batch = np.stack([_normalised(load_rgb(s.image), input_size) for s in chunk]).astype(np.float32)
+        predicted = np.asarray(run(batch)).argmax(axis=1).astype(np.uint8)
+        for sample, labels in zip(chunk, predicted):
+            truth = sample.load_label()
+            if labels.shape != truth.shape:
+                labels = np.asarray(Image.fromarray(labels).resize((truth.shape[1], truth.shape[0]),
+                                                                   Image.Resampling.NEAREST))
+            matrix.add(labels, truth)
+        if progress is not None:
+            progress(len(chunk))
+    return {**matrix.report(), "images": len(samples), "input_size": list(input_size)}
