@@ -15,6 +15,10 @@ from .pose_config import COCO_KEYPOINTS, INPUT_MULTIPLE, POSE_INPUT_SIZE, PoseCo
 from .layers import Stem
 
 
+#: Standard deviation of the heatmap conv's initial weights (SimpleBaseline's final layer).
+HEATMAP_INIT_STD = 0.001
+
+
 class PoseMicroNet(nn.Module):
     """stem -> ``blocks`` (backbone, down to stride 16) -> ``head_blocks`` (back to stride 4) -> ``heatmaps``.
 
@@ -42,6 +46,10 @@ class PoseMicroNet(nn.Module):
         self.head_blocks = nn.Sequential(*stages[1])
         self.heatmaps = nn.Conv2d(channels, keypoints, 1, bias=True)
         MicroNet.reset_parameters(self)  # the released initialisation, shared with the classifiers
+        # SimpleBaseline's final layer: N(0, 0.001). He-normal over its 17 outputs would start the heatmaps at
+        # a standard deviation of ~1.6 against targets in [0, 1], and the first epochs would only undo that.
+        nn.init.normal_(self.heatmaps.weight, 0.0, HEATMAP_INIT_STD)
+        nn.init.zeros_(self.heatmaps.bias)
 
     @property
     def keypoints(self) -> int:

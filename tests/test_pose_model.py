@@ -293,8 +293,7 @@ def test_classification_only_code_refuses_pose_in_one_line():
     assert "\n" not in str(e.value)
     from micronet.train.recipe import TrainConfig
 
-    with pytest.raises(MicronetError, match="pose-m0 is a pose model"):
-        TrainConfig(variant="pose-m0", data="unused")
+    assert TrainConfig(variant="pose-m0", data="unused").task == "pose"  # train handles pose (test_train_pose.py)
     assert resolve_variant("pose-m1", task=None).task == "pose"
 
 

@@ -1,9 +1,10 @@
 """Training checkpoints: written atomically, resumable exactly, and loadable by ``load_weights``.
 
 * ``last.pt`` - everything needed to continue: weights, optimizer, AMP scaler, step, epoch, best
-  top-1, the config, every rank's RNG states, the metrics history and library versions.
-* ``best.pt`` - ``{"state_dict": ...}`` plus a few facts (variant, classes, top-1): the file that
-  ``micronet.load_weights`` / ``--weights`` reads for fine-tuning, export and benchmarking.
+  top-1 (pose: best AP), the config, every rank's RNG states, the metrics history and library versions.
+* ``best.pt`` - ``{"state_dict": ...}`` plus a few facts (variant, classes and top-1, or for a pose run
+  keypoint names and OKS AP; ``tasks.TrainTask.best_record``): the file that ``micronet.load_weights`` /
+  ``--weights`` reads for fine-tuning, export and benchmarking.
 * ``partner.pt`` - the mutual-learning partner's weights (never exported).
 
 Everything is stored as tensors and plain Python values so ``torch.load(weights_only=True)`` can read
@@ -63,11 +64,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def save_best(model: MicroNet, path: Path, classes: list[str], epoch: int, top1: float | None) -> None:
-    save_atomic({"state_dict": model.state_dict(), "variant": model.config.name, "num_classes": model.num_classes,
-                 "input_size": model.input_size, "classes": list(classes), "epoch": epoch, "top1": top1}, path)
 
 
 def read_training_state(path: str | Path) -> dict[str, Any]:

@@ -13,11 +13,12 @@ import io
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from micronet.atomic import replacing
 
-#: Columns of ``metrics.csv`` (and keys of ``metrics.jsonl``), units in the names: % and seconds.
+#: Columns of a classification run's ``metrics.csv`` (and keys of ``metrics.jsonl``), units in the names: %
+#: and seconds (a pose run's are ``tasks.POSE_COLUMNS``).
 COLUMNS = ("epoch", "train_loss", "val_loss", "top1", "top5", "lr", "images_per_s", "epoch_s", "wall_s")
 PARTNER_COLUMNS = ("partner_top1",)
 JSONL_NAME, CSV_NAME, LOG_NAME = "metrics.jsonl", "metrics.csv", "train.log"
@@ -26,12 +27,16 @@ JSONL_NAME, CSV_NAME, LOG_NAME = "metrics.jsonl", "metrics.csv", "train.log"
 class Reporter:
     """Console lines + ``train.log`` + metric files; a no-op on ranks other than 0."""
 
-    def __init__(self, out: Path, enabled: bool, progress: bool, mutual: bool = False) -> None:
+    def __init__(self, out: Path, enabled: bool, progress: bool, mutual: bool = False,
+                 columns: tuple[str, ...] | None = None, val_text: Callable[[dict], str] | None = None) -> None:
+        """``columns`` and ``val_text`` (the validation part of an epoch line) come from the run's task;
+        without them, a classification run's."""
         from rich.console import Console
 
         self.out = out
         self.enabled = enabled
-        self.columns = COLUMNS + (PARTNER_COLUMNS if mutual else ())
+        self.columns = columns or COLUMNS + (PARTNER_COLUMNS if mutual else ())
+        self.val_text = val_text or classification_val_text
         self.console = Console(stderr=True, highlight=False)
         self.show_progress = enabled and progress and self.console.is_terminal
 
@@ -55,10 +60,7 @@ class Reporter:
         _write_text(self.out / CSV_NAME, buffer.getvalue())
 
     def epoch_line(self, row: dict, epochs: int) -> None:
-        val = (f"val loss {row['val_loss']:.4f}  top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%"
-               if row.get("top1") is not None else "no validation data")
-        partner = f"  partner top-1 {row['partner_top1']:.2f}%" if row.get("partner_top1") is not None else ""
-        self.log(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  {val}{partner}  "
+        self.log(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  {self.val_text(row)}  "
                  f"lr {row['lr']:.5g}  {row['images_per_s']:.0f} images/s  {row['epoch_s']:.1f} s")
 
     @contextmanager
@@ -74,6 +76,13 @@ class Reporter:
                       console=self.console, transient=True) as bar:
             task = bar.add_task(description, total=total, status="")
             yield lambda **fields: bar.update(task, advance=1, **fields)
+
+
+def classification_val_text(row: dict) -> str:
+    if row.get("top1") is None:
+        return "no validation data"
+    partner = f"  partner top-1 {row['partner_top1']:.2f}%" if row.get("partner_top1") is not None else ""
+    return f"val loss {row['val_loss']:.4f}  top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%{partner}"
 
 
 def _write_text(path: Path, text: str) -> None:
