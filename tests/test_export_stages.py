@@ -158,10 +158,16 @@ def saved_model(onnx_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tflites(saved_model, calibration_nhwc, tmp_path_factory):
+    from micronet.export.tflite_fp16 import float16_weights
+
     out = tmp_path_factory.mktemp("tflite")
-    return {q: (out / f"tiny_{q}.tflite", saved_model_to_tflite(saved_model[0], out / f"tiny_{q}.tflite", q,
-                                                                  calibration_nhwc if q == "int8" else None))
-            for q in ("float32", "float16", "dynamic", "int8")}
+    files = {q: (out / f"tiny_{q}.tflite", saved_model_to_tflite(saved_model[0], out / f"tiny_{q}.tflite", q,
+                                                                   calibration_nhwc if q == "int8" else None))
+             for q in ("float32", "dynamic", "int8")}
+    # float16 as the pipeline builds it: rewritten from the float32 file (export/tflite_fp16.py)
+    float16 = out / "tiny_float16.tflite"
+    files["float16"] = (float16, float16_weights(files["float32"][0], float16, keep_vectors_float32=True))
+    return files
 
 
 @pytest.fixture(scope="module")
