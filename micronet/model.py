@@ -89,6 +89,22 @@ def check_input_size(input_size: int) -> None:
         )
 
 
+def check_hw_input_size(input_size: tuple[int, int], family: str, examples: str) -> tuple[int, int]:
+    """(H, W) as ints for the dense-prediction variants (keypoints, segmentation), or one line saying why
+    the size cannot work: both sides multiples of the stride, so every downsampling and ×2 upsampling is
+    exact. ``family`` and ``examples`` name the models and sizes in the message."""
+    try:
+        h, w = (int(v) for v in input_size)
+        ok = len(tuple(input_size)) == 2 and all(v >= INPUT_STRIDE and v % INPUT_STRIDE == 0 for v in (h, w))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        shown = "x".join(map(str, input_size)) if isinstance(input_size, (tuple, list)) else repr(input_size)
+        raise MicronetError(f"input size {shown} is not supported: {family} need H x W, both "
+                            f"multiples of {INPUT_STRIDE}, e.g. {examples}")
+    return h, w
+
+
 def build_model(
     variant: str,
     num_classes: int = 1000,

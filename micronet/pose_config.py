@@ -37,8 +37,6 @@ POSE_INPUT_SIZE: tuple[int, int] = (256, 192)
 COCO_KEYPOINTS = 17
 #: The heatmaps' stride (64 x 48 at 256 x 192).
 HEATMAP_STRIDE = 4
-#: The backbone's deepest stride; H and W must also allow the head's two x2 upsamplings to land exactly.
-INPUT_MULTIPLE = 32
 
 #: Paper-view columns of Table 10, in order.
 PAPER_COLUMNS = ("output", "kind", "k", "C", "C/R", "g1", "g2")

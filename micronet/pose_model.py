@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from .blocks import MicroBlock, build_block
 from .errors import MicronetError
-from .model import MicroNet
-from .pose_config import COCO_KEYPOINTS, INPUT_MULTIPLE, POSE_INPUT_SIZE, PoseConfig
+from .model import MicroNet, check_hw_input_size
+from .pose_config import COCO_KEYPOINTS, POSE_INPUT_SIZE, PoseConfig
 from .layers import Stem
 
 
@@ -65,16 +65,7 @@ class PoseMicroNet(nn.Module):
 
 def check_pose_input_size(input_size: tuple[int, int]) -> tuple[int, int]:
     """(H, W) as ints, or one line saying why the size cannot work (stride 16 + two exact x2 upsamplings)."""
-    try:
-        h, w = (int(v) for v in input_size)
-        ok = len(tuple(input_size)) == 2 and all(v >= INPUT_MULTIPLE and v % INPUT_MULTIPLE == 0 for v in (h, w))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        shown = "x".join(map(str, input_size)) if isinstance(input_size, (tuple, list)) else repr(input_size)
-        raise MicronetError(f"input size {shown} is not supported: keypoint MicroNets need H x W, both "
-                            f"multiples of {INPUT_MULTIPLE}, e.g. 256x192, 384x288")
-    return h, w
+    return check_hw_input_size(input_size, "keypoint MicroNets", "256x192, 384x288")
 
 
 def build_pose_model(variant: str, keypoints: int = COCO_KEYPOINTS,

@@ -37,8 +37,6 @@ from .config import CONFIGS, VariantConfig
 SEG_INPUT_SIZE: tuple[int, int] = (1024, 2048)
 #: Cityscapes' 19 evaluated classes (train IDs).
 CITYSCAPES_CLASSES = 19
-#: H and W must be multiples of this: the classifier rows are written for stride 32.
-INPUT_MULTIPLE = 32
 #: The stride the backbone stops at, and the one its second (low-level) feature map is tapped at.
 OUTPUT_STRIDE = 16
 LOW_STRIDE = 8

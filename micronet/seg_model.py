@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from .blocks import build_block
 from .errors import MicronetError
 from .layers import Stem
-from .model import MicroNet
-from .seg_config import CITYSCAPES_CLASSES, DILATION, INPUT_MULTIPLE, SEG_INPUT_SIZE, SegConfig
+from .model import MicroNet, check_hw_input_size
+from .seg_config import CITYSCAPES_CLASSES, DILATION, SEG_INPUT_SIZE, SegConfig
 from .seg_head import MRASPP
 
 
@@ -63,16 +63,7 @@ class SegMicroNet(nn.Module):
 
 def check_seg_input_size(input_size: tuple[int, int]) -> tuple[int, int]:
     """(H, W) as ints, or one line saying why the size cannot work."""
-    try:
-        h, w = (int(v) for v in input_size)
-        ok = len(tuple(input_size)) == 2 and all(v >= INPUT_MULTIPLE and v % INPUT_MULTIPLE == 0 for v in (h, w))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        shown = "x".join(map(str, input_size)) if isinstance(input_size, (tuple, list)) else repr(input_size)
-        raise MicronetError(f"input size {shown} is not supported: segmentation MicroNets need H x W, both "
-                            f"multiples of {INPUT_MULTIPLE}, e.g. 1024x2048, 512x1024")
-    return h, w
+    return check_hw_input_size(input_size, "segmentation MicroNets", "1024x2048, 512x1024")
 
 
 def build_seg_model(variant: str, classes: int = CITYSCAPES_CLASSES,
