@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from micronet.images import load_rgb
-from micronet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from micronet.preprocess import Preprocessing, normalise
 
 from .coco import PersonBox
 from .crops import crop_transform
@@ -27,10 +27,8 @@ KEYPOINT_SCORE_THRESHOLD = 0.2
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def _normalise(crop: Image.Image) -> np.ndarray:
-    pixels = np.asarray(crop.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-    pixels = (pixels - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    return pixels.transpose(2, 0, 1)
+#: ImageNet normalisation, as the classifiers use (``preprocess.normalise``); the size field is unused here.
+IMAGENET = Preprocessing()
 
 
 def person_score(box_score: float, keypoint_scores: np.ndarray) -> float:
@@ -53,7 +51,7 @@ def predict_keypoints(run: Runner, boxes: Sequence[PersonBox], input_size: tuple
             if box.image not in images:
                 images = {box.image: load_rgb(box.image)}  # boxes come grouped by image: keep one open
             crops.append(transform.crop(images[box.image]))
-        batch = np.stack([_normalise(c) for c in crops]).astype(np.float32)
+        batch = np.stack([normalise(c, IMAGENET) for c in crops]).astype(np.float32)
         heatmaps = np.asarray(run(batch), dtype=np.float32)
         if flip:
             heatmaps = (heatmaps + flip_back(np.asarray(run(np.ascontiguousarray(batch[..., ::-1])),

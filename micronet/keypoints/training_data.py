@@ -17,11 +17,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from micronet.images import load_rgb
+from micronet.preprocess import normalise
 
 from .coco import FLIP_PAIRS, CocoKeypoints
 from .crops import BOX_PADDING, crop_transform
 from .heatmaps import TARGET_SIGMA, encode_heatmaps
-from .predict import HEATMAP_STRIDE, _normalise
+from .predict import HEATMAP_STRIDE, IMAGENET
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class KeypointCrops(Dataset):
         shape = (out_h // HEATMAP_STRIDE, out_w // HEATMAP_STRIDE)
         targets = encode_heatmaps(cells, visible, shape, TARGET_SIGMA)
         weights = (targets.reshape(len(kp), -1).max(axis=1) > 0).astype(np.float32)
-        return _normalise(crop).astype(np.float32), targets, weights
+        return normalise(crop, IMAGENET), targets, weights
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image, targets, weights = self.sample(index)

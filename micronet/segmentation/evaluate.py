@@ -14,10 +14,13 @@ import numpy as np
 from PIL import Image
 
 from micronet.images import load_rgb
-from micronet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from micronet.preprocess import Preprocessing, normalise
 
 from .cityscapes import CLASS_NAMES, SegmentationSample
 from .metrics import ConfusionMatrix
+
+#: ImageNet normalisation (``preprocess.normalise``); the size field is unused here.
+_IMAGENET = Preprocessing()
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -26,9 +29,7 @@ def _normalised(image: Image.Image, input_size: tuple[int, int]) -> np.ndarray:
     height, width = input_size
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-    pixels = (pixels - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    return pixels.transpose(2, 0, 1)
+    return normalise(image, _IMAGENET)
 
 
 def evaluate_segmentation(run: Runner, samples: Sequence[SegmentationSample], input_size: tuple[int, int],
