@@ -49,6 +49,13 @@ def _to_png(scan: np.ndarray, size: int, pil_filter: Image.Resampling) -> Image.
     return Image.fromarray(grey, mode="L").resize((size, size), pil_filter).convert("RGB")
 
 
+def check_split_counts(train_images: int, val_images: int) -> None:
+    """The generators' image counts: positive integers (a split of none would fail later, less clearly)."""
+    for name, count in (("train", train_images), ("val", val_images)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise MicronetError(f"{name} image count must be a positive integer, got {count!r}")
+
+
 def existing_dataset(out: Path, manifest_name: str, request: dict, what: str) -> dict | None:
     """The summary of the data set already at ``out`` if it is the one ``request`` asks for, None if
     ``out`` does not exist; any other folder there is refused (a generator never writes into, or over,

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from micronet.atomic import replacing_dir
-from micronet.datasets import existing_dataset
+from micronet.datasets import check_split_counts, existing_dataset
 from micronet.errors import MicronetError
 from micronet.images import load_rgb
 
@@ -116,9 +116,7 @@ def write_keypoint_set(out_dir: str | os.PathLike, photos: list[Path], size: tup
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 64:
             raise MicronetError(f"keypoint image {name} must be at least 64 px, got {value!r}")
-    for name, count in (("train", train_images), ("val", val_images)):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise MicronetError(f"{name} image count must be a positive integer, got {count!r}")
+    check_split_counts(train_images, val_images)
     if not photos:
         raise MicronetError("no photographs to draw the images from")
     out = Path(out_dir).expanduser()

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from micronet.atomic import replacing_dir
-from micronet.datasets import existing_dataset
+from micronet.datasets import check_split_counts, existing_dataset
 from micronet.errors import MicronetError
 from micronet.images import load_rgb
 
@@ -105,9 +105,7 @@ def write_segmentation_set(out_dir: str | os.PathLike, photos: list[Path], heigh
     """Write the data set to ``out_dir`` (complete or not at all) and return its summary; asking again for
     the same set returns the existing one."""
     _check_size(height, width)
-    for name, count in (("train", train_images), ("val", val_images)):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise MicronetError(f"{name} image count must be a positive integer, got {count!r}")
+    check_split_counts(train_images, val_images)
     out = Path(out_dir).expanduser()
     request = {"layout": "cityscapes", "height": height, "width": width, "train_images": train_images,
                "val_images": val_images, "seed": seed, "photos": [p.name for p in photos]}
