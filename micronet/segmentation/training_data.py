@@ -83,11 +83,16 @@ class SegmentationCrops(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, index: int) -> tuple[float, tuple[float, float], bool]:
+        """(scale, crop offset, mirrored) of sample ``index`` this epoch: a function of (seed, epoch, index)
+        alone, so workers, ranks and a resumed run draw the same."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         scale = float(rng.uniform(*self.augmentation.scale))
         offset = (float(rng.random()), float(rng.random()))
-        mirrored = bool(rng.random() < self.augmentation.flip)
+        return scale, offset, bool(rng.random() < self.augmentation.flip)
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        scale, offset, mirrored = self.draw(index)
         item = self.samples[index]
         image, label = augment(load_rgb(item.image), item.load_label(), self.input_size, scale, offset, mirrored)
         return normalise(image, _IMAGENET), label

@@ -1,5 +1,6 @@
 """The training loop: one function, ``train(config)``, the same under one process or ``torchrun``, and the
-same for every task (``tasks.py``: classification, pose; ``seg_task.py``: segmentation), which supplies data, model, loss and metric.
+same for every task (``tasks.py``: classification, pose; ``seg_task.py``: segmentation), which supplies
+data, model, loss and metric.
 
 Per epoch: train with the task's per-iteration lr schedule, validate with the task's evaluation,
 sum the statistics over all processes, then (rank 0 only) write ``best.pt``/``partner.pt``, the

@@ -64,7 +64,7 @@ class SegmentationTask(TrainTask):
         if val is not None:
             check_labels(val)
         return TaskData(train, val, list(CLASS_NAMES), len(train), len(val or []),
-                        f"{len(train)} images ({len(CLASS_NAMES)} Cityscapes classes)", warnings)
+                        f"{len(train)} images", warnings)
 
     def resolve(self, config: TrainConfig, data: TaskData) -> TrainConfig:
         """The recipe's values; and ``--weights`` checked against the model now, so a wrong checkpoint (a
@@ -126,7 +126,7 @@ class SegmentationTask(TrainTask):
         return f"mIoU {100 * best:.2f}"
 
     def outputs_text(self, config: TrainConfig, data: TaskData) -> str:
-        return f"{len(data.names)} classes"
+        return f"{len(data.names)} Cityscapes classes"
 
     def best_record(self, model: nn.Module, data: TaskData, epoch: int, best: float | None) -> dict[str, Any]:
         return {"state_dict": model.state_dict(), "variant": model.seg_config.name, "task": "segmentation",
