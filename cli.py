@@ -339,6 +339,8 @@ def train_cmd(
                                              "(classification default); pose: HxW, default 256x192; segmentation: "
                                              "HxW, default 512x1024 (training crop and validation size)"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="start from ours or a released checkpoint"),
+    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="segmentation: start the "
+                                                    "backbone from its classifier's checkpoint (ImageNet)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue a run from its last.pt (a larger --epochs extends it)"),
     mutual: bool = flag("--mutual", help="mutual learning with a full-rank partner (paper 5.1)"),
     seed: int = typer.Option(0, "--seed"),
@@ -363,7 +365,9 @@ def train_cmd(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing, mixup=mixup, num_classes=num_classes,
         input_size=parse_input_size(input_size) if input_size is not None else None,
-        weights=str(weights) if weights else None, resume=str(resume) if resume else None, mutual=mutual,
+        weights=str(weights) if weights else None,
+        backbone_weights=str(backbone_weights) if backbone_weights else None,
+        resume=str(resume) if resume else None, mutual=mutual,
         seed=seed, workers=workers, crop_scale=(crop_min, 1.0), hflip=not no_flip, deterministic=deterministic,
     )
     result = train(config)

@@ -339,3 +339,47 @@ def test_seg_m0_learns_the_synthetic_set_through_the_cli(tmp_path):
 E2E_SETTINGS = ("--epochs", "20", "--batch-size", "8", "--input-size", "64x128")
 #: Val mIoU at least this far (0-1) above the all-background baseline (measured: 0.836 vs 0.206, README).
 E2E_MARGIN = 0.4
+
+
+# --- ImageNet backbone --------------------------------------------------------------------------------
+
+def test_a_released_classifier_starts_the_seg_backbone(cityscapes, tmp_path):
+    """The released micronet-m1.pth is the paper's M0 (our m0): its stem and rows load into seg-m0's backbone
+    (written here in the released layout from a random m0, since the file cannot be downloaded in CI)."""
+    from micronet.model import build_model
+    from micronet.weights import save_released_layout
+
+    classifier = build_model("m0")
+    path = tmp_path / "micronet-m1.pth"
+    torch.save(save_released_layout(classifier), path)
+    out = tmp_path / "run"
+    config = _tiny(cityscapes, out, epochs=1, backbone_weights=str(path), lr=1e-12, momentum=0.0, weight_decay=0.0)
+    train(config, progress=False)
+    trained = torch.load(out / "last.pt", weights_only=True)["model"]
+    for key, value in classifier.state_dict().items():
+        if key.startswith(("stem.", "blocks.")) and "running" not in key and "num_batches" not in key:
+            assert torch.allclose(trained[key], value, atol=1e-9), key  # lr 1e-12: still the loaded weights
+    assert "loaded the m0 backbone (stem and rows, " in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("m1", "is an m1 checkpoint, but seg-m0 is built on m0 \\(the released micronet-m1.pth loads into it\\)"),
+    ("seg-m0", "is a segmentation checkpoint; --backbone-weights takes an image-classification checkpoint of m0"),
+])
+def test_a_wrong_backbone_checkpoint_is_refused_before_anything_is_written(cityscapes, tmp_path, variant, message):
+    from micronet.model import build_model
+
+    model = build_seg_model(variant, input_size=(64, 64)) if variant.startswith("seg") else build_model(variant)
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    out = tmp_path / "run"
+    with pytest.raises(MicronetError, match=message) as error:
+        train(_tiny(cityscapes, out, backbone_weights=str(path)), progress=False)
+    assert "\n" not in str(error.value) and not out.exists()
+
+
+def test_backbone_weights_are_refused_outside_segmentation_and_beside_weights():
+    with pytest.raises(MicronetError, match="--backbone-weights is for segmentation variants; pose-m0 starts from"):
+        TrainConfig(variant="pose-m0", data="x", backbone_weights="m0.pt")
+    with pytest.raises(MicronetError, match="give --weights .* or --backbone-weights .*, not both"):
+        TrainConfig(variant="seg-m0", data="x", weights="a.pt", backbone_weights="m0.pt")

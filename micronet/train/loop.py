@@ -137,6 +137,11 @@ def _run(config: TrainConfig, ctx: DistContext, progress: bool) -> dict[str, Any
         task.load_pretrained(model, config.weights, reporter.log)
     elif config.weights:
         reporter.log(f"note: --weights {config.weights} ignored: the weights come from {config.resume}")
+    if config.backbone_weights and saved is None:
+        task.load_backbone(model, config.backbone_weights, reporter.log)
+    elif config.backbone_weights:
+        reporter.log(f"note: --backbone-weights {config.backbone_weights} ignored: the weights come from "
+                     f"{config.resume}")
     net: nn.Module = MutualPair(model, partner) if partner is not None else model
     net.to(ctx.device)
     optimizer = task.optimizer(net.parameters(), config)

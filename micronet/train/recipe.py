@@ -117,6 +117,9 @@ class TrainConfig:
     input_size: int | tuple[int, int] | None = None
     dropout: float | None = None
     weights: str | None = None
+    #: Segmentation only: a classifier checkpoint of the variant's backbone (ImageNet pretraining) for the
+    #: stem and rows; MR-ASPP starts from its initialisation. The paper trains from random initialisation.
+    backbone_weights: str | None = None
     resume: str | None = None
     mutual: bool = False
     seed: int = 0
@@ -146,6 +149,12 @@ class TrainConfig:
         object.__setattr__(self, "input_size", _input_size(self.input_size, info.task))
         if info.task != "classification":
             _refuse_classification_options(self, info.task)
+        if self.backbone_weights and info.task != "segmentation":
+            raise MicronetError(f"--backbone-weights is for segmentation variants; {info.name} starts from "
+                                f"--weights")
+        if self.backbone_weights and self.weights:
+            raise MicronetError("give --weights (a whole segmentation model) or --backbone-weights (a classifier's "
+                                "stem and rows), not both")
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 2, f"batch size must be at least 2 (BatchNorm needs 2 samples), got {self.batch_size}"),

@@ -67,13 +67,18 @@ class SegmentationTask(TrainTask):
                         f"{len(train)} images", warnings)
 
     def resolve(self, config: TrainConfig, data: TaskData) -> TrainConfig:
-        """The recipe's values; and ``--weights`` checked against the model now, so a wrong checkpoint (a
-        classifier's, a pose model's, another variant's) is refused before the run folder is created."""
+        """The recipe's values; and ``--weights``/``--backbone-weights`` tried on a model now, so a wrong
+        checkpoint (a classifier's as --weights, a pose model's, another variant's) is refused before the
+        run folder is created."""
         resolved = config.resolved()
         if config.weights and not config.resume:
             from micronet.weights import load_weights
 
             load_weights(self.build_model(resolved), config.weights)
+        if config.backbone_weights and not config.resume:
+            from micronet.weights import load_backbone
+
+            load_backbone(self.build_model(resolved), config.backbone_weights)
         return resolved
 
     def build_model(self, config: TrainConfig) -> nn.Module:
@@ -86,6 +91,13 @@ class SegmentationTask(TrainTask):
 
         load_weights(model, path)
         log(f"loaded weights {path}")
+
+    def load_backbone(self, model: nn.Module, path: str, log: Callable[[str], None]) -> None:
+        from micronet.weights import load_backbone
+
+        record = load_backbone(model, path)
+        log(f"loaded the {model.seg_config.backbone} backbone (stem and rows, {record['tensors']} tensors) from "
+            f"{path}; MR-ASPP starts from its initialisation")
 
     def optimizer(self, params, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
