@@ -316,23 +316,31 @@ def budget_check(budgets: Path = typer.Argument(DEFAULT_BUDGETS, help="TOML file
 def train_cmd(
     variant: str = VariantOpt,
     data: Path = typer.Option(..., "--data", help="ImageFolder <class>/<image>, or a folder with train/ and val/; "
-                              "pose: a COCO keypoints folder (annotations/, train2017/, val2017/)"),
+                              "pose: a COCO keypoints folder (annotations/, train2017/, val2017/); "
+                              "segmentation: a Cityscapes folder (leftImg8bit/, gtFine/)"),
     val: Optional[Path] = typer.Option(None, "--val", help="validation ImageFolder (default: DATA/val if present); "
-                                       "pose: a COCO folder holding val2017 (default: DATA)"),
+                                       "pose: a COCO folder holding val2017; segmentation: a Cityscapes folder "
+                                       "holding val (default: DATA)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/train-VARIANT)"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="paper: 600 (classification), 250 (pose)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="paper: 600 (classification), 250 (pose), "
+                                         "240 (segmentation)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="global batch over all processes "
-                                             "(paper: 512 classification; pose default 32)"),
+                                             "(paper: 512 classification; default 32 pose, 16 segmentation)"),
     lr: Optional[float] = typer.Option(None, "--lr", help="default 0.2 x batch / 512; pose: Adam 1e-3, x0.1 at "
-                                       "84 and 96 percent of the epochs (210, 240 of 250)"),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="default 3e-5 (m0, m1), 4e-5 (m2, m3)"),
+                                       "84 and 96 percent of the epochs (210, 240 of 250); segmentation: SGD 0.2 "
+                                       "cosine to 1e-4"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="default 3e-5 (m0, m1), 4e-5 (m2, m3, "
+                                                "seg-m0..m3)"),
     warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="default 0, 5 for m2/m3/release-m3"),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
     mixup: float = typer.Option(0.0, "--mixup", help="mixup Beta(alpha, alpha); 0 = off"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="default: number of class folders"),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="pixels, multiples of 32: 224 "
-                                             "(classification default); pose: HxW, default 256x192"),
+                                             "(classification default); pose: HxW, default 256x192; segmentation: "
+                                             "HxW, default 512x1024 (training crop and validation size)"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="start from ours or a released checkpoint"),
+    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="segmentation: start the "
+                                                    "backbone from its classifier's checkpoint (ImageNet)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue a run from its last.pt (a larger --epochs extends it)"),
     mutual: bool = flag("--mutual", help="mutual learning with a full-rank partner (paper 5.1)"),
     seed: int = typer.Option(0, "--seed"),
@@ -344,8 +352,9 @@ def train_cmd(
                                help="deterministic kernels: bit-exact reruns and resumes (slower on CUDA)"),
     as_json: bool = flag("--json", help="print the final metrics as JSON on stdout"),
 ) -> None:
-    """Train, fine-tune (--weights) or resume (--resume) a MicroNet, classifier or keypoint model (pose-m0..m3,
-    on a COCO keypoints folder); runs under torchrun as DDP too."""
+    """Train, fine-tune (--weights) or resume (--resume) a MicroNet, classifier, keypoint model (pose-m0..m3,
+    on a COCO keypoints folder) or segmentation model (seg-m0..m3, on a Cityscapes folder); runs under
+    torchrun as DDP too."""
     import os
 
     from micronet.counting import parse_input_size
@@ -356,7 +365,9 @@ def train_cmd(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing, mixup=mixup, num_classes=num_classes,
         input_size=parse_input_size(input_size) if input_size is not None else None,
-        weights=str(weights) if weights else None, resume=str(resume) if resume else None, mutual=mutual,
+        weights=str(weights) if weights else None,
+        backbone_weights=str(backbone_weights) if backbone_weights else None,
+        resume=str(resume) if resume else None, mutual=mutual,
         seed=seed, workers=workers, crop_scale=(crop_min, 1.0), hflip=not no_flip, deterministic=deterministic,
     )
     result = train(config)

@@ -291,3 +291,33 @@ def save_released_layout(model: nn.Module) -> dict[str, Tensor]:
     assert isinstance(model, MicroNet)
     mapping = released_key_map(model)
     return {f"module.{mapping[k]}": v for k, v in model.state_dict().items()}
+
+
+def load_backbone(model: nn.Module, source: str | Path) -> dict:
+    """Load a classifier's stem and rows (ours or a released file) into a segmentation model's backbone,
+    leaving MR-ASPP as initialised: ImageNet pretraining for ``train --backbone-weights``.
+
+    The segmentation backbone is its classifier's rows with the same tensors (dilation changes no
+    shape), so the file is first loaded into that classifier, with every check and message of
+    ``load_weights``, and its ``stem.*``/``blocks.*`` tensors are copied across. Returns
+    ``load_weights``' record."""
+    from .model import build_model
+
+    seg = model.seg_config
+    path = Path(source)
+    state, origin = read_state_dict(path), f"weights file {path}"
+    found = checkpoint_task(state)
+    if found != "classification":
+        raise MicronetError(f"{origin} is {CHECKPOINT_KINDS[found]}; --backbone-weights takes an image-classification "
+                            f"checkpoint of {seg.backbone}, the backbone of {seg.name}")
+    detected = detect_variant(state)
+    if detected is not None and detected != seg.backbone:
+        note = released_files_note(seg.backbone)
+        raise MicronetError(f"{origin} is {_article(detected)} {detected} checkpoint, but {seg.name} is built on "
+                            f"{seg.backbone}" + (f" ({note} loads into it)" if note else ""))
+    classifier = build_model(seg.backbone, num_classes=checkpoint_classes(state) or 1000)
+    record = load_weights(classifier, path)
+    backbone = {k: v for k, v in classifier.state_dict().items() if k.startswith(("stem.", "blocks."))}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    assert not unexpected and all(k.startswith("mr_aspp.") for k in missing), (missing, unexpected)
+    return {**record, "tensors": len(backbone)}

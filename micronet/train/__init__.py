@@ -1,10 +1,11 @@
 """Training MicroNet: the released recipe, resumable checkpoints, DDP and mutual learning; the keypoint
-models (``pose-m0``..``pose-m3``) with the paper's pose recipe through the same loop.
+models (``pose-m0``..``pose-m3``) with the paper's pose recipe and the segmentation models
+(``seg-m0``..``seg-m3``) with its §6.2 recipe, through the same loop.
 
 ``train(TrainConfig(variant="m0", data="digits/"))`` is the whole API; ``micronet train`` is its CLI.
 The modules each do one job: ``recipe`` (options and paper defaults), ``tasks`` (what classification and
-pose training differ in: data, model, loss, evaluation), ``schedule`` (lr curve), ``data``
-(files, augmentation, samplers), ``distributed`` (torchrun/DDP), ``mutual`` (the full-rank partner),
+pose training differ in: data, model, loss, evaluation; ``seg_task`` the same for segmentation),
+``schedule`` (lr curve), ``data`` (files, augmentation, samplers), ``distributed`` (torchrun/DDP), ``mutual`` (the full-rank partner),
 ``checkpoint`` (save/resume/fine-tune), ``metrics_log`` (console and metric files), ``loop`` (the loop).
 """
 

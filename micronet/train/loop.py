@@ -1,5 +1,6 @@
 """The training loop: one function, ``train(config)``, the same under one process or ``torchrun``, and the
-same for every task (``tasks.py``: classification, pose), which supplies data, model, loss and metric.
+same for every task (``tasks.py``: classification, pose; ``seg_task.py``: segmentation), which supplies
+data, model, loss and metric.
 
 Per epoch: train with the task's per-iteration lr schedule, validate with the task's evaluation,
 sum the statistics over all processes, then (rank 0 only) write ``best.pt``/``partner.pt``, the
@@ -136,6 +137,11 @@ def _run(config: TrainConfig, ctx: DistContext, progress: bool) -> dict[str, Any
         task.load_pretrained(model, config.weights, reporter.log)
     elif config.weights:
         reporter.log(f"note: --weights {config.weights} ignored: the weights come from {config.resume}")
+    if config.backbone_weights and saved is None:
+        task.load_backbone(model, config.backbone_weights, reporter.log)
+    elif config.backbone_weights:
+        reporter.log(f"note: --backbone-weights {config.backbone_weights} ignored: the weights come from "
+                     f"{config.resume}")
     net: nn.Module = MutualPair(model, partner) if partner is not None else model
     net.to(ctx.device)
     optimizer = task.optimizer(net.parameters(), config)
@@ -150,7 +156,7 @@ def _run(config: TrainConfig, ctx: DistContext, progress: bool) -> dict[str, Any
     per_rank_batch = config.batch_size // ctx.world_size
     train_set, val_set = task.datasets(config, data)
     loader, sampler = train_loader(train_set, per_rank_batch, config.workers, config.seed, ctx)
-    # classification validates from a sharded loader; pose hands its split to COCOeval whole
+    # classification validates from a sharded loader; pose and segmentation hand their split to rank 0 whole
     val_loader = (eval_loader(val_set, per_rank_batch, config.workers, ctx)
                   if val_set and task.name == "classification" else val_set)
     steps_per_epoch = len(loader)
@@ -190,10 +196,7 @@ def _run(config: TrainConfig, ctx: DistContext, progress: bool) -> dict[str, Any
         reporter.write_history(run.history)
         reporter.epoch_line(row, config.epochs)
 
-    if run.best is None:
-        best = "n/a (no validation data)"
-    else:
-        best = f"top-1 {run.best:.2f}%" if task.best_key == "top1" else f"{task.best_key.upper()} {run.best:.3f}"
+    best = "n/a (no validation data)" if run.best is None else task.best_text(run.best)
     reporter.log(f"done: best {best}; weights {out / BEST_NAME}, resumable state {out / LAST_NAME}")
     return {**row, f"best_{task.best_key}": run.best, "epochs": config.epochs, "out": str(out),
             "best": str(out / BEST_NAME), "last": str(out / LAST_NAME),
@@ -225,8 +228,7 @@ def _summary(config: TrainConfig, task: TrainTask, data: TaskData, ctx: DistCont
              steps: int, run: RunState) -> str:
     val = f"{data.val_count} val {'people' if task.name == 'pose' else 'images'}" if data.val else "no validation data"
     start = f", resuming after epoch {run.epoch}" if run.epoch else ""
-    outputs = (f" ({config.num_classes} outputs)" if task.name == "classification" else
-               f" ({len(data.names)} keypoint heatmaps)")
+    outputs = f" ({task.outputs_text(config, data)})"
     size = config.input_size if isinstance(config.input_size, int) else "x".join(map(str, config.input_size))
     return (f"training {config.variant} on {data.describe}{outputs}, {val}; input {size} px; batch "
             f"{config.batch_size} ({config.batch_size // ctx.world_size}/process x {ctx.world_size}), {steps} "

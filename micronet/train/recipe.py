@@ -11,6 +11,12 @@ Pose (paper §6.1, SimpleBaseline's schedule): Adam, lr 1e-3 dropped x0.1 at epo
 no weight decay (SimpleBaseline passes none to Adam), input 256x192 (H x W), batch 32. A shorter or longer
 run keeps the drops at the same fractions of its length (84% and 96%), so ``--epochs 50`` is the
 paper's curve compressed rather than a constant lr.
+
+Segmentation (paper §6.2): 240 epochs, lr 0.2 cosine-decayed to 1e-4, weight decay 4e-5, DeepLab
+augmentation. The paper names no optimiser; SGD with momentum 0.9 is the one of the DeepLab code base that
+Lite R-ASPP (MobileNetV3 §6.3) was trained in, and the only one for which lr 0.2 is a usable step (Adam's
+steps are ~1e-3). Batch 16 and a 512x1024 input are our choices (the paper gives neither): DeepLab's usual
+Cityscapes batch, and half of a Cityscapes frame, which validation also runs at.
 """
 
 from __future__ import annotations
@@ -39,10 +45,18 @@ POSE_LR_DROPS = (210, 240)
 POSE_LR_FACTOR = 0.1
 POSE_BATCH = 32
 POSE_INPUT_SIZE = (256, 192)
+#: Segmentation recipe (§6.2): SGD's lr and the floor its cosine ends at, weight decay, epochs, batch, input.
+SEG_LR = 0.2
+SEG_MIN_LR = 1e-4
+SEG_WEIGHT_DECAY = 4e-5
+SEG_EPOCHS = 240
+SEG_BATCH = 16
+SEG_INPUT_SIZE = (512, 1024)
 #: The tasks ``train`` handles, with their recipe's epochs, global batch and input size when not given.
 TASK_DEFAULTS: dict[str, tuple[int, int, int | tuple[int, int]]] = {
     "classification": (600, REFERENCE_BATCH, 224),
     "pose": (POSE_EPOCHS, POSE_BATCH, POSE_INPUT_SIZE),
+    "segmentation": (SEG_EPOCHS, SEG_BATCH, SEG_INPUT_SIZE),
 }
 
 #: Fields that shape the optimisation trajectory: a resumed run must use the same values, or it
@@ -79,7 +93,9 @@ class TrainConfig:
     ``train/`` and ``val/`` folders, those are used (the layout ``micronet datasets`` writes).
     ``lr``/``weight_decay``/``warmup_epochs``/``num_classes``/``out`` left as ``None`` are filled from
     the recipe, the data and the variant. For a pose variant ``data`` is a COCO keypoints folder
-    (``annotations/``, ``train2017/``, ``val2017/``) and ``val`` another one holding ``val2017``.
+    (``annotations/``, ``train2017/``, ``val2017/``) and ``val`` another one holding ``val2017``; for a
+    segmentation variant a Cityscapes folder (``leftImg8bit/``, ``gtFine/``, each with ``train/`` and
+    ``val/``) and ``val`` another one holding the ``val`` split.
     """
 
     variant: str
@@ -101,6 +117,9 @@ class TrainConfig:
     input_size: int | tuple[int, int] | None = None
     dropout: float | None = None
     weights: str | None = None
+    #: Segmentation only: a classifier checkpoint of the variant's backbone (ImageNet pretraining) for the
+    #: stem and rows; MR-ASPP starts from its initialisation. The paper trains from random initialisation.
+    backbone_weights: str | None = None
     resume: str | None = None
     mutual: bool = False
     seed: int = 0
@@ -120,7 +139,7 @@ class TrainConfig:
         info = resolve_variant(self.variant, task=None)
         if info.task not in TASK_DEFAULTS:
             raise MicronetError(f"{info.name} is a {info.task} model; train handles "
-                                f"{' and '.join(TASK_DEFAULTS)} variants")
+                                f"{', '.join(TASK_DEFAULTS)} variants")
         object.__setattr__(self, "variant", info.name)
         object.__setattr__(self, "crop_scale", tuple(float(s) for s in self.crop_scale))
         epochs, batch, size = TASK_DEFAULTS[info.task]
@@ -128,8 +147,14 @@ class TrainConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
         object.__setattr__(self, "input_size", _input_size(self.input_size, info.task))
-        if info.task == "pose":
-            _refuse_classification_options(self)
+        if info.task != "classification":
+            _refuse_classification_options(self, info.task)
+        if self.backbone_weights and info.task != "segmentation":
+            raise MicronetError(f"--backbone-weights is for segmentation variants; {info.name} starts from "
+                                f"--weights")
+        if self.backbone_weights and self.weights:
+            raise MicronetError("give --weights (a whole segmentation model) or --backbone-weights (a classifier's "
+                                "stem and rows), not both")
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 2, f"batch size must be at least 2 (BatchNorm needs 2 samples), got {self.batch_size}"),
@@ -151,13 +176,19 @@ class TrainConfig:
 
     @property
     def task(self) -> str:
-        """``"classification"`` or ``"pose"``: the variant's task in the registry."""
+        """``"classification"``, ``"pose"`` or ``"segmentation"``: the variant's task in the registry."""
         return resolve_variant(self.variant, task=None).task
 
     def resolved(self) -> TrainConfig:
         """The recipe values for this variant and batch: lr = 0.2 x batch / 512, per-variant decay and
         warm-up (pose: lr 1e-3, no decay, no warm-up); data-loading workers for this machine. Values the
         user set are kept."""
+        if self.task == "segmentation":
+            return replace(
+                self, lr=self.lr if self.lr is not None else SEG_LR,
+                weight_decay=self.weight_decay if self.weight_decay is not None else SEG_WEIGHT_DECAY,
+                warmup_epochs=self.warmup_epochs if self.warmup_epochs is not None else 0.0,
+                workers=self.workers if self.workers is not None else default_workers())
         if self.task == "pose":
             return replace(
                 self, lr=self.lr if self.lr is not None else POSE_LR,
@@ -184,7 +215,13 @@ class TrainConfig:
 
 def _input_size(size: Any, task: str) -> int | tuple[int, int]:
     """Classification: one side in pixels, as before. Pose: (H, W), a single number meaning a square; the
-    model checks the multiples of 32 when it is built."""
+    model checks the multiples of 32 when it is built. Segmentation: (H, W), checked here, so a bad size is
+    refused before a run folder exists."""
+    if task == "segmentation":
+        from micronet.seg_model import check_seg_input_size
+
+        pair = (size, size) if isinstance(size, (int, float)) and not isinstance(size, bool) else size
+        return check_seg_input_size(pair)
     if task == "pose":
         if isinstance(size, (int, float)) and not isinstance(size, bool):
             return (int(size), int(size))
@@ -199,18 +236,25 @@ def _input_size(size: Any, task: str) -> int | tuple[int, int]:
     return size
 
 
-def _refuse_classification_options(config: TrainConfig) -> None:
-    """The classification recipe's options that mean nothing for heatmap regression, refused by name
-    rather than silently ignored (a user who asked for mixup must not believe it was used)."""
+#: How a refusal names each dense task's recipe.
+RECIPE_NAMES = {"pose": "the pose recipe (Adam, heatmap loss)",
+                "segmentation": "the segmentation recipe (SGD, per-pixel cross-entropy, DeepLab augmentation)"}
+
+
+def _refuse_classification_options(config: TrainConfig, task: str) -> None:
+    """The classification recipe's options that mean nothing for heatmap regression or per-pixel labels,
+    refused by name rather than silently ignored (a user who asked for mixup must not believe it was used)."""
+    outputs = "one heatmap per COCO keypoint" if task == "pose" else "one output per Cityscapes train ID"
+    crops = ("pose crops come from the person boxes, scaled 0.65-1.35" if task == "pose"
+             else "segmentation crops are scaled 0.5-2.0 and padded")
     refused = [
         (config.mutual, "--mutual (mutual learning with a full-rank classifier partner)"),
         (config.mixup != 0.0, "--mixup"),
         (config.label_smoothing != 0.0, "--label-smoothing"),
-        (config.num_classes is not None, "--num-classes (a pose model has one heatmap per COCO keypoint)"),
-        (tuple(config.crop_scale) != (0.08, 1.0), "--crop-min (pose crops come from the person boxes, "
-                                                  "scaled 0.65-1.35)"),
+        (config.num_classes is not None, f"--num-classes (a {task} model has {outputs})"),
+        (tuple(config.crop_scale) != (0.08, 1.0), f"--crop-min ({crops})"),
     ]
     for bad, option in refused:
         if bad:
-            raise MicronetError(f"{option} is a classification option; {config.variant} trains with the "
-                                f"pose recipe (Adam, heatmap loss), which has no such setting")
+            raise MicronetError(f"{option} is a classification option; {config.variant} trains with "
+                                f"{RECIPE_NAMES[task]}, which has no such setting")

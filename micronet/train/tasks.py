@@ -1,10 +1,11 @@
-"""What differs between training a classifier and a keypoint model, and nothing else.
+"""What differs between training a classifier, a keypoint and a segmentation model, and nothing else.
 
 The loop (``loop.py``) owns everything the two share: processes, the step schedule's position, AMP,
 checkpoints, resume, logging. A ``TrainTask`` supplies the parts that depend on what is learned: which
 folder layout the data has, the model, the optimiser and lr curve, the loss of a batch, the evaluation,
 the figure that picks ``best.pt``, the metric-file columns and what ``best.pt`` records about its outputs
 (class names or keypoint names). ``task_for(config)`` picks one by the variant's task in the registry.
+The segmentation task is in its own module, ``seg_task``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class TaskData:
 
 
 class TrainTask:
-    """The interface; ``ClassificationTask`` and ``PoseTask`` implement it."""
+    """The interface; ``ClassificationTask``, ``PoseTask`` and ``seg_task.SegmentationTask`` implement it."""
 
     name: str
     #: Key of the row that picks best.pt (higher is better) and the name of its record (``best_<key>``).
@@ -55,6 +56,10 @@ class TrainTask:
     def resolve(self, config: TrainConfig, data: TaskData) -> TrainConfig: return config.resolved()
     def build_model(self, config: TrainConfig) -> nn.Module: ...
     def load_pretrained(self, model: nn.Module, path: str, log: Callable[[str], None]) -> None: ...
+
+    def load_backbone(self, model: nn.Module, path: str, log: Callable[[str], None]) -> None:
+        """``--backbone-weights``: only segmentation has it (``TrainConfig`` refuses it for the others)."""
+        raise MicronetError(f"--backbone-weights is for segmentation variants, not {self.name}")
     def optimizer(self, params, config: TrainConfig) -> torch.optim.Optimizer: ...
 
     def lr(self, step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -> float: ...
@@ -67,8 +72,20 @@ class TrainTask:
     def best_record(self, model: nn.Module, data: TaskData, epoch: int, best: float | None) -> dict[str, Any]: ...
     def recipe_text(self, config: TrainConfig) -> str: ...
 
+    def outputs_text(self, config: TrainConfig, data: TaskData) -> str:
+        """What the model outputs, for the run's summary line ("10 outputs", "17 keypoint heatmaps")."""
+        return f"{config.num_classes} outputs"
+
+    def best_text(self, best: float) -> str:
+        """The best figure as the final line names it."""
+        return f"{self.best_key.upper()} {best:.3f}"
+
 
 def task_for(config: TrainConfig) -> TrainTask:
+    if config.task == "segmentation":
+        from .seg_task import SegmentationTask
+
+        return SegmentationTask()
     return PoseTask() if config.task == "pose" else ClassificationTask(config.mutual)
 
 
@@ -141,6 +158,9 @@ class ClassificationTask(TrainTask):
 
     def val_text(self, row: dict[str, Any]) -> str:
         return classification_val_text(row)
+
+    def best_text(self, best: float) -> str:
+        return f"top-1 {best:.2f}%"
 
     def best_record(self, model: nn.Module, data: TaskData, epoch: int, best: float | None) -> dict[str, Any]:
         return {"state_dict": model.state_dict(), "variant": model.config.name, "num_classes": model.num_classes,
@@ -289,6 +309,9 @@ class PoseTask(TrainTask):
         if row.get("ap") is None:
             return "no validation data"
         return f"val AP {row['ap']:.3f}  AP50 {row['ap50']:.3f}  AP75 {row['ap75']:.3f}  AR {row['ar']:.3f}"
+
+    def outputs_text(self, config: TrainConfig, data: TaskData) -> str:
+        return f"{len(data.names)} keypoint heatmaps"
 
     def best_record(self, model: nn.Module, data: TaskData, epoch: int, best: float | None) -> dict[str, Any]:
         return {"state_dict": model.state_dict(), "variant": model.config.name, "task": "pose",
