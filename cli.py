@@ -419,6 +419,26 @@ def datasets_keypoints(
           f"{summary['people']} figures with 17 joints, {size[0]}x{size[1]} px -> {out}")
 
 
+@app.command("profile")
+def profile_cmd(
+    artifact: Path = typer.Argument(..., help="an exported .onnx file (its manifest beside it gives the MAdds)"),
+    device: str = typer.Option("local", "--device", help="where to run it: local (this machine)"),
+    threads: int = typer.Option(2, "--threads", help="the thread count compared with 1 thread"),
+    runs: int = typer.Option(50, "--runs", help="profiled inferences per thread count"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write <out>.json and <out>.csv (default: beside the "
+                                                          "artifact, <artifact>.profile.json/.csv)"),
+) -> None:
+    """Per-block time (runtime profiler) joined to MicroNet blocks and their MAdds, at 1 and N threads."""
+    from micronet.bench.profile import profile_artifact, profile_table, write_profile
+    from micronet.console import console, print_table
+
+    with console.status("profiling", spinner="dots") as status:
+        result = profile_artifact(artifact, device=device, threads=(1, threads), runs=runs, progress=status.update)
+    print_table(profile_table(result))
+    for path in write_profile(result, out or artifact.with_name(artifact.name + ".profile")):
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
 InventoryOpt = typer.Option(None, "--inventory",
                             help="devices.toml (default: $MICRONET_DEVICES, ./devices.toml, ~/.config/micronet/devices.toml)")
 
