@@ -150,6 +150,15 @@ def export_cmd(
     graph: str = typer.Option("fast", "--graph", help="fast (the fast deploy graph: ONNX built to be portable, "
                               "TFLite built for XNNPACK and lowered to TensorFlow) or reference (the reference "
                               "deploy form; TFLite through onnx2tf)"),
+    tune: Optional[str] = typer.Option(None, "--tune", metavar="DEVICE",
+                                       help="measure the fast graph's choices on DEVICE (local, ssh://user@host[:port] "
+                                            "or a devices.toml name) at --threads and ship the fastest exact one"),
+    tune_budget: str = typer.Option("5m", "--tune-budget", help="time for the tuning search, e.g. 90s, 5m"),
+    threads: int = typer.Option(1, "--threads", help="the thread count the model will run at (for --tune)"),
+    tune_from: Optional[Path] = typer.Option(None, "--tune-from",
+                                             help="reuse a tuning record (or a tuned export's manifest) instead of "
+                                                  "measuring; refused if made on another device or toolchain"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.toml for --tune"),
 ) -> None:
     """Export to ONNX, TFLite, OpenVINO, ncnn or MNN, checking every stage numerically against the one before."""
     from rich.markup import escape
@@ -163,6 +172,7 @@ def export_cmd(
         calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
         dynamic_batch=dynamic_batch, graph=graph, optimize_for=optimize_for,
+        tune=_tune_request(tune, tune_budget, threads, tune_from, inventory),
     )
     try:
         with console.status("exporting", spinner="dots") as status:
@@ -178,6 +188,17 @@ def export_cmd(
     print_table(export_summary(result), drop=EXPORT_DROP)
     for line in export_warnings(result):
         console.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True)
+
+
+def _tune_request(device: Optional[str], budget: str, threads: int, record: Optional[Path],
+                  inventory: Optional[Path]):
+    """``--tune``/``--tune-from`` as a ``TuneRequest`` (None: an untuned export)."""
+    from micronet.export.tune import TuneRequest, parse_budget
+
+    if device is None and record is None:
+        return None
+    return TuneRequest(device=device or "local", threads=threads, budget_s=parse_budget(budget), record=record,
+                       inventory=inventory)
 
 
 @app.command("bench")
