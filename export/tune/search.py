@@ -5,7 +5,8 @@ target's profile), starting from the default profile: each switch in catalogue o
 current best (the incumbent), the challenger is built, checked exact, and timed against the incumbent in
 interleaved rounds on the device (``measure.py``); it replaces the incumbent only if it wins every round.
 The portable profile only tries switching its rewrites *off*: the ones it has off break some ONNX consumer.
-When the budget is spent the remaining switches are recorded as not tried. Finally the winner is timed
+When the budget is spent the remaining switches are recorded as not tried (the first challenger is always
+measured, however small the budget). Finally the winner is timed
 against the default once more and shipped only if it still wins every round; otherwise the default is
 shipped. A failed or inexact candidate is recorded with its reason and skipped.
 
@@ -154,7 +155,7 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
             entry = {"name": _name(challenger, default), "changed": changed(challenger, default),
                      "against": _name(incumbent, default)}
             elapsed = time.monotonic() - start
-            if elapsed > tune.budget_s:
+            if elapsed > tune.budget_s and i > 0:  # the first challenger is always measured
                 candidates.append({**entry, "status": "not tried (budget spent)"})
                 continue
             say(f"tuning {fmt}: candidate {i + 1}/{len(order)} {entry['name']} "
