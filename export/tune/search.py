@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from micronet import interrupts
 from micronet.errors import MicronetError
 
 from . import record as rec
@@ -162,8 +163,11 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
                 f"({elapsed:.0f} s of {tune.budget_s:.0f} s)")
             try:
                 made = build_candidate(ctx, fmt, challenger, Path(scratch) / f"c{i}")
-            except MicronetError as exc:
-                candidates.append({**entry, "status": f"not built: {exc}"})
+            except Exception as exc:  # noqa: BLE001 - a combination a rewrite refuses is a result, not a crash
+                interrupts.check()
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                candidates.append({**entry, "status": f"not built: {reason}" if isinstance(exc, MicronetError)
+                                   else f"not built: {type(exc).__name__}: {reason}"})
                 continue
             (inc, cha), _ = time_on_device(tuning.target, [incumbent_path, made.path], **timing)
             noise = max(noise, inc.spread_ms, cha.spread_ms)
