@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,15 +64,18 @@ class Profile:
     runs: int
     blocks: list[BlockTime]
     total_ms: dict[int, float]  # the profiler's node times summed, per thread count
+    wall_ms: dict[int, float]  # median wall time of one profiled run (ONNX Runtime's model_run), per thread count
     variant: str | None
     input_size: int | None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["units"] = {"ms": "milliseconds per inference (mean over runs)", "madds": "multiply-adds (micronet.counting)"}
+        out["units"] = {"ms": "milliseconds per inference (mean over runs)",
+                        "madds": "multiply-adds (micronet.counting)"}
         for row in out["blocks"]:
             row["ms"] = {str(k): v for k, v in row["ms"].items()}
         out["total_ms"] = {str(k): v for k, v in self.total_ms.items()}
+        out["wall_ms"] = {str(k): v for k, v in self.wall_ms.items()}
         return out
 
 
@@ -96,11 +100,12 @@ def profile_artifact(path: str | os.PathLike, *, device: str = "local", threads:
     manifest = read_manifest(path) or {}
     say = progress or (lambda _m: None)
     per_thread: dict[int, dict[str, float]] = {}
+    wall: dict[int, float] = {}
     ops: dict[str, str] = {}
     joined: dict[str, str] = {}
     for t in threads:
         say(f"profiling {path.name} in ONNX Runtime at {t} thread{'s' if t > 1 else ''} ({runs} runs)")
-        per_thread[t], ops, joined = _ort_node_times(path, t, runs, warmup)
+        per_thread[t], wall[t], ops, joined = _ort_node_times(path, t, runs, warmup)
     madds = _block_madds(manifest)
     names = sorted({joined.get(n, UNJOINED) for times in per_thread.values() for n in times}, key=_block_order)
     blocks = []
@@ -115,7 +120,7 @@ def profile_artifact(path: str | os.PathLike, *, device: str = "local", threads:
     import onnxruntime
 
     return Profile(str(path), "onnxruntime", onnxruntime.__version__, device, threads, runs, blocks,
-                   {t: sum(per_thread[t].values()) for t in threads}, manifest.get("variant"),
+                   {t: sum(per_thread[t].values()) for t in threads}, wall, manifest.get("variant"),
                    manifest.get("input_size"))
 
 
@@ -138,8 +143,9 @@ def _block_madds(manifest: dict) -> dict[str, int] | None:
 
 
 def _ort_node_times(path: Path, threads: int, runs: int, warmup: int
-                    ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
-    """(node → ms per inference, node → op type, node → block) of ONNX Runtime's optimized graph."""
+                    ) -> tuple[dict[str, float], float, dict[str, str], dict[str, str]]:
+    """(node → ms per inference, median ms of a whole run, node → op type, node → block) of ONNX Runtime's
+    optimized graph."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -162,8 +168,10 @@ def _ort_node_times(path: Path, threads: int, runs: int, warmup: int
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
         optimized = onnx.load(options.optimized_model_filepath)
-    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    measured_from = starts[warmup] if len(starts) > warmup else 0  # the warm-up runs' nodes are left out
+    model_runs = sorted((e["ts"], e["dur"]) for e in events
+                        if e.get("cat") == "Session" and e.get("name") == "model_run")
+    measured_from = model_runs[warmup][0] if len(model_runs) > warmup else 0  # the warm-up runs' nodes are left out
+    wall_ms = statistics.median(d for _, d in model_runs[warmup:]) / 1000.0 if model_runs[warmup:] else float("nan")
     times: dict[str, float] = {}
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time") \
@@ -172,7 +180,7 @@ def _ort_node_times(path: Path, threads: int, runs: int, warmup: int
             times[name] = times.get(name, 0.0) + event["dur"] / 1000.0  # µs → ms
     times = {name: total / runs for name, total in times.items()}
     original = onnx.load(str(path), load_external_data=False)
-    return times, {n.name: n.op_type for n in optimized.graph.node}, join_blocks(original, optimized)
+    return times, wall_ms, {n.name: n.op_type for n in optimized.graph.node}, join_blocks(original, optimized)
 
 
 def join_blocks(original, optimized) -> dict[str, str]:
@@ -239,6 +247,12 @@ def profile_table(profile: Profile):
     if last != first:
         cells.append(f"{profile.total_ms[first] / profile.total_ms[last]:.2f}" if profile.total_ms[last] else "—")
     table.add_row(*cells, str(sum(r.nodes for r in profile.blocks)))
+    # The profiler times each node from its own start to its end, thread-pool hand-offs included: where the
+    # nodes' sum exceeds the whole run's wall time, that is the threads' overhead (or another load on the CPU).
+    cells = ["wall (run)", "", *(f"{profile.wall_ms[t]:.4f}" for t in profile.threads), ""]
+    if last != first:
+        cells.append(f"{profile.wall_ms[first] / profile.wall_ms[last]:.2f}" if profile.wall_ms[last] else "—")
+    table.add_row(*cells, "")
     return table
 
 

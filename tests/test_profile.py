@@ -26,6 +26,7 @@ def test_blocks_of_m0_are_joined_with_their_madds(m0_profile):
     for row in m0_profile.blocks:
         assert row.madds == stages.get(row.block)
         assert set(row.ms) == {1, 2} and all(v >= 0 for v in row.ms.values())
+    assert set(m0_profile.wall_ms) == {1, 2} and all(v > 0 for v in m0_profile.wall_ms.values())
     assert sum(row.madds or 0 for row in m0_profile.blocks) == counts.madds
     joined = sum(row.nodes for row in m0_profile.blocks if row.block in stages)
     unjoined = sum(row.nodes for row in m0_profile.blocks if row.block not in stages)
@@ -49,7 +50,7 @@ def test_cli_prints_the_whole_table_in_80_columns(exported_m0_small, tmp_path):
     result = run_cli("profile", str(exported_m0_small["onnx"]), "--runs", "2", "--out", str(tmp_path / "p"),
                      columns="80")
     assert result.returncode == 0, result.stderr
-    for name in ("stem", "blocks.0", "blocks.6", "head", "ms@1T", "ms@2T", "×2T/1T", "total"):
+    for name in ("stem", "blocks.0", "blocks.6", "head", "ms@1T", "ms@2T", "×2T/1T", "total", "wall (run)"):
         assert name in result.stdout
     assert "…" not in result.stdout
     assert (tmp_path / "p.json").is_file() and (tmp_path / "p.csv").is_file()

@@ -45,7 +45,7 @@ def build_candidate(ctx, fmt: str, profile, folder: Path) -> Built:
         graph = to_fast_deploy(ctx.model, profile=profile)
         graph_logits = graph(ctx.holdout).numpy()
     reference = ctx.training().logits
-    rung_graph = "deploy_fast" if fmt == "tflite" else f"deploy_fast_{'onnxruntime' if profile.name == 'onnxruntime' else 'portable'}"
+    rung_graph = "deploy_fast" if fmt == "tflite" else f"deploy_fast_{profile.name}"  # the export's rung names
     results = {rung_graph: _judge(rung_graph, reference, graph_logits, untrained)}
     if fmt == "tflite":
         from ..inspect import run_tflite
@@ -55,7 +55,8 @@ def build_candidate(ctx, fmt: str, profile, folder: Path) -> Built:
         lower_to_saved_model(graph, ctx.example, folder / "tf_graph")
         path = folder / "candidate.float32.tflite"
         saved_model_to_tflite(folder / "tf_graph", path, "float32")
-        results["tflite_float32"] = _judge("tflite_float32", graph_logits, run_tflite(path, ctx.data.holdout), untrained)
+        logits = run_tflite(path, ctx.data.holdout)
+        results["tflite_float32"] = _judge("tflite_float32", graph_logits, logits, untrained)
     else:
         from ..onnx import export_onnx, run_onnx
         from ..onnx_targets import ONNX_TARGETS

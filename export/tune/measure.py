@@ -47,7 +47,8 @@ def time_on_device(target, paths: list[Path], *, threads: int, runtime: str, rou
         for i, row in zip(order, run.rows):
             p50 = (row.get("latency") or {}).get("p50_ms")
             if p50 is None:
-                raise MicronetError(f"a candidate could not be timed on the device: {row.get('error') or row.get('status')}")
+                why = row.get("error") or row.get("status")
+                raise MicronetError(f"a candidate could not be timed on the device: {why}")
             samples[i].append(float(p50))
         environment = run.environment
     return [Timing(s) for s in samples], environment
