@@ -150,6 +150,15 @@ def export_cmd(
     graph: str = typer.Option("fast", "--graph", help="fast (the fast deploy graph: ONNX built to be portable, "
                               "TFLite built for XNNPACK and lowered to TensorFlow) or reference (the reference "
                               "deploy form; TFLite through onnx2tf)"),
+    tune: Optional[str] = typer.Option(None, "--tune", metavar="DEVICE",
+                                       help="measure the fast graph's choices on DEVICE (local, ssh://user@host[:port] "
+                                            "or a devices.toml name) at --threads and ship the fastest exact one"),
+    tune_budget: str = typer.Option("5m", "--tune-budget", help="time for the tuning search, e.g. 90s, 5m"),
+    threads: int = typer.Option(1, "--threads", help="the thread count the model will run at (for --tune)"),
+    tune_from: Optional[Path] = typer.Option(None, "--tune-from",
+                                             help="reuse a tuning record (or a tuned export's manifest) instead of "
+                                                  "measuring; refused if made on another device or toolchain"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.toml for --tune"),
 ) -> None:
     """Export to ONNX, TFLite, OpenVINO, ncnn or MNN, checking every stage numerically against the one before."""
     from rich.markup import escape
@@ -163,6 +172,7 @@ def export_cmd(
         calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
         dynamic_batch=dynamic_batch, graph=graph, optimize_for=optimize_for,
+        tune=_tune_request(tune, tune_budget, threads, tune_from, inventory),
     )
     try:
         with console.status("exporting", spinner="dots") as status:
@@ -178,6 +188,17 @@ def export_cmd(
     print_table(export_summary(result), drop=EXPORT_DROP)
     for line in export_warnings(result):
         console.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True)
+
+
+def _tune_request(device: Optional[str], budget: str, threads: int, record: Optional[Path],
+                  inventory: Optional[Path]):
+    """``--tune``/``--tune-from`` as a ``TuneRequest`` (None: an untuned export)."""
+    from micronet.export.tune import TuneRequest, parse_budget
+
+    if device is None and record is None:
+        return None
+    return TuneRequest(device=device or "local", threads=threads, budget_s=parse_budget(budget), record=record,
+                       inventory=inventory)
 
 
 @app.command("bench")
@@ -428,6 +449,26 @@ def datasets_keypoints(
                                  val_images=val_images, seed=seed)
     print(f"keypoints: {summary['train_images']} train + {summary['val_images']} val images, "
           f"{summary['people']} figures with 17 joints, {size[0]}x{size[1]} px -> {out}")
+
+
+@app.command("profile")
+def profile_cmd(
+    artifact: Path = typer.Argument(..., help="an exported .onnx file (its manifest beside it gives the MAdds)"),
+    device: str = typer.Option("local", "--device", help="where to run it: local (this machine)"),
+    threads: int = typer.Option(2, "--threads", help="the thread count compared with 1 thread"),
+    runs: int = typer.Option(50, "--runs", help="profiled inferences per thread count"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write <out>.json and <out>.csv (default: beside the "
+                                                          "artifact, <artifact>.profile.json/.csv)"),
+) -> None:
+    """Per-block time (runtime profiler) joined to MicroNet blocks and their MAdds, at 1 and N threads."""
+    from micronet.bench.profile import profile_artifact, profile_table, write_profile
+    from micronet.console import console, print_table
+
+    with console.status("profiling", spinner="dots") as status:
+        result = profile_artifact(artifact, device=device, threads=(1, threads), runs=runs, progress=status.update)
+    print_table(profile_table(result))
+    for path in write_profile(result, out or artifact.with_name(artifact.name + ".profile")):
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 InventoryOpt = typer.Option(None, "--inventory",

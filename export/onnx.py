@@ -108,6 +108,7 @@ def export_onnx(model, example, path: str | os.PathLike, *, dynamic_batch: bool 
         start = time.perf_counter()
         simplified = _simplify(raw)
         simplify_s = time.perf_counter() - start
+        annotate_modules(raw, simplified)
         try:
             onnx.checker.check_model(simplified, full_check=True)
         except onnx.checker.ValidationError as exc:
@@ -133,6 +134,33 @@ def export_onnx(model, example, path: str | os.PathLike, *, dynamic_batch: bool 
         "simplify_s": round(simplify_s, 3),
         "size_bytes": path.stat().st_size,
     }
+
+
+#: The metadata key naming the PyTorch module a node came from (``blocks.3.steps.1.0.0.conv``): the exporter's
+#: name scopes, which onnxsim drops, carried over by node name so ``micronet profile`` can join a runtime's
+#: per-node timings to MicroNet blocks.
+MODULE_KEY = "micronet.module"
+
+
+def annotate_modules(raw, simplified) -> int:
+    """Copy each raw node's innermost module scope onto the simplified node of the same name (as
+    ``MODULE_KEY``); nodes onnxsim made itself stay unannotated. Returns how many were annotated."""
+    import ast
+
+    scopes = {}
+    for node in raw.graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                names = [n for n in ast.literal_eval(prop.value)[:-1] if n]  # the last is the op itself
+                if names:
+                    scopes[node.name] = names[-1]
+    annotated = 0
+    for node in simplified.graph.node:
+        if node.name in scopes and not any(p.key == MODULE_KEY for p in node.metadata_props):
+            entry = node.metadata_props.add()
+            entry.key, entry.value = MODULE_KEY, scopes[node.name]
+            annotated += 1
+    return annotated
 
 
 def run_onnx(path: str | os.PathLike, batch_nchw: np.ndarray, threads: int = 1) -> np.ndarray:

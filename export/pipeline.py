@@ -42,9 +42,16 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
     variant = validate(request)
     steps = plan(request)
     ladder = Ladder(progress=say)
+    tuning = _tuning(request, variant, say)  # reaches the device and checks a reused record before any work
     with ladder.stage("prepare"):
         ctx = prepare(request, variant, ladder, say)
     interrupts.check()
+    if tuning is not None:
+        with ladder.stage("tune"):
+            from .tune import tune_export
+
+            profiles, records = tune_export(tuning, ctx, say)
+        ctx = dataclasses.replace(ctx, profiles=profiles, tuning=records)
     with staging_dir(request.output_dir, STAGING_PREFIX) as staging:
         ctx = dataclasses.replace(ctx, staging=staging)
         built = build(ctx, steps)
@@ -60,6 +67,14 @@ def validate(request: ExportRequest) -> str:
     variant = resolve_variant(request.variant).name
     request.check()
     return variant
+
+
+def _tuning(request: ExportRequest, variant: str, say: Progress):
+    if request.tune is None:
+        return None
+    from .tune import prepare_tuning
+
+    return prepare_tuning(request, variant, say)
 
 
 def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress) -> ExportContext:
@@ -135,7 +150,8 @@ def write_manifests(ctx: ExportContext, export_plan: ExportPlan, built: dict[str
                                         "graph": ctx.request.graph, "graph_revision": GRAPH_REVISION,
                                         "stages": artifact.records,
                                         "parity": ctx.ladder.records(export_plan.lineage(name)),
-                                        "timings_s": ctx.ladder.rounded_timings()})
+                                        "timings_s": ctx.ladder.rounded_timings(),
+                                        **_tuning_field(ctx, kind)})
         files.append(artifact.value)
     return files
 
@@ -154,6 +170,12 @@ def commit(files: list[Path], output_dir: Path) -> list[Path]:
                 shutil.move(str(path), target)
             written.append(target)
     return written
+
+
+def _tuning_field(ctx: ExportContext, kind: ArtifactKind) -> dict:
+    """``{"tuning": record}`` for a file built from a tuned fast graph (``--tune``); nothing otherwise."""
+    record = ctx.tuning.get(kind.format) if kind.format in ("tflite", "onnx") else None
+    return {"tuning": record} if record else {}
 
 
 def _onnx_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> dict:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from micronet.errors import MicronetError
 
 from .onnx_targets import ONNX_TARGETS
+
+if TYPE_CHECKING:
+    from .tune import TuneRequest
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # TFLite's
 #: Every format and the quantizations it is exported in, its default first.
@@ -66,6 +69,7 @@ class ExportRequest:
     dynamic_batch: bool = False
     graph: str = "fast"  # the graph the artifacts are built from: "fast" (export/fast/) or "reference"
     optimize_for: str = "portable"  # what the ONNX file is built for: a key of export/onnx_targets.ONNX_TARGETS
+    tune: "TuneRequest | None" = None  # --tune: measure the fast graph's choices on a device (export/tune/)
 
     def __post_init__(self) -> None:
         self.kinds = [ArtifactKind(*kind) for kind in self.kinds]  # plain (format, quantize) tuples are welcome

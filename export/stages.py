@@ -61,6 +61,10 @@ class ExportContext:
     ladder: Ladder
     say: Progress
     staging: Path | None = None  # the staging folder, once the export has one
+    #: Tuned fast-graph profiles by profile name (``--tune``; export/tune/); empty: every profile's default.
+    profiles: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The tuning record of each tuned format ("tflite", "onnx"), for the manifests.
+    tuning: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @cached_property
     def holdout(self):
@@ -140,7 +144,7 @@ def fast_graph_for(profile: str) -> Stage:
 
         ctx.say(f"building the fast deploy graph ({profile} profile) for ONNX")
         with torch.no_grad():
-            graph = to_fast_deploy(training.value, profile=profile)
+            graph = to_fast_deploy(training.value, profile=ctx.profiles.get(profile, profile))
         return _judged_form(ctx, f"deploy_fast_{profile}", graph, training)
 
     stage.__name__ = stage.__qualname__ = f"fast_graph_for_{profile}"
@@ -164,7 +168,7 @@ def fast_graph_for_xnnpack(ctx: ExportContext, training: Artifact) -> Artifact:
 
     ctx.say("building the fast deploy graph (permutations folded into weights) and lowering it to TensorFlow")
     with torch.no_grad():
-        graph = to_fast_deploy(training.value)
+        graph = to_fast_deploy(training.value, profile=ctx.profiles.get("xnnpack", "xnnpack"))
     return _judged_form(ctx, "deploy_fast", graph, training)
 
 

@@ -87,10 +87,10 @@ def _fast_tflite(fast: torch.nn.Module, example: torch.Tensor, work: Path, calib
 
 
 class _Tfl:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.it = Interpreter(model_path=str(path), num_threads=1)
+        self.it = Interpreter(model_path=str(path), num_threads=threads)
         self.it.allocate_tensors()
         d = self.it.get_input_details()[0]
         self.it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
@@ -100,11 +100,11 @@ class _Tfl:
 
 
 class _Ort:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 1):
         import onnxruntime as ort
 
         o = ort.SessionOptions()
-        o.intra_op_num_threads = o.inter_op_num_threads = 1
+        o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
         o.log_severity_level = 3
         self.s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
         i = self.s.get_inputs()[0]

@@ -1,0 +1,59 @@
+"""Candidates timed on the device, and the rule that decides between two of them.
+
+Each comparison runs ``rounds`` rounds through ``devices.api.benchmark_on_device`` (this machine's harness,
+or the runner pushed to an SSH board): every round times every candidate (warm-up, then ``runs`` timed
+inferences: p50), and the order alternates from round to round, so drift and background load hit all alike.
+A challenger beats the incumbent only when *every* round of it is faster than *every* round of the incumbent
+(its slowest p50 below the incumbent's fastest): the gain must exceed the spread the device showed, which is
+recorded as the noise. With three rounds a tie passes that test by chance one time in twenty.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from micronet.errors import MicronetError
+
+
+@dataclass
+class Timing:
+    p50_ms: list[float]  # one per round
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.p50_ms)
+
+    @property
+    def spread_ms(self) -> float:
+        return max(self.p50_ms) - min(self.p50_ms)
+
+
+def time_on_device(target, paths: list[Path], *, threads: int, runtime: str, rounds: int, runs: int, warmup: int,
+                   inventory=None, say: Callable[[str], None] = lambda _m: None) -> tuple[list[Timing], dict[str, Any]]:
+    """p50 of each file in each round; and the device's environment (from the last round)."""
+    from micronet.devices.api import benchmark_on_device
+
+    samples: list[list[float]] = [[] for _ in paths]
+    environment: dict[str, Any] = {}
+    for r in range(rounds):
+        order = list(range(len(paths))) if r % 2 == 0 else list(reversed(range(len(paths))))
+        run = benchmark_on_device(target, [paths[i] for i in order], threads=[threads], warmup=warmup, runs=runs,
+                                  memory=False, runtime=runtime, inventory=inventory)
+        if len(run.rows) != len(order):
+            raise MicronetError(f"the device answered {len(run.rows)} rows for {len(order)} candidates")
+        for i, row in zip(order, run.rows):
+            p50 = (row.get("latency") or {}).get("p50_ms")
+            if p50 is None:
+                why = row.get("error") or row.get("status")
+                raise MicronetError(f"a candidate could not be timed on the device: {why}")
+            samples[i].append(float(p50))
+        environment = run.environment
+    return [Timing(s) for s in samples], environment
+
+
+def beats(challenger: Timing, incumbent: Timing) -> bool:
+    """Every round of ``challenger`` faster than every round of ``incumbent``."""
+    return max(challenger.p50_ms) < min(incumbent.p50_ms)

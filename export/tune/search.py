@@ -1,0 +1,223 @@
+"""The search: greedy per switch from the default profile, within the budget, then the default checked again.
+
+Per tuned file (float32 TFLite from the ``xnnpack`` profile, the ONNX file from its ``--optimize-for``
+target's profile), starting from the default profile: each switch in catalogue order is flipped on the
+current best (the incumbent), the challenger is built, checked exact, and timed against the incumbent in
+interleaved rounds on the device (``measure.py``); it replaces the incumbent only if it wins every round.
+The portable profile only tries switching its rewrites *off*: the ones it has off break some ONNX consumer.
+When the budget is spent the remaining switches are recorded as not tried (the first challenger is always
+measured, however small the budget). Finally the winner is timed
+against the default once more and shipped only if it still wins every round; otherwise the default is
+shipped. A failed or inexact candidate is recorded with its reason and skipped.
+
+The TFLite int8, float16 and dynamic files are built from the same fast graph as float32 and so follow its
+tuning; OpenVINO, ncnn and MNN are converted from the portable ONNX file and are not tuned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from micronet import interrupts
+from micronet.errors import MicronetError
+
+from . import record as rec
+from .candidates import FORMAT_RUNTIME, build_candidate, changed, switches, with_switch
+from .measure import Timing, beats, time_on_device
+from .request import TuneRequest
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Tuning:
+    """What ``prepare_tuning`` resolved before the export prepared anything: the device, and per tuned format
+    its key and, when a record is reused, that record."""
+
+    request: TuneRequest
+    target: Any  # devices.target.DeviceSpec
+    families: dict[str, str]  # format ("tflite", "onnx") → fast-graph profile name
+    exports: dict[str, dict[str, Any]]  # format → the record's ``export`` key
+    devices: dict[str, dict[str, Any]]  # format → device fingerprint (runtime-specific)
+    toolchain: dict[str, Any]
+    reused: dict[str, dict[str, Any]] = field(default_factory=dict)  # format → a record to reuse
+
+    def key(self, fmt: str) -> str:
+        return rec.record_key(self.exports[fmt], self.devices[fmt]["id"], self.toolchain)
+
+
+def families(request) -> dict[str, str]:
+    """The files ``--tune`` tunes for this export request: format → fast-graph profile."""
+    from ..onnx_targets import ONNX_TARGETS
+
+    if request.graph != "fast":
+        raise MicronetError("--tune tunes the fast graph; it does not combine with --graph reference")
+    out = {}
+    if any(kind.format == "tflite" for kind in request.kinds):
+        out["tflite"] = "xnnpack"
+    if ("onnx", "float32") in request.kinds:
+        out["onnx"] = ONNX_TARGETS[request.optimize_for].profile
+    if not out:
+        raise MicronetError("--tune tunes the TFLite and ONNX files; add --format tflite or --format onnx")
+    return out
+
+
+def prepare_tuning(request, variant: str, say: Say) -> Tuning:
+    """Resolve and reach the device, fingerprint it, and load (and check) the record to reuse: every refusal
+    before the export builds or writes anything."""
+    from micronet.devices.api import make_device, resolve
+
+    tune: TuneRequest = request.tune
+    tune.check()
+    fams = families(request)
+    target = resolve(tune.device, tune.inventory)
+    if target.kind not in ("local", "ssh"):
+        raise MicronetError(f"--tune measures on this machine (local) or an SSH board, not on {target.kind} "
+                            f"device {target.name}")
+    say(f"tuning on {target.name}: checking the device")
+    check = make_device(target).check()
+    if not check.reachable:
+        raise MicronetError(f"cannot tune on {check.line()}")
+    tools = rec.toolchain()
+    exports, devices = {}, {}
+    for fmt, profile in fams.items():
+        runtime = FORMAT_RUNTIME[fmt]
+        if runtime not in check.runtimes:
+            raise MicronetError(f"cannot tune {fmt} on {target.name}: it has no {runtime} "
+                                f"(it has {', '.join(check.runtimes) or 'none'})")
+        exports[fmt] = {"variant": variant, "input_size": request.input_size, "format": fmt, "profile": profile,
+                        "threads": tune.threads}
+        devices[fmt] = {**rec.fingerprint(target.kind, check.summary, runtime, check.runtimes[runtime]),
+                        "target": target.text}
+    tuning = Tuning(tune, target, fams, exports, devices, tools)
+    for fmt in fams:
+        device = {k: v for k, v in devices[fmt].items() if k != "target"}
+        if tune.record is not None:
+            record = rec.load_record(tune.record)
+            if record.get("export", {}).get("format") != fmt and len(fams) > 1:
+                continue  # a record tunes one file; the other is measured
+            rec.check_record(record, exports[fmt], device, tools, str(tune.record))
+            tuning.reused[fmt] = record
+        elif tune.cache:
+            record = rec.cached(tuning.key(fmt))
+            if record is not None:
+                tuning.reused[fmt] = record
+    if tune.record is not None and not tuning.reused:
+        raise MicronetError(f"tuning record {tune.record} tunes none of the requested files")
+    return tuning
+
+
+def tune_export(tuning: Tuning, ctx, say: Say) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Tune every file of ``tuning`` for the prepared export ``ctx``: (fast-graph profile name → the
+    ``RuntimeProfile`` to build, format → the record for its manifests)."""
+    from ..fast import PROFILES
+
+    profiles, records = {}, {}
+    for fmt, name in tuning.families.items():
+        if fmt in tuning.reused:
+            record = tuning.reused[fmt]
+            say(f"tuning {fmt}: reusing the record measured on {record['device']['summary']} "
+                f"({record['created_utc']})")
+            record = {**record, "reused": True}
+        else:
+            record = _search(tuning, fmt, ctx, say)
+            if tuning.request.cache:
+                path = rec.store(tuning.key(fmt), record)
+                say(f"tuning record cached: {_plain(str(path))}")
+        profiles[name] = dataclasses.replace(PROFILES[name], **record["chosen"]["switches"])
+        records[fmt] = record
+    return profiles, records
+
+
+def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
+    from ..fast import PROFILES
+
+    tune = tuning.request
+    default = PROFILES[tuning.families[fmt]]
+    start = time.monotonic()
+    timing = dict(threads=tune.threads, runtime=FORMAT_RUNTIME[fmt], rounds=tune.rounds, runs=tune.runs,
+                  warmup=tune.warmup, inventory=tune.inventory)
+    candidates: list[dict[str, Any]] = []
+    order = [s for s, on in switches(default).items() if on or default.name != "portable"]
+    with tempfile.TemporaryDirectory(prefix="micronet-tune-") as scratch:
+        say(f"tuning {fmt} ({default.name} profile) on {tuning.target.name} at {tune.threads} thread(s): "
+            "building the default")
+        built = build_candidate(ctx, fmt, default, Path(scratch) / "default")
+        incumbent, incumbent_path = default, built.path
+        noise = 0.0
+        for i, switch in enumerate(order):
+            challenger = with_switch(incumbent, switch, not getattr(incumbent, switch))
+            entry = {"name": _name(challenger, default), "changed": changed(challenger, default),
+                     "against": _name(incumbent, default)}
+            elapsed = time.monotonic() - start
+            if elapsed > tune.budget_s and i > 0:  # the first challenger is always measured
+                candidates.append({**entry, "status": "not tried (budget spent)"})
+                continue
+            say(f"tuning {fmt}: candidate {i + 1}/{len(order)} {entry['name']} "
+                f"({elapsed:.0f} s of {tune.budget_s:.0f} s)")
+            try:
+                made = build_candidate(ctx, fmt, challenger, Path(scratch) / f"c{i}")
+            except Exception as exc:  # noqa: BLE001 - a combination a rewrite refuses is a result, not a crash
+                interrupts.check()
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                candidates.append({**entry, "status": f"not built: {reason}" if isinstance(exc, MicronetError)
+                                   else f"not built: {type(exc).__name__}: {reason}"})
+                continue
+            (inc, cha), _ = time_on_device(tuning.target, [incumbent_path, made.path], **timing)
+            noise = max(noise, inc.spread_ms, cha.spread_ms)
+            won = beats(cha, inc)
+            candidates.append({**entry, "status": "measured", "parity": made.parity, "p50_ms": cha.p50_ms,
+                               "median_ms": cha.median_ms, "against_p50_ms": inc.p50_ms, "won": won})
+            if won:
+                incumbent, incumbent_path = challenger, made.path
+        search_s = time.monotonic() - start
+        final = None
+        chosen = incumbent
+        if incumbent != default:
+            say(f"tuning {fmt}: checking {_name(incumbent, default)} against the default once more")
+            (base, best), _ = time_on_device(tuning.target, [built.path, incumbent_path], **timing)
+            noise = max(noise, base.spread_ms, best.spread_ms)
+            final = {"default_p50_ms": base.p50_ms, "chosen_p50_ms": best.p50_ms, "won": beats(best, base)}
+            if not final["won"]:
+                chosen = default
+        else:
+            (base,), _ = time_on_device(tuning.target, [built.path], **timing)
+            final = {"default_p50_ms": base.p50_ms, "chosen_p50_ms": base.p50_ms, "won": False}
+    default_entry = {"name": "default", "changed": {}, "status": "measured", "parity": built.parity,
+                     "p50_ms": final["default_p50_ms"], "median_ms": Timing(final["default_p50_ms"]).median_ms}
+    say(f"tuning {fmt}: shipping {_name(chosen, default)}")
+    return {
+        "schema": rec.SCHEMA,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "export": tuning.exports[fmt],
+        "device": tuning.devices[fmt],
+        "threads": tune.threads,
+        "toolchain": tuning.toolchain,
+        "method": {"search": "greedy per switch from the default, catalogue order", "rounds": tune.rounds,
+                   "runs": tune.runs, "warmup": tune.warmup, "budget_s": tune.budget_s,
+                   "rule": "a challenger wins only if its slowest round's p50 is below the incumbent's fastest"},
+        "candidates": [default_entry, *candidates],
+        "final_check": final,
+        "chosen": {"name": _name(chosen, default), "changed": changed(chosen, default),
+                   "switches": switches(chosen)},
+        "noise_ms": noise,
+        "search_s": round(search_s, 1),
+        "elapsed_s": round(time.monotonic() - start, 1),
+    }
+
+
+def _name(profile, default) -> str:
+    diff = changed(profile, default)
+    return " ".join(f"{'+' if on else '-'}{name}" for name, on in diff.items()) or "default"
+
+
+def _plain(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

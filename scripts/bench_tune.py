@@ -1,0 +1,116 @@
+"""Tuned against untuned exports, at each thread count, in one interleaved run: what ``--tune`` buys here.
+
+    python scripts/bench_tune.py --variant m0 --threads 1 2 --budget 3m --out reports/tune.md \\
+        [--peer-onnx mnv3s-0.50=reports/peers/mnv3s-0.50.onnx]
+
+For each thread count T: ``micronet export`` of float32 TFLite and of the ONNX file for ONNX Runtime
+(``--optimize-for onnxruntime``), once untuned and once ``--tune local --threads T`` (the library calls, no
+record cache, so every tuning measures). Then every file (and each peer ONNX file, converted by onnx2tf as in
+``scripts/bench_fast.py``) is loaded at every thread count and timed round-robin (``bench_fast._interleaved``)
+in ``--repeats`` separate interleaved runs, so the noise between runs is visible: each cell gives the median
+of the repeats' p50 and their range. Figures depend on the machine and are not assertions; the script writes
+a Markdown table and a JSON file with the tuning records' choices and times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_fast import _Ort, _Tfl, _interleaved  # noqa: E402
+
+from micronet.export.manifest import read_manifest  # noqa: E402
+from micronet.export.pipeline import ExportRequest, export  # noqa: E402
+from micronet.export.tune import TuneRequest, parse_budget  # noqa: E402
+
+FORMATS = {"tflite": (("tflite", "float32"), "portable"), "onnx": (("onnx", "float32"), "onnxruntime")}
+
+
+def _export(variant: str, size: int, fmt: str, out: Path, tune: TuneRequest | None) -> Path:
+    kind, optimize_for = FORMATS[fmt]
+    result = export(ExportRequest(variant=variant, kinds=[kind], input_size=size, calib_count=32, holdout=8,
+                                  output_dir=out, optimize_for=optimize_for, tune=tune),
+                    progress=lambda m: print(f"  {m}", flush=True))
+    return result.artifacts[0]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", default="m0")
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--budget", default="3m", help="tuning budget per file and thread count")
+    ap.add_argument("--peer-onnx", nargs="*", default=[], metavar="NAME=PATH")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--per-round", type=int, default=30)
+    ap.add_argument("--work", type=Path, default=Path("reports") / "bench_tune_work")
+    ap.add_argument("--out", type=Path, default=Path("reports") / "tune.md")
+    args = ap.parse_args(argv)
+
+    files: dict[str, Path] = {}
+    records: dict[str, dict] = {}
+    for fmt in FORMATS:
+        print(f"[{fmt}] untuned export", flush=True)
+        files[f"{fmt}/untuned"] = _export(args.variant, args.input_size, fmt, args.work / "untuned", None)
+        for t in args.threads:
+            print(f"[{fmt}] tuned for {t} thread(s)", flush=True)
+            tune = TuneRequest("local", threads=t, budget_s=parse_budget(args.budget), cache=False)
+            path = _export(args.variant, args.input_size, fmt, args.work / f"tuned-t{t}", tune)
+            files[f"{fmt}/tuned-t{t}"] = path
+            records[f"{fmt}/tuned-t{t}"] = read_manifest(path)["tuning"]
+    for spec in args.peer_onnx:
+        name, path = spec.split("=", 1)
+        from micronet.export import tflite as tflite_stage
+
+        work = args.work / "peers" / name
+        saved, _ = tflite_stage.onnx_to_saved_model(Path(path), work / "onnx2tf")  # as bench_fast converts peers
+        tflite_stage.saved_model_to_tflite(saved, work / f"{name}.float32.tflite", "float32")
+        files[f"tflite/peer-{name}"], files[f"onnx/peer-{name}"] = work / f"{name}.float32.tflite", Path(path)
+
+    repeats: dict[tuple[str, int], list[float]] = {}
+    for r in range(args.repeats):
+        runners = {}
+        for name, path in files.items():
+            for t in args.threads:
+                runners[(name, t)] = (_Tfl if path.suffix == ".tflite" else _Ort)(path, t)
+        print(f"repeat {r + 1}/{args.repeats}: {len(runners)} sessions, {args.rounds} rounds × {args.per_round}",
+              flush=True)
+        for key, (p50, _) in _interleaved(runners, args.rounds, args.per_round).items():
+            repeats.setdefault(key, []).append(p50)
+        del runners
+
+    cell = lambda v: f"{statistics.median(v):.3f} ({min(v):.3f}–{max(v):.3f})"  # noqa: E731
+    head = " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in args.threads)
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, "
+             f"{args.variant} at {args.input_size} px; p50 ms: median of {args.repeats} interleaved runs "
+             f"(range), each {args.rounds}×{args.per_round} inferences per session.", "",
+             f"| file | {head} |", "|---|" + "---|" * len(args.threads)]
+    for name in files:
+        lines.append(f"| {name} | " + " | ".join(cell(repeats[(name, t)]) for t in args.threads) + " |")
+    lines += ["", "Tuning (budget per file and thread count: " + args.budget + "):", ""]
+    for name, record in records.items():
+        measured = [c for c in record["candidates"] if c["status"] == "measured"]
+        lines.append(f"- {name}: chose **{record['chosen']['name']}** after {len(measured)} measured candidates "
+                     f"(of {len(record['candidates'])}), search {record['search_s']} s, all {record['elapsed_s']} s, "
+                     f"noise {record['noise_ms']:.3f} ms; winners along the way: "
+                     + (", ".join(c["name"] for c in measured[1:] if c.get("won")) or "none"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"settings": {**vars(args), "work": str(args.work), "out": str(args.out)},
+         "files": {k: str(v) for k, v in files.items()},
+         "p50_ms": {f"{n}|{t}": v for (n, t), v in repeats.items()}, "tuning": records}, indent=2) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
