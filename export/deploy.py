@@ -100,6 +100,9 @@ class DeployShiftMax(nn.Module):
             self.fc2.bias.copy_(source.fc2.bias / 6.0 + 0.5)
         self.register_buffer("theta_bias", bias.view(1, -1, 1, 1))
         self.theta_scale = 2.0 * ACT_MAX
+        # The keypoint models' DY-ReLU-C spatial attention (micronet/layers.py), kept as it is: one 1x1 conv,
+        # a softmax over the positions and a product.
+        self.attention = copy.deepcopy(source.attention)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[0], self.channels
@@ -110,6 +113,8 @@ class DeployShiftMax(nn.Module):
         out = x * theta[:, 0:c] + shifted * theta[:, c:2 * c]
         if self.branches == 2:
             out = torch.maximum(out, x * theta[:, 2 * c:3 * c] + shifted * theta[:, 3 * c:4 * c])
+        if self.attention is not None:
+            out = self.attention(x, out)
         return out
 
 
