@@ -8,11 +8,13 @@ serve it, what its output is (layout, stride, names) for the manifest, and its c
 Why the reference graph: export/fast/ parses a classifier (stem, blocks, pooled head); it has no emitter for
 the keypoint head (bilinear x2 inside blocks, Dynamic Shift-Max with DY-ReLU-C spatial attention) nor for the
 dilated rows and the MR-ASPP head, so a dense model is exported from the reference deploy form
-(export/deploy.py). That graph's TFLite route is onnx2tf, and onnx2tf 1.29.24 fails on it for both tasks
-(pose-m0 at 64x64 and 256x192, seg-m0 at 64x128: its layout inference breaks at a grouped 1x1 conv's bias add
-or a Shift-Max product, "Dimensions must be equal, but are 768 and 192"), so TFLite is refused for these
-tasks, in one line, before any work, until the fast graph serves them. The OpenVINO/ncnn/MNN converters are
-not offered either: ncnn needs the fast graph, and the other two have not been checked on dense outputs.
+(export/deploy.py), and TFLite goes through onnx2tf. onnx2tf guesses layouts from shapes and fails when a
+map dimension equals a channel or group count: measured, it converts seg-m0 at 512x1024 and 128x256 but not
+at 64x128 or 96x192, and not pose-m0 at 256x192 (a grouped 1x1 conv with 12 groups on a 16x12 map is taken
+for a depthwise conv) or 64x64; the classifier m0's reference graph fails at 64x64 the same way. A failed
+conversion is one error line naming the ONNX node, and nothing is written. The OpenVINO/ncnn/MNN converters
+are not offered for these tasks: ncnn needs the fast graph, and the other two have not been checked on
+dense outputs.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ class DenseTask:
 
 
 DENSE_TASKS: dict[str, DenseTask] = {
-    "pose": DenseTask("pose", "heatmaps", 4, ("onnx",), "reference"),
-    "segmentation": DenseTask("segmentation", "logits", 1, ("onnx",), "reference"),
+    "pose": DenseTask("pose", "heatmaps", 4, ("onnx", "tflite"), "reference"),
+    "segmentation": DenseTask("segmentation", "logits", 1, ("onnx", "tflite"), "reference"),
 }
 
 
@@ -80,10 +82,8 @@ def check_kinds(task: DenseTask, kinds, graph_asked: str, variant: str) -> None:
     """Refuse, in one line, a format the dense task is not exported in."""
     refused = sorted({kind.format for kind in kinds if kind.format not in task.formats})
     if refused:
-        why = (" (onnx2tf cannot convert their reference graph and the fast graph has no dense head yet)"
-               if "tflite" in refused else "")
         raise MicronetError(f"{variant} ({task.task}) is exported as {' and '.join(task.formats)} only: "
-                            f"--format {refused[0]} is not offered for {task.task} models yet{why}; see README")
+                            f"--format {refused[0]} is not offered for {task.task} models yet; see README")
 
 
 def output_fields(task: DenseTask, shape: list[int], layout: str) -> dict:

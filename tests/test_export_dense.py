@@ -29,9 +29,9 @@ def test_artifact_names_carry_h_by_w_and_classifier_names_are_unchanged():
     assert artifact_name("m0", 224, "tflite", "int8") == "micronet-m0-224.int8.tflite"
 
 
-def test_all_formats_of_a_dense_task_are_onnx_only():
+def test_all_formats_of_a_dense_task_are_onnx_and_tflite():
     kinds = kinds_for("seg-m0", None, None, True)
-    assert {k.format for k in kinds} == {"onnx"}
+    assert {k.format for k in kinds} == {"onnx", "tflite"} and len(kinds) == 5
     assert {k.format for k in kinds_for("m0", "all", None, False)} > {"onnx", "tflite"}
 
 
@@ -78,8 +78,8 @@ def test_pose_calibration_uses_person_crops_of_a_coco_folder(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--variant", "seg-m0", "--input-size", "500x1000"), "must both be multiples of 32"),
     (("--variant", "pose-m0", "--input-size", "256x"), "is not a size"),
-    (("--variant", "pose-m0", "--format", "openvino"), "is exported as onnx only"),
-    (("--variant", "seg-m0", "--format", "tflite", "--quantize", "int8"), "onnx2tf cannot convert"),
+    (("--variant", "pose-m0", "--format", "openvino"), "is exported as onnx and tflite only"),
+    (("--variant", "seg-m0", "--format", "mnn"), "is exported as onnx and tflite only"),
     (("--variant", "m0", "--input-size", "256x192"), "the classifiers take a square input"),
 ])
 def test_bad_dense_requests_are_one_line(tmp_path, args, message):
@@ -120,6 +120,22 @@ def test_dense_onnx_export_with_a_dense_ladder_and_manifest(tmp_path, variant, s
     assert manifest["output"]["layout"] == "NCHW" and manifest["output"]["shape"][2:] == list(maps)
     assert len(manifest["output"][names]) == manifest["output"]["shape"][1]
     assert manifest["input"]["preprocessing"]["input_size"] == list(size)
+
+
+@pytest.mark.slow
+def test_seg_tflite_maps_are_judged_in_pytorch_layout(tmp_path):
+    """TFLite gives NHWC maps; the ladder judges them in NCHW against the ONNX file (onnx2tf's source), and
+    the manifest says which layout the file's output has. 128x256: onnx2tf converts seg-m0 at this size."""
+    size = (128, 256)
+    result = export(ExportRequest(variant="seg-m0", input_size=size, calib_count=8, holdout=4,
+                                  kinds=[("tflite", "float32"), ("tflite", "int8")], output_dir=tmp_path))
+    rungs = {r["rung"]: r for r in result.rungs}
+    assert rungs["tflite_float32"]["rel_max_abs_err"] <= 1e-4  # half-pixel Resize kept by onnx2tf
+    assert rungs["tflite_float32"]["pixel_label_agreement_pct"] > 99.9
+    assert rungs["tflite_int8"]["passed"] and "pixel_label_agreement_pct" in rungs["tflite_int8"]
+    manifest = json.loads(Path(f"{tmp_path / 'micronet-seg-m0-128x256.int8.tflite'}.json").read_text())
+    assert manifest["output"]["layout"] == "NHWC" and manifest["output"]["shape"] == [1, *size, 19]
+    assert manifest["output"]["stride"] == 1 and manifest["task"] == "segmentation"
 
 
 @pytest.mark.slow
