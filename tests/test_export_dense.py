@@ -160,3 +160,39 @@ def test_a_wrong_bilinear_resize_is_caught_by_the_ladder(tmp_path, monkeypatch):
     broken = failure.value.rungs[-1]
     assert broken["rung"] == "onnx" and not broken["passed"] and broken["rel_max_abs_err"] > 1e-2
     assert not any(p for p in tmp_path.iterdir() if not p.name.startswith("."))
+
+
+@pytest.mark.slow
+def test_bench_runtimes_serve_the_segmentation_evaluator(tmp_path):
+    """ONNX Runtime and LiteRT, loaded as the benchmark loads them, wrapped as the evaluator's ``Runner``:
+    the same maps as the ONNX file run directly, and the same mIoU from both runtimes."""
+    from micronet.bench.dense import dense_runner
+    from micronet.bench.runtimes import get_runtime
+    from micronet.export.onnx import run_onnx
+    from micronet.segmentation import scan_cityscapes
+    from micronet.segmentation.evaluate import evaluate_segmentation
+
+    size = (128, 256)
+    data = tmp_path / "cityscapes"
+    made = run_cli("datasets", "segmentation", "--out", str(data), "--input-size", "128x256",
+                   "--train-images", "2", "--val-images", "3")
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "exports"
+    export(ExportRequest(variant="seg-m0", input_size=size, calib_count=8, holdout=2, calibration=data,
+                         kinds=[("onnx", "float32"), ("tflite", "float32")], output_dir=out))
+    samples = scan_cityscapes(data, "val")
+    reports = {}
+    for name, file in (("onnxruntime", "micronet-seg-m0-128x256.onnx"),
+                       ("litert", "micronet-seg-m0-128x256.float32.tflite")):
+        runtime = get_runtime(name, threads=1)
+        runtime.load(out / file)
+        try:
+            run = dense_runner(runtime)
+            batch = build_dense_calibration("segmentation", data, size, count=2, holdout=1).calibration
+            np.testing.assert_allclose(run(batch), run_onnx(out / "micronet-seg-m0-128x256.onnx", batch),
+                                       rtol=0, atol=1e-3)
+            reports[name] = evaluate_segmentation(run, samples, size)
+        finally:
+            runtime.close()
+    assert reports["onnxruntime"]["images"] == 3
+    assert reports["litert"]["miou"] == pytest.approx(reports["onnxruntime"]["miou"], abs=0.5)
