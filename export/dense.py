@@ -10,8 +10,8 @@ the keypoint head (bilinear x2 inside blocks, Dynamic Shift-Max with DY-ReLU-C s
 dilated rows and the MR-ASPP head, so a dense model is exported from the reference deploy form
 (export/deploy.py), and TFLite goes through onnx2tf. onnx2tf guesses layouts from shapes and fails when a
 map dimension equals a channel or group count: measured, it converts seg-m0 at 512x1024 and 128x256 but not
-at 64x128 or 96x192, and not pose-m0 at 256x192 (a grouped 1x1 conv with 12 groups on a 16x12 map is taken
-for a depthwise conv) or 64x64; the classifier m0's reference graph fails at 64x64 the same way. A failed
+at 64x128 or 96x192, and pose-m0 at 384x288 but not at 256x192 (a grouped 1x1 conv with 12 groups on a 16x12
+map is taken for a depthwise conv), 128x96 or 64x64; the classifier m0's reference graph fails at 64x64 the same way. A failed
 conversion is one error line naming the ONNX node, and nothing is written. The OpenVINO/ncnn/MNN converters
 are not offered for these tasks: ncnn needs the fast graph, and the other two have not been checked on
 dense outputs.
