@@ -138,8 +138,11 @@ def export_cmd(
                                                help="folder of your images for int8 calibration and parity"),
     calib_count: int = typer.Option(200, "--calib-count", help="calibration images (deterministic sample)"),
     seed: int = typer.Option(0, "--seed", help="seed of the calibration sample"),
-    input_size: int = InputSizeOpt,
-    num_classes: int = typer.Option(1000, "--num-classes"),
+    input_size: Optional[str] = typer.Option(None, "--input-size",
+                                             help="pixels, multiples of 32: 224 (classifiers' default), or H x W: "
+                                                  "256x192 (pose default), 1024x2048 (segmentation default)"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes",
+                                              help="outputs (default: 1000 classes; pose 17; segmentation 19)"),
     output: Path = typer.Option(Path("exports"), "--output", "-o", help="output folder"),
     io_dtype: str = typer.Option("int8", "--io-dtype", help="int8 model input/output type: int8 or uint8"),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="int8 weights per tensor instead of per channel"),
@@ -165,11 +168,13 @@ def export_cmd(
 
     from micronet.console import (EXPORT_DROP, PARITY_DROP, console, export_summary, export_warnings, parity_table,
                                   print_table)
-    from micronet.export.pipeline import ExportRequest, ParityFailure, export, resolve_kinds
+    from micronet.counting import parse_input_size
+    from micronet.export.pipeline import ExportRequest, ParityFailure, export, kinds_for
 
     request = ExportRequest(
-        variant=variant, kinds=resolve_kinds(fmt, quantize, all_formats, graph), weights=weights,
-        calibration=calibration, calib_count=calib_count, seed=seed, input_size=input_size,
+        variant=variant, kinds=kinds_for(variant, fmt, quantize, all_formats, graph), weights=weights,
+        calibration=calibration, calib_count=calib_count, seed=seed,
+        input_size=parse_input_size(input_size) if input_size is not None else None,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
         dynamic_batch=dynamic_batch, graph=graph, optimize_for=optimize_for,
         tune=_tune_request(tune, tune_budget, threads, tune_from, inventory),

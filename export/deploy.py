@@ -100,6 +100,9 @@ class DeployShiftMax(nn.Module):
             self.fc2.bias.copy_(source.fc2.bias / 6.0 + 0.5)
         self.register_buffer("theta_bias", bias.view(1, -1, 1, 1))
         self.theta_scale = 2.0 * ACT_MAX
+        # The keypoint models' DY-ReLU-C spatial attention (micronet/layers.py): one 1x1 conv, a softmax over
+        # the positions and a product.
+        self.attention = DeploySpatialAttention(source.attention) if source.attention is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[0], self.channels
@@ -110,7 +113,32 @@ class DeployShiftMax(nn.Module):
         out = x * theta[:, 0:c] + shifted * theta[:, c:2 * c]
         if self.branches == 2:
             out = torch.maximum(out, x * theta[:, 2 * c:3 * c] + shifted * theta[:, 3 * c:4 * c])
+        if self.attention is not None:
+            out = self.attention(x, out)
         return out
+
+
+class DeploySpatialAttention(nn.Module):
+    """DY-ReLU-C's spatial attention with the softmax over positions written on the 4-D map (max, exp and
+    sum over H and W, keeping dims) instead of the training form's reshape to (B, 1, H*W) and back: onnx2tf
+    mis-infers the layout of that reshape pair at every size tried ("Dimensions must be equal, but are 12
+    and 128" on pose-m0 at 256x192). The same function up to float rounding; 1/TEMPERATURE is folded into
+    the conv."""
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__()
+        self.conv = copy.deepcopy(source.conv)
+        with torch.no_grad():
+            self.conv.weight.mul_(1.0 / source.TEMPERATURE)
+            self.conv.bias.mul_(1.0 / source.TEMPERATURE)
+        self.gamma_divisor = source.GAMMA_DIVISOR
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        h, w = x.shape[2], x.shape[3]
+        logits = self.conv(x)
+        e = torch.exp(logits - torch.amax(logits, dim=(2, 3), keepdim=True))
+        pi = e * ((h * w / self.gamma_divisor) / torch.sum(e, dim=(2, 3), keepdim=True))
+        return y * torch.clamp(pi, max=1.0)
 
 
 def _replace_children(module: nn.Module, shift: ShiftImpl) -> None:

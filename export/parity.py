@@ -109,6 +109,16 @@ UNTRAINED_LIMITS: dict[str, float] = {"tflite_int8": 0.95, "tflite_dynamic": 0.9
                                       "openvino_int8": 0.95, "mnn_int8": 0.98}
 
 
+#: The float32 rungs (judged by ``rel_max_abs_err`` at 1e-4) of an UNTRAINED keypoint model. Its random
+#: heatmap head over BatchNorm re-estimated on a few images is ill-conditioned: measured at 256x192 on held-out
+#: crops, PyTorch float32 is itself 3.4e-4 away from float64 and the folded deploy form 1.6e-3 (64x64: 4.7e-5
+#: and 3.6e-5); the segmentation models stay at 8e-7. At 384x288 float32 is 3.8e-2 from float64 and the deploy
+#: form 6.1e-2 from float32, so an untrained pose-m0 export at that size fails this rung: parity of such a
+#: net measures its conditioning, not the conversion; trained weights are held to 1e-4. A wrong resize (align_corners) or a layout bug moves
+#: the maps by far more than 1e-2 (tests/test_export_dense.py shows the ladder catching one).
+UNTRAINED_POSE_FLOAT_LIMIT = 1e-2
+
+
 @dataclass(frozen=True)
 class Rung:
     name: str
@@ -126,16 +136,24 @@ class Rung:
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
-    """Parity of ``candidate`` logits against ``reference`` logits, both (N, classes).
+    """Parity of ``candidate`` logits against ``reference`` logits, both (N, classes) or, for the dense tasks,
+    (N, C, H, W) maps (heatmaps, per-pixel logits), each sample then flattened to one row.
 
     Returns max/mean absolute error, the max error relative to the largest reference logit, the mean of
     the per-row cosine similarities, top-1 agreement (%) and the share of rows whose reference top-1 is
-    among the candidate's top-5 (%).
+    among the candidate's top-5 (%); for maps also ``pixel_label_agreement_pct``, the share of positions whose
+    arg-max over C (a segmentation's pixel label) is the reference's.
     """
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
-    if ref.ndim != 2 or ref.shape != cand.shape:
-        raise ValueError(f"compare needs two (N, classes) arrays of one shape, got {ref.shape} and {cand.shape}")
+    if ref.ndim not in (2, 4) or ref.shape != cand.shape:
+        raise ValueError(f"compare needs two (N, classes) or (N, C, H, W) arrays of one shape, got {ref.shape} "
+                         f"and {cand.shape}")
+    extra = {}
+    if ref.ndim == 4:
+        agree = ref.argmax(axis=1) == cand.argmax(axis=1)
+        extra["pixel_label_agreement_pct"] = float(100.0 * agree.mean())
+        ref, cand = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
     if not np.isfinite(cand).all():
         nan_rows = int((~np.isfinite(cand)).any(axis=1).sum())
         raise ValueError(f"candidate logits contain NaN/inf in {nan_rows} of {len(cand)} rows")
@@ -156,12 +174,14 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
         "min_cosine": float(cosine.min()),
         "top1_agreement_pct": float(100.0 * np.mean(cand_topk[:, 0] == ref_top1)),
         "top1_in_top5_pct": float(100.0 * np.mean((cand_topk == ref_top1[:, None]).any(axis=1))),
+        **extra,
     }
 
 
-def check_rung(name: str, metrics: dict[str, Any], *, untrained: bool = False) -> Rung:
+def check_rung(name: str, metrics: dict[str, Any], *, untrained: bool = False,
+               float_limit: float | None = None) -> Rung:
     """Judge ``metrics`` (from ``compare``) against the rung's threshold (``UNTRAINED_LIMITS`` for an
-    export without weights)."""
+    export without weights; ``float_limit`` replaces the ``rel_max_abs_err`` limits of the float32 rungs)."""
     try:
         threshold = THRESHOLDS[name]
     except KeyError:
@@ -169,6 +189,8 @@ def check_rung(name: str, metrics: dict[str, Any], *, untrained: bool = False) -
     if untrained and name in UNTRAINED_LIMITS:
         threshold = Threshold(threshold.metric, UNTRAINED_LIMITS[name], threshold.higher_is_better,
                               threshold.reference)
+    if float_limit is not None and threshold.metric == "rel_max_abs_err" and threshold.limit < float_limit:
+        threshold = Threshold(threshold.metric, float_limit, threshold.higher_is_better, threshold.reference)
     value = float(metrics[threshold.metric])
     passed = value >= threshold.limit if threshold.higher_is_better else value <= threshold.limit
     return Rung(name, passed, threshold.metric, value, threshold.limit, threshold.reference, dict(metrics))

@@ -39,7 +39,7 @@ STAGING_PREFIX = ".micronet-export-"
 def export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
     """Run the whole export for ``request``; returns what was written, or raises ``MicronetError``."""
     say = _checking(progress)
-    variant = validate(request)
+    request, variant = resolved(request, say)
     steps = plan(request)
     ladder = Ladder(progress=say)
     tuning = _tuning(request, variant, say)  # reaches the device and checks a reused record before any work
@@ -62,11 +62,60 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
 
 def validate(request: ExportRequest) -> str:
     """Refuse a request that cannot be exported; returns the canonical variant name."""
+    return resolved(request)[1]
+
+
+def resolved(request: ExportRequest, say: Progress | None = None) -> tuple[ExportRequest, str]:
+    """``request`` with the task's defaults filled in (input size, output count; a dense task's graph), checked;
+    and the canonical variant name. A pose or segmentation variant is exported from the reference graph
+    (export/dense.py says why): asked for the fast one (the default), the export says so and goes on."""
+    from micronet.registry import TASK_INPUT_SIZE, TASK_OUTPUTS, resolve_variant
+
+    from .dense import DENSE_TASKS, check_kinds, check_size
+
+    info = resolve_variant(request.variant, task=None)
+    outputs = request.num_classes if request.num_classes is not None else TASK_OUTPUTS[info.task][0]
+    dense = DENSE_TASKS.get(info.task)
+    if dense is None:
+        size = request.input_size if request.input_size is not None else TASK_INPUT_SIZE[info.task][0]
+        if not isinstance(size, int):
+            if size[0] != size[1]:
+                raise MicronetError(f"--input-size {size[0]}x{size[1]} does not fit {info.name}: the classifiers "
+                                    "take a square input, e.g. 224")
+            size = int(size[0])
+        request = dataclasses.replace(request, input_size=size, num_classes=outputs)
+    else:
+        size = check_size(request.input_size if request.input_size is not None else TASK_INPUT_SIZE[info.task],
+                          info.name)
+        check_kinds(dense, request.kinds, request.graph, info.name)
+        if request.graph != dense.graph and say is not None:
+            say(f"[yellow]note:[/yellow] {info.name} is exported from the {dense.graph} graph: the fast deploy "
+                f"graph has no {info.task} head (README, \"Pose and segmentation\")")
+        request = dataclasses.replace(request, input_size=size, num_classes=outputs, graph=dense.graph,
+                                      optimize_for="portable")
+    request.check()
+    return request, info.name
+
+
+def task_of(variant: str) -> str:
+    """The task of ``variant`` ("classification", "pose", "segmentation"), or one line if it is unknown."""
     from micronet.registry import resolve_variant
 
-    variant = resolve_variant(request.variant).name
-    request.check()
-    return variant
+    return resolve_variant(variant, task=None).task
+
+
+def kinds_for(variant: str, fmt: str | None, quantize: str | None, all_formats: bool, graph: str = "fast"
+              ) -> list[ArtifactKind]:
+    """``resolve_kinds`` for ``variant``'s task: ``--all`` of a pose or segmentation variant means every kind
+    of the formats its task is exported in (export/dense.py)."""
+    from .dense import DENSE_TASKS
+
+    dense = DENSE_TASKS.get(task_of(variant))
+    if dense is None:
+        return resolve_kinds(fmt, quantize, all_formats, graph)
+    every = (fmt is not None and fmt.lower() == "all") or all_formats
+    kinds = resolve_kinds(fmt, quantize, all_formats, dense.graph)
+    return [kind for kind in kinds if kind.format in dense.formats] if every else kinds
 
 
 def _tuning(request: ExportRequest, variant: str, say: Progress):
@@ -87,18 +136,30 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
     from . import calibration as calib
     from .deploy import recalibrate_batchnorm
 
+    from .dense import DENSE_TASKS, build_dense_model
+    from .dense_calibration import build_dense_calibration
+
+    task = task_of(variant)
     with torch.random.fork_rng():  # untrained weights depend on --seed only: exports are reproducible
         torch.manual_seed(request.seed)
-        model = build_model(variant, num_classes=request.num_classes, input_size=request.input_size)
+        if task in DENSE_TASKS:
+            model = build_dense_model(variant, task, request.input_size, request.num_classes)
+        else:
+            model = build_model(variant, num_classes=request.num_classes, input_size=request.input_size)
     weights: dict = {"state": "untrained"}
     if request.weights:
         from micronet.weights import load_weights
 
         weights = {"state": "loaded", **load_weights(model, request.weights)}
     model.eval()
-    preprocessing = Preprocessing(input_size=request.input_size)
-    data = calib.build_calibration(request.calibration, count=request.calib_count, seed=request.seed,
-                                   preprocessing=preprocessing, holdout=request.holdout)
+    if task in DENSE_TASKS:  # H x W person crops or frames: the classifiers' square crop does not apply
+        preprocessing = Preprocessing()
+        data = build_dense_calibration(task, request.calibration, request.input_size, count=request.calib_count,
+                                       seed=request.seed, holdout=request.holdout)
+    else:
+        preprocessing = Preprocessing(input_size=request.input_size)
+        data = calib.build_calibration(request.calibration, count=request.calib_count, seed=request.seed,
+                                       preprocessing=preprocessing, holdout=request.holdout)
     _check_output_dir(request.output_dir)
     for stale in remove_abandoned_staging(request.output_dir, STAGING_PREFIX):
         say(_plain(stale.describe()))
@@ -110,13 +171,17 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
         if line:
             say(f"[yellow]note:[/yellow] {_plain(line)}")
     ladder.untrained = weights["state"] == "untrained"
+    if ladder.untrained and task == "pose":
+        from .parity import UNTRAINED_POSE_FLOAT_LIMIT
+
+        ladder.float_limit = UNTRAINED_POSE_FLOAT_LIMIT
     if ladder.untrained:
         say("untrained weights: re-estimating BatchNorm statistics on the calibration images")
         batches = [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, len(data.calibration), 32)]
         batches = [b for b in batches if len(b) > 1] or [torch.from_numpy(data.calibration)]
         weights["batchnorm_recalibrated_on"] = recalibrate_batchnorm(model, batches)
     return ExportContext(request=request, variant=variant, model=model, weights=weights, data=data,
-                         preprocessing=preprocessing, ladder=ladder, say=say)
+                         preprocessing=preprocessing, ladder=ladder, say=say, task=task)
 
 
 def build(ctx: ExportContext, export_plan: ExportPlan) -> dict[str, Artifact]:
@@ -139,8 +204,9 @@ def write_manifests(ctx: ExportContext, export_plan: ExportPlan, built: dict[str
     from .manifest import write_manifest
 
     counts = count_model(ctx.model)
-    base = {"variant": ctx.variant, "num_classes": ctx.request.num_classes, "input_size": ctx.request.input_size,
-            "params": counts.params, "madds": counts.madds, "weights": ctx.weights, "calibration": ctx.data.record}
+    size = ctx.request.input_size
+    base = {"variant": ctx.variant, "task": ctx.task, "num_classes": ctx.request.num_classes,
+            "input_size": size if isinstance(size, int) else list(size), "params": counts.params, "madds": counts.madds, "weights": ctx.weights, "calibration": ctx.data.record}
     files = []
     for kind, name in export_plan.shipped.items():
         artifact = built[name]
@@ -183,11 +249,14 @@ def _onnx_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> 
 
     shape = artifact.records["onnx"]["input"]["shape"]
     spec_in = {"name": "input", "layout": "NCHW", "shape": shape, "dtype": "float32"}
-    spec_out = {"name": "logits", "shape": [shape[0], ctx.request.num_classes], "dtype": "float32"}
+    spec_out = {"name": "logits", "shape": [shape[0], *ctx.output_shape], "dtype": "float32"}
     onnx = artifact.records["onnx"]
+    output = _io_spec(spec_out)
+    if ctx.dense:
+        output.update(ctx.dense_output_fields("NCHW"))
     return {"calibration": record_for_artifact(ctx.data.record, int8=False),
             "optimized_for": onnx["optimized_for"], "known_to_fail_in": onnx["known_to_fail_in"],
-            "input": _io_spec(spec_in, ctx.preprocessing), "output": _io_spec(spec_out)}
+            "input": _io_spec(spec_in, ctx.preprocessing, ctx), "output": output}
 
 
 def _tflite_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> dict:
@@ -197,10 +266,13 @@ def _tflite_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -
 
     io = tfl_inspect.tflite_io_spec(artifact.value)
     inventory = tfl_inspect.tflite_op_inventory(artifact.value)
+    output = _io_spec(io["output"])
+    if ctx.dense:
+        output.update(ctx.dense_output_fields(_dense_layout(io["output"]["shape"], ctx.output_shape)))
     return {"calibration": record_for_artifact(ctx.data.record, int8=kind.quantize == "int8"),
             "per_channel": ctx.request.per_channel if kind.quantize in ("int8", "dynamic") else None,
-            "input": _io_spec({**io["input"], "layout": artifact.layout}, ctx.preprocessing),
-            "output": _io_spec(io["output"]),
+            "input": _io_spec({**io["input"], "layout": artifact.layout}, ctx.preprocessing, ctx),
+            "output": output,
             "ops": {"total": sum(inventory.values()), "by_op": inventory},
             **runtime_fields(artifact.value)}
 
@@ -224,14 +296,21 @@ def _edge_fields(ctx: ExportContext, kind: ArtifactKind, artifact: Artifact) -> 
 _EDGE_IO = {"openvino": ("input", "logits"), "ncnn": ("in0", "out0"), "mnn": ("input", "logits")}
 
 
-def _io_spec(io: dict, preprocessing: Preprocessing | None = None) -> dict:
+def _io_spec(io: dict, preprocessing: Preprocessing | None = None, ctx: ExportContext | None = None) -> dict:
     spec = {"name": io["name"], "shape": [int(d) for d in io["shape"]], "dtype": io["dtype"],
             "quantization": io.get("quantization")}
     if "layout" in io:
         spec["layout"] = io["layout"]
-    if preprocessing is not None:
+    if ctx is not None and ctx.dense:  # crops or frames at H x W (export/dense_calibration.py)
+        spec["preprocessing"] = ctx.data.record["preprocessing"]
+    elif preprocessing is not None:
         spec["preprocessing"] = preprocessing.to_dict()
     return spec
+
+
+def _dense_layout(shape, nchw: tuple[int, ...]) -> str:
+    """NCHW or NHWC: how a file's 4-D output holds the (C, H, W) maps."""
+    return "NCHW" if tuple(int(d) for d in shape[1:]) == tuple(nchw) else "NHWC"
 
 
 def _manifest_path(artifact: Path) -> Path:

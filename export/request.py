@@ -61,8 +61,8 @@ class ExportRequest:
     calib_count: int = 200
     holdout: int = 32
     seed: int = 0
-    input_size: int = 224
-    num_classes: int = 1000
+    input_size: int | tuple[int, int] | None = None  # None: the task's (224; pose 256x192; seg 1024x2048)
+    num_classes: int | None = None  # None: the task's (1000 classes; 17 heatmaps; 19 classes)
     output_dir: Path = Path("exports")
     io_dtype: str = "int8"  # int8 model input/output type: int8 or uint8
     per_channel: bool = True
@@ -133,8 +133,10 @@ def resolve_kinds(fmt: str | None, quantize: str | None, all_formats: bool, grap
     return [ArtifactKind(fmt, quantize or allowed[0])]
 
 
-def artifact_name(variant: str, input_size: int, fmt: str, quantize: str) -> str:
+def artifact_name(variant: str, input_size: int | tuple[int, int], fmt: str, quantize: str) -> str:
     """The file (or, for FOLDER_FORMATS, folder) name: ``micronet-m0-224.int8.tflite``,
-    ``micronet-m0-224.float16.openvino/``; its manifest is the name plus ``.json``."""
+    ``micronet-m0-224.float16.openvino/``, ``micronet-pose-m0-256x192.int8.tflite`` (an (H, W) size is
+    written H x W); its manifest is the name plus ``.json``."""
     suffix = "onnx" if fmt == "onnx" else f"{quantize}.{fmt}"
-    return f"micronet-{variant}-{input_size}.{suffix}"
+    size = input_size if isinstance(input_size, int) else f"{input_size[0]}x{input_size[1]}"
+    return f"micronet-{variant}-{size}.{suffix}"

@@ -65,6 +65,45 @@ class ExportContext:
     profiles: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: The tuning record of each tuned format ("tflite", "onnx"), for the manifests.
     tuning: dict[str, dict] = dataclasses.field(default_factory=dict)
+    task: str = "classification"  # the registry's task: "pose" and "segmentation" have dense outputs
+
+    @property
+    def dense(self) -> bool:
+        """Whether the outputs are maps (heatmaps, per-pixel logits) rather than class logits."""
+        return self.task != "classification"
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        size = self.request.input_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @cached_property
+    def output_shape(self) -> tuple[int, ...]:
+        """One sample's output as PyTorch gives it: (classes,) or (maps, H / stride, W / stride)."""
+        if not self.dense:
+            return (self.request.num_classes,)
+        from .dense import DENSE_TASKS
+
+        stride = DENSE_TASKS[self.task].output_stride
+        return (self.request.num_classes, self.hw[0] // stride, self.hw[1] // stride)
+
+    def dense_output_fields(self, layout: str) -> dict:
+        """The manifest's output additions of a dense model (layout, stride, names)."""
+        from .dense import DENSE_TASKS, output_fields
+
+        return output_fields(DENSE_TASKS[self.task], list(self.output_shape), layout)
+
+    def as_reference_layout(self, outputs: np.ndarray) -> np.ndarray:
+        """A file's outputs with (C, H, W) maps in PyTorch's NCHW order: TFLite files give NHWC maps. The
+        layout is decided by the shape; a file whose output fits neither order is one error line."""
+        outputs = np.asarray(outputs)
+        if not self.dense or outputs.shape[1:] == self.output_shape:
+            return outputs
+        c, h, w = self.output_shape
+        if outputs.shape[1:] == (h, w, c):
+            return np.ascontiguousarray(outputs.transpose(0, 3, 1, 2))
+        raise MicronetError(f"the file's output {list(outputs.shape[1:])} is neither NCHW nor NHWC of "
+                            f"{list(self.output_shape)}")
 
     @cached_property
     def holdout(self):
@@ -78,8 +117,7 @@ class ExportContext:
         """The example input the exporters trace: one zero image."""
         import torch
 
-        size = self.request.input_size
-        return torch.zeros(1, 3, size, size)
+        return torch.zeros(1, 3, *self.hw)
 
     @cached_property
     def calibration_nhwc(self) -> np.ndarray:
@@ -287,7 +325,7 @@ def tflite(quantize: str) -> Stage:
         foreign = tfl_inspect.non_builtin_ops(tfl_inspect.tflite_op_inventory(path))
         if foreign:
             raise MicronetError(f"TFLite {quantize} uses non-builtin ops {foreign}; only builtin ops are allowed")
-        logits = tfl_inspect.run_tflite(path, ctx.data.holdout)
+        logits = ctx.as_reference_layout(tfl_inspect.run_tflite(path, ctx.data.holdout))
         name = f"tflite_{quantize}"
         ctx.ladder.judge(name, saved_model.reference, saved_model.logits, logits)
         # A quantized file's source carries float32 TFLite's records (its reference): its own replaces that one.
@@ -307,7 +345,7 @@ def tflite_float16(ctx: ExportContext, float32: Artifact) -> Artifact:
     ctx.say("building TFLite float16 (weights in float16, vectors kept float32)")
     path = ctx.file("tflite", "float16")
     record = float16_weights(float32.value, path, keep_vectors_float32=True)
-    logits = tfl_inspect.run_tflite(path, ctx.data.holdout)
+    logits = ctx.as_reference_layout(tfl_inspect.run_tflite(path, ctx.data.holdout))
     ctx.ladder.judge("tflite_float16", float32.reference, float32.logits, logits)
     sources = {k: v for k, v in float32.records.items() if k != "tflite"}
     return Artifact("tflite_float16", path, logits, "tflite_float16", float32.layout,
