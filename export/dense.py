@@ -8,10 +8,11 @@ serve it, what its output is (layout, stride, names) for the manifest, and its c
 Why the reference graph: export/fast/ parses a classifier (stem, blocks, pooled head); it has no emitter for
 the keypoint head (bilinear x2 inside blocks, Dynamic Shift-Max with DY-ReLU-C spatial attention) nor for the
 dilated rows and the MR-ASPP head, so a dense model is exported from the reference deploy form
-(export/deploy.py), and TFLite goes through onnx2tf. onnx2tf guesses layouts from shapes and fails when a
-map dimension equals a channel or group count: measured, it converts seg-m0 at 512x1024 and 128x256 but not
-at 64x128 or 96x192, and pose-m0 at 384x288 but not at 256x192 (a grouped 1x1 conv with 12 groups on a 16x12
-map is taken for a depthwise conv), 128x96 or 64x64; the classifier m0's reference graph fails at 64x64 the same way. A failed
+(export/deploy.py), and TFLite goes through onnx2tf. onnx2tf guesses layouts from shapes and lost them on the
+5-D views of the channel shuffles when a map dimension equals a group count (pose-m0 at 256x192: 12 groups
+on a 16x12 map), so the dense deploy form writes its channel permutations as gathers (``permutes``); with
+them pose-m0's float32 TFLite converts at 256x192. Measured before that change: seg-m0 converted at
+512x1024 and 128x256 but not 64x128 or 96x192, pose-m0 only at 384x288. A failed
 conversion is one error line naming the ONNX node, and nothing is written. The OpenVINO/ncnn/MNN converters
 are not offered for these tasks: ncnn needs the fast graph, and the other two have not been checked on
 dense outputs.
@@ -36,6 +37,10 @@ class DenseTask:
     output_stride: int  # input pixels per output cell
     formats: tuple[str, ...]  # the formats offered (export/request.py's FORMATS)
     graph: str  # the graph the artifacts are built from (export/request.py's TFLITE_GRAPHS)
+    #: How the reference deploy form writes its channel permutations (Shift-Max partner and shuffles):
+    #: "gather" rather than the 5-D views, whose layout onnx2tf misreads when a map dimension equals a
+    #: group count (export/deploy.py's GatherChannelShuffle).
+    permutes: str = "gather"
 
     def names(self) -> list[str]:
         """Keypoint names (pose) or class names (segmentation), in output-channel order."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from micronet.config import ACT_MAX
-from micronet.layers import ConvBN, DynamicShiftMax
+from micronet.layers import ChannelShuffle, ConvBN, DynamicShiftMax, shuffle_permutation
 from micronet.model import MicroNet, SwishLinear
 
 from .folding import folded_conv, folded_linear
@@ -32,6 +32,10 @@ from .folding import folded_conv, folded_linear
 ShiftImpl = Literal["roll", "slices", "gather"]
 SHIFT_IMPLEMENTATIONS: tuple[str, ...] = ("roll", "slices", "gather")
 DEFAULT_SHIFT: ShiftImpl = "roll"
+#: How a channel shuffle is written: "view" keeps the training form's view-transpose-view (5-D); "gather"
+#: is one gather with a constant index on the channel axis.
+ShuffleImpl = Literal["view", "gather"]
+SHUFFLE_IMPLEMENTATIONS: tuple[str, ...] = ("view", "gather")
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -79,8 +83,27 @@ def shift_channels(x: Tensor, groups: int, impl: ShiftImpl) -> Tensor:
     if impl == "gather":
         from micronet.layers import shift_permutation
 
-        return x[:, torch.tensor(shift_permutation(c, groups), device=x.device)]
+        # index_select, not x[:, index]: the exporter writes it as one Gather on axis 1, where indexing
+        # becomes Transpose → GatherND → Transpose.
+        return torch.index_select(x, 1, torch.tensor(shift_permutation(c, groups), device=x.device))
     raise ValueError(f"unknown shift implementation {impl!r}; choose from {SHIFT_IMPLEMENTATIONS}")
+
+
+class GatherChannelShuffle(nn.Module):
+    """A channel shuffle as one gather on the channel axis (the same permutation, exact).
+
+    Why: onnx2tf guesses which axis of the 5-D view is the channel axis from sizes, and a map dimension
+    equal to a group count (12 groups on a 16x12 map: pose-m0 at 256x192) makes it lose the layout; a gather
+    on axis 1 of a 4-D tensor has one reading. GATHER costs a copy the view form avoids, so only the
+    graphs that need it (the dense tasks', export/dense.py) use it."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        index = torch.tensor(shuffle_permutation(x.shape[1], self.groups), device=x.device)
+        return torch.index_select(x, 1, index)
 
 
 class DeployShiftMax(nn.Module):
@@ -141,9 +164,11 @@ class DeploySpatialAttention(nn.Module):
         return y * torch.clamp(pi, max=1.0)
 
 
-def _replace_children(module: nn.Module, shift: ShiftImpl) -> None:
+def _replace_children(module: nn.Module, shift: ShiftImpl, shuffle: ShuffleImpl) -> None:
     for name, child in module.named_children():
-        if isinstance(child, ConvBN):
+        if isinstance(child, ChannelShuffle) and shuffle == "gather":
+            setattr(module, name, GatherChannelShuffle(child.groups))
+        elif isinstance(child, ConvBN):
             setattr(module, name, fold_conv_bn(child[0], child[1]))
         elif isinstance(child, SwishLinear):
             setattr(module, name, nn.Sequential(fold_linear_bn(child[0], child[1]), DeployHardSwish()))
@@ -152,15 +177,17 @@ def _replace_children(module: nn.Module, shift: ShiftImpl) -> None:
         elif type(child).__name__ == "HardSwish":
             setattr(module, name, DeployHardSwish())
         else:
-            _replace_children(child, shift)
+            _replace_children(child, shift, shuffle)
 
 
-def to_deploy(model: MicroNet, shift: ShiftImpl = DEFAULT_SHIFT) -> MicroNet:
+def to_deploy(model: MicroNet, shift: ShiftImpl = DEFAULT_SHIFT, shuffle: ShuffleImpl = "view") -> MicroNet:
     """A folded, eval-mode copy of ``model`` computing the same logits."""
     if shift not in SHIFT_IMPLEMENTATIONS:
         raise ValueError(f"unknown shift implementation {shift!r}; choose from {SHIFT_IMPLEMENTATIONS}")
+    if shuffle not in SHUFFLE_IMPLEMENTATIONS:
+        raise ValueError(f"unknown shuffle implementation {shuffle!r}; choose from {SHUFFLE_IMPLEMENTATIONS}")
     deployed = copy.deepcopy(model).eval()
-    _replace_children(deployed, shift)
+    _replace_children(deployed, shift, shuffle)
     for p in deployed.parameters():
         p.requires_grad_(False)
     return deployed.eval()

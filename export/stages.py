@@ -166,8 +166,14 @@ def deploy_form(ctx: ExportContext, training: Artifact) -> Artifact:
 
     from .deploy import to_deploy
 
+    permutes = {}
+    if ctx.dense:
+        from .dense import DENSE_TASKS
+
+        gather = DENSE_TASKS[ctx.task].permutes
+        permutes = {"shift": gather, "shuffle": gather}
     with torch.no_grad():
-        graph = to_deploy(training.value)
+        graph = to_deploy(training.value, **permutes)
     return _judged_form(ctx, "deploy", graph, training)
 
 

@@ -196,3 +196,23 @@ def test_bench_runtimes_serve_the_segmentation_evaluator(tmp_path):
             runtime.close()
     assert reports["onnxruntime"]["images"] == 3
     assert reports["litert"]["miou"] == pytest.approx(reports["onnxruntime"]["miou"], abs=0.5)
+
+
+@pytest.mark.slow
+def test_pose_float32_tflite_converts_at_the_default_256x192(tmp_path):
+    """onnx2tf lost the layout of the 5-D channel shuffle at 256x192 (12 groups on a 16x12 map); the dense
+    deploy form writes shuffles and Shift-Max partners as one Gather on the channel axis, which converts."""
+    import onnx
+
+    from micronet.export.onnx import export_onnx
+
+    result = export(ExportRequest(variant="pose-m0", calib_count=8, holdout=4,
+                                  kinds=[("tflite", "float32")], output_dir=tmp_path))
+    rungs = {r["rung"]: r for r in result.rungs}
+    assert rungs["tflite_float32"]["passed"] and rungs["tflite_float32"]["rel_max_abs_err"] <= 1e-2
+    manifest = json.loads(Path(f"{tmp_path / 'micronet-pose-m0-256x192.float32.tflite'}.json").read_text())
+    assert manifest["output"]["layout"] == "NHWC" and manifest["output"]["shape"] == [1, 64, 48, 17]
+    graph = to_deploy(build_dense_model("pose-m0", "pose", (64, 64), 17), shift="gather", shuffle="gather")
+    export_onnx(graph.eval(), torch.zeros(1, 3, 64, 64), tmp_path / "gather.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "gather.onnx")).graph.node]
+    assert ops.count("Gather") >= 40 and "Transpose" not in ops and "GatherND" not in ops
