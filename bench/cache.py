@@ -72,7 +72,7 @@ def exported(variant: str, kinds: Sequence[tuple[str, str]], *, input_size: int 
     from micronet.export.pipeline import ExportRequest, artifact_name, export
     from micronet.registry import resolve_variant
 
-    variant = resolve_variant(variant).name
+    variant = resolve_variant(variant, task=None).name
     if weights is not None and not Path(weights).is_file():
         raise MicronetError(f"weights file not found: {weights}")
     size = input_size if isinstance(input_size, int) else f"{input_size[0]}x{input_size[1]}"
