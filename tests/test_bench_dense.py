@@ -113,6 +113,21 @@ def test_seg_onnx_bench_through_the_cli_gates_the_miou_drop(cityscapes, tmp_path
     assert abs(torch_row["accuracy"]["miou"] - onnx_row["accuracy"]["miou"]) <= 0.5
 
 
+@pytest.mark.slow
+def test_pose_bench_all_formats_when_tflite_does_not_convert(coco, tmp_path, monkeypatch):
+    """onnx2tf cannot convert pose-m0 at 64x64 (export/dense.py): the bench says so in one line and scores
+    PyTorch and ONNX."""
+    monkeypatch.setenv("MICRONET_CACHE", str(tmp_path / "cache"))
+    result = run_cli("bench", "--variant", "pose-m0", "--input-size", "64x64", "--format", "all", "--data", str(coco),
+                     "--max-drop", "1", "--runs", "3", "--warmup", "0", "--no-memory", "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert sum(line.startswith("TFLite not benchmarked:") for line in result.stdout.splitlines()) == 1
+    report = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
+    rows = {r["format"]: r["accuracy"] for r in report["results"]}
+    assert set(rows) == {"torch", "onnx"} and abs(rows["torch"]["ap"] - rows["onnx"]["ap"]) <= 1.0
+
+
 def _background_miou(root: Path) -> float:
     """mIoU (points) of predicting road (train ID 0) everywhere: the floor a trained model must clear."""
     from micronet.segmentation.metrics import ConfusionMatrix
@@ -153,3 +168,12 @@ def test_seg_offline_proof_train_export_int8_bench(tmp_path, monkeypatch):
     assert rows["torch"]["miou"] >= baseline + 30.0, (rows["torch"]["miou"], baseline)
     assert rows["torch"]["miou"] - rows["tflite"]["miou"] <= 2.0
     print(f"all-background {baseline:.2f}, PyTorch {rows['torch']['miou']:.2f}, int8 {rows['tflite']['miou']:.2f} mIoU")
+
+
+def test_budget_check_fails_naming_an_over_budget_pose_and_seg_variant(tmp_path):
+    budgets = tmp_path / "b.toml"
+    budgets.write_text("[seg-m0]\nmadds = 1\n\n[pose-m0]\nparams = 1\n\n[m0]\nmadds = 6_200_000\n")
+    result = run_cli("budget", "check", str(budgets))
+    assert result.returncode == 1
+    over = next(line for line in result.stdout.splitlines() if line.startswith("over budget:"))
+    assert "pose-m0 (params " in over and "seg-m0 (madds " in over and "m0 (madds" not in over.replace("-m0", "")
