@@ -129,13 +129,15 @@ def test_pose_bench_all_formats_when_tflite_does_not_convert(coco, tmp_path, mon
 
 
 def _background_miou(root: Path) -> float:
-    """mIoU (points) of predicting road (train ID 0) everywhere: the floor a trained model must clear."""
+    """mIoU (points) of predicting the most frequent class (the background) everywhere: the floor a trained
+    model must clear."""
     from micronet.segmentation.metrics import ConfusionMatrix
 
+    labels = [sample.load_label() for sample in scan_cityscapes(root, "val")]
+    counts = np.bincount(np.concatenate([t[t != 255] for t in labels]).astype(np.int64), minlength=19)
     matrix = ConfusionMatrix(19)
-    for sample in scan_cityscapes(root, "val"):
-        truth = sample.load_label()
-        matrix.add(np.zeros_like(truth), truth)
+    for truth in labels:
+        matrix.add(np.full_like(truth, int(counts.argmax())), truth)
     return 100.0 * matrix.mean_iou()
 
 
@@ -159,7 +161,8 @@ def test_seg_offline_proof_train_export_int8_bench(tmp_path, monkeypatch):
                      "--format", "tflite", "--quantize", "int8", "--calibration", str(data), "--output", str(exported))
     assert result.returncode == 0, result.stderr
     [int8] = exported.glob("*.int8.tflite")
-    result = run_cli("bench", str(int8), "--data", str(data), "--max-drop", "2", "--runs", "3", "--warmup", "0",
+    # --xnnpack off: the XNNPACK delegate cannot prepare this int8 file (one line, an invalid row if on)
+    result = run_cli("bench", str(int8), "--data", str(data), "--max-drop", "2", "--runs", "3", "--warmup", "0", "--xnnpack", "off",
                      "--no-memory", "--out", str(reports))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(next(reports.glob("*.json")).read_text())
