@@ -114,9 +114,10 @@ class BenchRequest:
         if self.variant:
             resolve_variant(self.variant, task=None)
         exported_kinds((self.fmt or ("all" if self.matrix else "tflite")).lower(), self.quantize)
-        if self.variant and dense_variant(self.variant, self.input_size) is not None:
-            pass  # dense_variant checked the H x W size
-        elif isinstance(self.input_size, tuple):
+        dense = self.variant is not None and dense_variant(self.variant, self.input_size) is not None  # checks H x W
+        if dense:
+            return self._check_export_inputs()
+        if isinstance(self.input_size, tuple):
             if self.input_size[0] != self.input_size[1]:
                 raise MicronetError(f"--input-size {self.input_size[0]}x{self.input_size[1]} does not fit a classifier: "
                                     "the classifiers take a square input, e.g. 224")
@@ -125,6 +126,10 @@ class BenchRequest:
             check_input_size(self.input_size if self.input_size is not None else 224)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise MicronetError(f"--num-classes must be a positive whole number, got {self.num_classes!r}")
+        self._check_export_inputs()
+
+    def _check_export_inputs(self) -> None:
+        """The files an on-the-fly export reads: before the export, not minutes into it."""
         if self.weights is not None and not Path(self.weights).is_file():
             raise MicronetError(f"weights file not found: {self.weights}")
         if self.calibration is not None and not Path(self.calibration).is_dir():

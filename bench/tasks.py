@@ -81,9 +81,8 @@ def load_task_data(task: str, folder: str | Path) -> Any:
     kind = _kind_of_folder(folder)
     if task == CLASSIFICATION:
         if kind is not None:
-            raise MicronetError(f"{folder} is {METRICS[kind].data[2:]} ({kind} data), but the model is a classifier: "
-                                "give --data class folders, or a " + ("pose" if kind == "pose" else "seg")
-                                + "-m* variant")
+            raise MicronetError(f"{folder} holds {kind} data, but the model is a classifier: give --data class "
+                                f"folders, or benchmark a {'pose' if kind == 'pose' else 'seg'}-m* variant on it")
         from micronet.images import scan_labelled
 
         return scan_labelled(folder)
