@@ -221,14 +221,17 @@ def bench_cmd(
     runs: Optional[int] = typer.Option(100, "--runs", help="measured runs"),
     min_seconds: Optional[float] = typer.Option(None, "--min-seconds", help="measure at least this long (s)"),
     xnnpack: str = typer.Option("on", "--xnnpack", help="TFLite XNNPACK delegate: on, off or both"),
-    data: Optional[Path] = typer.Option(None, "--data", help="labelled images (class folders) for top-1/top-5"),
+    data: Optional[Path] = typer.Option(None, "--data", help="class folders (top-1/top-5); a Cityscapes folder "
+                                        "(seg: mIoU) or COCO keypoints folder (pose: OKS AP)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="score at most N images"),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="fail if an export loses more top-1 points than this"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="fail if an export loses more top-1 (mIoU, AP) "
+                                             "points than this"),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="peak RSS in a fresh process per row"),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="also time preprocessing + inference"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="checkpoint for --variant/--matrix"),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="calibration folder for on-the-fly exports"),
-    input_size: int = InputSizeOpt,
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="pixels, a multiple of 32 (classifiers, "
+                                             "default 224); pose/seg: HxW (default 256x192 / 512x1024)"),
     num_classes: int = typer.Option(1000, "--num-classes"),
     out: Path = typer.Option(Path("reports"), "--out", "-o", help="folder for the JSON/CSV/Markdown report"),
     device: Optional[str] = typer.Option(None, "--device", "-d",
@@ -249,7 +252,9 @@ def bench_cmd(
     from micronet.bench.request import BenchRequest
     from micronet.bench.targets import bench_targets
     from micronet.console import console
+    from micronet.counting import parse_input_size
 
+    input_size = parse_input_size(input_size) if input_size is not None else None
     request = BenchRequest(
         models=models or [], variant=variant, fmt=fmt, quantize=quantize, matrix=matrix, runtime=runtime or [],
         threads=threads_given or [], warmup=warmup, runs=runs, min_seconds=min_seconds, xnnpack=xnnpack, data=data,
@@ -286,8 +291,9 @@ def bench_cmd(
     if max_drop is not None:
         drops = gate.accuracy_drops(result["results"])
         for d in drops:
-            console.print(f"top-1 {d['name']} on {d['runtime']}: {d['top1']:.2f}% vs PyTorch {d['reference_top1']:.2f}% "
-                          f"(drop {d['drop']:+.2f} points, allowed {max_drop})")
+            unit = "%" if d["unit"] == "%" else ""
+            console.print(f"{d['metric']} {d['name']} on {d['runtime']}: {d['top1']:.2f}{unit} vs PyTorch "
+                          f"{d['reference_top1']:.2f}{unit} (drop {d['drop']:+.2f} points, allowed {max_drop})")
         over = gate.over_budget(result["results"], max_drop)
         if over:
             names = ", ".join(f"{d['name']} on {d['runtime']} ({d['drop']:.2f} points)" for d in over)

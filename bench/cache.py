@@ -13,6 +13,7 @@ session (or any caller) that points ``MICRONET_CACHE`` elsewhere after the impor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -60,19 +61,22 @@ def _fingerprint(variant: str, input_size: int, num_classes: int, weights: Path 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def exported(variant: str, kinds: Sequence[tuple[str, str]], *, input_size: int = 224, num_classes: int = 1000,
-             weights: Path | None = None, calibration: Path | None = None, cache_dir: Path | None = None,
-             progress: Callable[[str], None] | None = None) -> list[Path]:
+def exported(variant: str, kinds: Sequence[tuple[str, str]], *, input_size: int | tuple[int, int] = 224,
+             num_classes: int = 1000, weights: Path | None = None, calibration: Path | None = None,
+             cache_dir: Path | None = None, progress: Callable[[str], None] | None = None,
+             keep_going: bool = False) -> list[Path]:
     """Paths of ``variant`` exported as each artifact kind (format, quantization) in ``kinds``, exporting if
-    needed."""
+    needed. ``keep_going``: when the TFLite conversion fails (onnx2tf cannot convert some pose/seg sizes),
+    say its one line through ``progress`` and return the other kinds' paths instead of raising."""
     from micronet.export.manifest import read_manifest
     from micronet.export.pipeline import ExportRequest, artifact_name, export
     from micronet.registry import resolve_variant
 
-    variant = resolve_variant(variant).name
+    variant = resolve_variant(variant, task=None).name
     if weights is not None and not Path(weights).is_file():
         raise MicronetError(f"weights file not found: {weights}")
-    folder = (cache_dir or exports_cache()) / f"{variant}-{input_size}-{_fingerprint(variant, input_size, num_classes, weights, calibration)}"
+    size = input_size if isinstance(input_size, int) else f"{input_size[0]}x{input_size[1]}"
+    folder = (cache_dir or exports_cache()) / f"{variant}-{size}-{_fingerprint(variant, input_size, num_classes, weights, calibration)}"
     paths = [folder / artifact_name(variant, input_size, f, q) for f, q in kinds]
 
     def valid(path: Path) -> bool:
@@ -85,8 +89,20 @@ def exported(variant: str, kinds: Sequence[tuple[str, str]], *, input_size: int 
     if missing:
         if progress:
             progress(f"exporting {variant} ({', '.join(f'{f} {q}' for f, q in missing)}) into the cache {folder}")
-        export(ExportRequest(variant=variant, kinds=list(missing), weights=weights, calibration=calibration,
-                             input_size=input_size, num_classes=num_classes, output_dir=folder), progress=progress)
+        request = ExportRequest(variant=variant, kinds=list(missing), weights=weights, calibration=calibration,
+                                input_size=input_size, num_classes=num_classes, output_dir=folder)
+        try:
+            export(request, progress=progress)
+        except MicronetError as exc:
+            others = [k for k in missing if k[0] != "tflite"]
+            if not keep_going or len(others) == len(missing):
+                raise
+            if progress:
+                progress(f"[yellow]TFLite not benchmarked:[/yellow] {str(exc).splitlines()[0]}")
+            if others:
+                export(dataclasses.replace(request, kinds=others), progress=progress)
+            kept = [(k, p) for k, p in zip(kinds, paths) if k[0] != "tflite"]
+            return [p for _, p in kept]
     elif progress:
         progress(f"using cached exports of {variant} in {folder}")
     return paths

@@ -20,7 +20,10 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def dense_runner(runtime: Any) -> Runner:
-    """``runtime`` (loaded; bench/runtimes.py) as a ``Runner``. Its manifest must be a dense export's."""
+    """``runtime`` (loaded; bench/runtimes.py) as a ``Runner``. Its manifest must be a dense export's; a torch
+    model (the reference) returns its NCHW maps as they are."""
+    if runtime.format == "torch":
+        return lambda batch: runtime.to_maps(runtime.run(runtime.prepare(np.ascontiguousarray(batch, np.float32))))
     output = ((runtime.manifest or {}).get("output") or {})
     if "stride" not in output:
         raise MicronetError(f"{runtime.source}: its manifest has no dense output (task, layout, stride); export "

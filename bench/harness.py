@@ -20,6 +20,7 @@ from micronet.errors import MicronetError
 
 from . import report as rep
 from .accuracy import ClassMismatch, check_classes, evaluate
+from .tasks import evaluate_dense
 from .environment import collect_environment, noise_warnings
 from .latency import measure_latency
 from .memory import file_size, measure_memory, validate_inferences
@@ -54,7 +55,7 @@ class BenchModel:
     module: Any = None
     variant: str | None = None
     name: str | None = None
-    input_size: int | None = None
+    input_size: int | tuple[int, int] | None = None
     manifest: dict | None = None
 
     def __post_init__(self) -> None:
@@ -109,6 +110,31 @@ class BenchModel:
         return self.variant or (self.manifest or {}).get("variant")
 
     @property
+    def task(self) -> str:
+        """classification, segmentation or pose: the manifest's, else the variant's, else the module's."""
+        from .tasks import CLASSIFICATION, task_of_variant
+
+        if self.manifest and self.manifest.get("task"):
+            return str(self.manifest["task"])
+        variant = self.variant or (self.manifest or {}).get("variant")
+        if variant:
+            try:
+                return task_of_variant(variant)
+            except MicronetError:
+                return CLASSIFICATION
+        return CLASSIFICATION
+
+    @property
+    def dense_size(self) -> tuple[int, int] | None:
+        """(H, W) input of a pose or segmentation model; None for a classifier."""
+        if self.task == "classification":
+            return None
+        size = self.input_size or (self.manifest or {}).get("input_size") or getattr(self.module, "input_size", None)
+        if size is None:
+            return None
+        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
     def num_classes(self) -> int | None:
         """Logits per image, when known without loading the model: the manifest's, or a MicroNet module's."""
         if self.manifest and isinstance(self.manifest.get("num_classes"), int):
@@ -139,6 +165,9 @@ class BenchModel:
         from micronet.counting import count_model, count_variant
         from micronet.model import MicroNet
 
+        if self.task != "classification" and self.variant_name:  # pose/seg: counted at the model's H x W
+            c = count_variant(self.variant_name, self.dense_size)
+            return c.madds, c.params
         if isinstance(self.module, MicroNet):
             c = count_model(self.module, self.input_size)
             return c.madds, c.params
@@ -196,12 +225,19 @@ def data_label(data: Any) -> str | None:
     return str(root) if root is not None else "LabelledImages"
 
 
-def _load_data(data: Any) -> Any:
-    if data is None or hasattr(data, "samples"):
+def _load_data(data: Any, targets: Sequence[BenchModel]) -> Any:
+    """Scan ``data`` as the targets' task's data (one task per run: the accuracy column is one metric)."""
+    if data is None:
+        return None
+    tasks = list(dict.fromkeys(t.task for t in targets))
+    if len(tasks) > 1:
+        raise MicronetError(f"--data scores one task per run, but the models are {' and '.join(tasks)} models: "
+                            "benchmark them in separate runs")
+    if hasattr(data, "samples"):
         return data
-    from micronet.images import scan_labelled
+    from .tasks import load_task_data
 
-    return scan_labelled(data)
+    return load_task_data(tasks[0], data)
 
 
 def _preprocessing_for(runtime: Runtime) -> Any:
@@ -214,6 +250,17 @@ def _preprocessing_for(runtime: Runtime) -> Any:
     if height is None or height != width:
         raise MicronetError(f"{runtime.source} has input {height}x{width}: give a manifest with its preprocessing")
     return Preprocessing(input_size=height)
+
+
+def _dense_size(target: BenchModel, runtime: Runtime) -> tuple[int, int]:
+    """(H, W) the dense model was built for: the target's, else its input tensor's."""
+    size = target.dense_size
+    if size is not None:
+        return size
+    _, height, width = runtime.input_spec.chw
+    if height is None or width is None:
+        raise MicronetError(f"{runtime.source} has a dynamic input size; give its manifest")
+    return int(height), int(width)
 
 
 def _synthetic_batch(runtime: Runtime, seed: int) -> np.ndarray:
@@ -279,8 +326,8 @@ def run_benchmark(
     if not targets:
         raise MicronetError("no models to benchmark")
     plan = _plan_runtimes(targets, runtimes)
-    images = _load_data(data)
-    if images is not None:
+    images = _load_data(data, targets)
+    if images is not None and targets[0].task == "classification":
         for target in targets:  # a label space that is not the model's is a mistake in the request, not a row
             check_classes(len(images.classes), target.num_classes, target.label)
     say = progress or (lambda message: None)
@@ -357,7 +404,10 @@ def _measure(target: BenchModel, runtime_name: str, threads: int, xnn: bool | No
         if images is not None:
             if accuracy is None:
                 say(f"accuracy: {what}")
-                accuracy = evaluate(runtime, images, _preprocessing_for(runtime), limit=opts.limit, batch=batch)
+                if target.task == "classification":
+                    accuracy = evaluate(runtime, images, _preprocessing_for(runtime), limit=opts.limit, batch=batch)
+                else:
+                    accuracy = evaluate_dense(runtime, images, _dense_size(target, runtime), limit=opts.limit)
             else:
                 notes.append("accuracy measured once per model/runtime at the first thread count")
         return {

@@ -6,7 +6,7 @@ Three plots, each readable on its own (title, units on the axes, legend):
   runtime/format/precision, one panel per thread count, XNNPACK-off dashed: the MicroNet paper's
   Figure 1, measured instead of counted. A line joins only rows that differ in the variant alone
   (``line_groups``: same input size, device, engine, threads). Needs two models of different MAdds.
-* ``accuracy_vs_latency.png``: top-1 against p50 latency at the lowest thread count measured,
+* ``accuracy_vs_latency.png``: top-1 (mIoU, AP for pose/seg) against p50 latency at the lowest thread count measured,
   only when some rows have accuracy.
 * ``latency_distribution.png``: every raw sample of every result as a box plot, so noise and
   outliers are visible, not just the medians.
@@ -255,9 +255,13 @@ def _engine_legend(ax: Any, colours: dict[str, Any], any_off: bool) -> None:
 
 def plot_accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     plt = _pyplot()
-    scored = [r for r in _valid(rows) if (r.get("accuracy") or {}).get("top1") is not None]
+    from .report import accuracy_header
+    from .tasks import headline
+
+    scored = [r for r in _valid(rows) if headline(r.get("accuracy")) is not None]
     if not scored:
         return None
+    metric = accuracy_header(scored, console=True)  # top-1, mIoU, AP, or "accuracy" when they mix
     t = min(r.get("threads") or 1 for r in scored)  # accuracy does not depend on threads; latency does
     points = [r for r in scored if (r.get("threads") or 1) == t]
     with_host = _several_hosts(points)
@@ -266,9 +270,9 @@ def plot_accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path
     for r in points:
         c = colours[engine_key(r, with_host)]
         off = r.get("xnnpack") is False
-        ax.scatter(r["latency"]["p50_ms"], r["accuracy"]["top1"], s=50, color=c, marker="o",
+        ax.scatter(r["latency"]["p50_ms"], headline(r["accuracy"]), s=50, color=c, marker="o",
                    facecolors="white" if off else c, edgecolors=c)
-    top1 = [r["accuracy"]["top1"] for r in points]
+    top1 = [headline(r["accuracy"]) for r in points]
     ax.set_ylim(max(0.0, min(top1) - 5.0), min(100.0, max(top1) + 5.0))
     latency = [r["latency"]["p50_ms"] for r in points]
     if _wide(latency):
@@ -278,8 +282,8 @@ def plot_accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path
         ax.set_xlim(left=0)
     counts = sorted({r["accuracy"]["count"] for r in points})
     ax.set_xlabel(f"latency per inference (ms, p50, batch 1, {t} thread{'s' if t != 1 else ''})")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"Accuracy vs. latency (top-1 on {', '.join(map(str, counts))} images)")
+    ax.set_ylabel("top-1 accuracy (%)" if metric == "top-1" else f"{metric} (points)")
+    ax.set_title(f"Accuracy vs. latency ({metric} on {', '.join(map(str, counts))} images)")
     ax.grid(True, which="both", alpha=0.3)
     from matplotlib.lines import Line2D
 
@@ -288,7 +292,7 @@ def plot_accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path
         handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
                               label="hollow = XNNPACK off"))
     ax.legend(handles=handles, **LEGEND)
-    _annotate_placed(fig, ax, [(r["latency"]["p50_ms"], r["accuracy"]["top1"]) for r in points],
+    _annotate_placed(fig, ax, [(r["latency"]["p50_ms"], headline(r["accuracy"])) for r in points],
                      row_labels(points, shown=_COLOUR_SHOWN))
     return _save(fig, path)
 

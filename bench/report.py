@@ -65,7 +65,9 @@ Result row::
     memory          object|null  fresh-process RSS (``micronet.bench.memory``): baseline_rss_mib,
                             after_import_rss_mib, after_load_rss_mib, peak_rss_mib, model_mib
                             (peak − after import), inferences.
-    accuracy        object|null  (``micronet.bench.accuracy``): top1, top5 (percent), count
+    accuracy        object|null  (``micronet.bench.accuracy``): top1, top5 (percent), count; a pose or
+                                 segmentation model's (``micronet.bench.tasks``): task, metric, unit, and
+                                 miou, pixel_accuracy, per_class_iou or ap, ap50, ap75, apm, apl (points)
                             (images scored), skipped (files left out), skipped_examples (first
                             few "path: reason"), classes, limit, batch.
     settings        object  everything the runtime echoed about itself (threads, execution mode,
@@ -92,6 +94,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from micronet.errors import MicronetError
+from .tasks import headline, metric_of
 
 from .labels import (LABEL_DIMENSIONS, distinguishing_parts, input_pixels, label_values, model_name,  # noqa: F401
                      precision_label, row_labels)
@@ -119,7 +122,10 @@ CSV_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("baseline_rss_mib", ("memory", "baseline_rss_mib")), ("after_load_rss_mib", ("memory", "after_load_rss_mib")),
     ("peak_rss_mib", ("memory", "peak_rss_mib")), ("model_mib", ("memory", "model_mib")),
     ("top1", ("accuracy", "top1")), ("top5", ("accuracy", "top5")), ("accuracy_count", ("accuracy", "count")),
-    ("accuracy_skipped", ("accuracy", "skipped")), ("invalid", ("invalid",)), ("invalid_reason", ("invalid_reason",)),
+    ("accuracy_skipped", ("accuracy", "skipped")), ("miou", ("accuracy", "miou")),
+    ("pixel_accuracy", ("accuracy", "pixel_accuracy")), ("ap", ("accuracy", "ap")), ("ap50", ("accuracy", "ap50")),
+    ("ap75", ("accuracy", "ap75")), ("apm", ("accuracy", "apm")), ("apl", ("accuracy", "apl")),
+    ("invalid", ("invalid",)), ("invalid_reason", ("invalid_reason",)),
     ("source", ("source", "path")), ("hostname", ("source", "hostname")),
 )
 
@@ -358,6 +364,23 @@ def _model_cell(row: dict[str, Any], extra: Sequence[str]) -> str:
     return " · ".join([str(row.get("name") or row.get("model")), *extra])
 
 
+def accuracy_header(rows: Sequence[dict[str, Any]], console: bool = False) -> str:
+    """The accuracy column's title: the metric every scored row shares ("top-1 %", "mIoU", "AP"), else
+    "accuracy" (the cells then mix metrics; the JSON and CSV name each)."""
+    metrics = {metric_of(r.get("accuracy")) for r in rows if r.get("accuracy")}
+    if not metrics:
+        metrics = {metric_of(None)}
+    if len(metrics) > 1:
+        return "accuracy"
+    metric = metrics.pop()
+    return metric.name if console or metric.unit != "%" else f"{metric.name} {metric.unit}"
+
+
+def _columns(columns: Sequence[str], rows: Sequence[dict[str, Any]], console: bool) -> list[str]:
+    accuracy = "top-1" if console else "top-1 %"
+    return [accuracy_header(rows, console) if c == accuracy else c for c in columns]
+
+
 def summary_cells(row: dict[str, Any], extra: Sequence[str] = ()) -> list[str]:
     """The cells of the Markdown table, in ``SUMMARY_COLUMNS`` order; ``extra`` joins the model cell."""
     lat, mem, acc = row.get("latency") or {}, row.get("memory") or {}, row.get("accuracy") or {}
@@ -367,7 +390,7 @@ def summary_cells(row: dict[str, Any], extra: Sequence[str] = ()) -> list[str]:
         str(row.get("runtime")), str(row.get("threads")), _xnnpack(row), _madds(row.get("madds")),
         _num(lat.get("p50_ms"), 3), _num(lat.get("p90_ms"), 3), _num(row.get("init_ms"), 1),
         _num(row.get("first_ms"), 3), _num(mem.get("peak_rss_mib"), 1), _num(row.get("size_mib"), 3),
-        _num(acc.get("top1"), 2), _status(row),
+        _num(headline(acc), 2), _status(row),
     ]
 
 
@@ -398,10 +421,11 @@ def markdown_text(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]]) -> 
         lines += [f"> ⚠️ {w}" for w in report_or_rows.get("warnings") or []]
         if report_or_rows.get("warnings"):
             lines.append("")
-    lines.append("| " + " | ".join(SUMMARY_COLUMNS) + " |")
-    lines.append("|" + "|".join("---" if c in ("model", "format", "quantize", "runtime", "XNNPACK", "status")
-                                 else "---:" for c in SUMMARY_COLUMNS) + "|")
     rows = rows_of(report_or_rows)
+    columns = _columns(SUMMARY_COLUMNS, rows, console=False)
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "|".join("---" if c in ("model", "format", "quantize", "runtime", "XNNPACK", "status")
+                                 else "---:" for c in columns) + "|")
     for row, extra in zip(rows, distinguishing_parts(rows, _SUMMARY_SHOWN)):
         cells = [c.replace("|", "\\|") for c in summary_cells(row, extra)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -438,7 +462,7 @@ def console_cells(row: dict[str, Any], invalid_index: int | None = None, extra: 
     status = f"invalid [{invalid_index}]" if row.get("invalid") else "ok"
     return [model, runtime, _madds(row.get("madds")), _num(lat.get("p50_ms")), _num(lat.get("p90_ms")),
             _num(row.get("init_ms"), 1), _num(row.get("first_ms")), _num(mem.get("peak_rss_mib"), 1),
-            _num(row.get("size_mib")), _num(acc.get("top1"), 1), status]
+            _num(row.get("size_mib")), _num(headline(acc), 1), status]
 
 
 #: Console columns that hold text and may wrap at spaces; every other column is a number and never wraps.
@@ -459,8 +483,10 @@ def console_table(report_or_rows: dict[str, Any] | Sequence[dict[str, Any]], wid
 
     rows = rows_of(report_or_rows)
     caption = _machine_line(report_or_rows) if isinstance(report_or_rows, dict) else None
-    table = Table(title=CONSOLE_TITLE, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in CONSOLE_COLUMNS:
+    header = accuracy_header(rows, console=True)
+    title = CONSOLE_TITLE if header == "top-1" else CONSOLE_TITLE.replace("top-1 in %", f"{header} in points")
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in _columns(CONSOLE_COLUMNS, rows, console=True):
         if column in _CONSOLE_WRAPABLE:
             table.add_column(column, overflow="fold")
         else:

@@ -54,7 +54,7 @@ class BenchRequest:
     max_drop: float | None = None
     weights: Path | None = None
     calibration: Path | None = None
-    input_size: int = 224
+    input_size: int | tuple[int, int] | None = None  # None: 224, or a pose/seg variant's task default
     num_classes: int = 1000
     out: Path = field(default_factory=lambda: Path("reports"))
     device: str | None = None
@@ -109,12 +109,27 @@ class BenchRequest:
         from micronet.model import check_input_size
         from micronet.registry import resolve_variant
 
+        from .targets import dense_variant
+
         if self.variant:
-            resolve_variant(self.variant)
+            resolve_variant(self.variant, task=None)
         exported_kinds((self.fmt or ("all" if self.matrix else "tflite")).lower(), self.quantize)
-        check_input_size(self.input_size)
+        dense = self.variant is not None and dense_variant(self.variant, self.input_size) is not None  # checks H x W
+        if dense:
+            return self._check_export_inputs()
+        if isinstance(self.input_size, tuple):
+            if self.input_size[0] != self.input_size[1]:
+                raise MicronetError(f"--input-size {self.input_size[0]}x{self.input_size[1]} does not fit a classifier: "
+                                    "the classifiers take a square input, e.g. 224")
+            check_input_size(self.input_size[0])
+        else:
+            check_input_size(self.input_size if self.input_size is not None else 224)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise MicronetError(f"--num-classes must be a positive whole number, got {self.num_classes!r}")
+        self._check_export_inputs()
+
+    def _check_export_inputs(self) -> None:
+        """The files an on-the-fly export reads: before the export, not minutes into it."""
         if self.weights is not None and not Path(self.weights).is_file():
             raise MicronetError(f"weights file not found: {self.weights}")
         if self.calibration is not None and not Path(self.calibration).is_dir():
@@ -126,7 +141,8 @@ class BenchRequest:
             if self.data is None:
                 raise MicronetError("--max-drop needs --data: the accuracy drop is measured on your labelled images")
             if not math.isfinite(self.max_drop) or self.max_drop < 0:
-                raise MicronetError(f"--max-drop must be a number of top-1 points >= 0, got {self.max_drop!r}")
+                raise MicronetError(f"--max-drop must be a number of points >= 0 (top-1, mIoU or AP), "
+                                    f"got {self.max_drop!r}")
         if self.limit is not None and self.data is None:
             raise MicronetError("--limit caps the images scored from --data: give --data too")
 
@@ -162,12 +178,23 @@ class BenchRequest:
         """Scan ``--data`` once; for an export made here, its class count must match ``--num-classes``."""
         if self.data is None:
             return None
-        from micronet.images import scan_labelled
-
         from .accuracy import check_classes
+        from .tasks import CLASSIFICATION, load_task_data, task_of_variant
 
-        images = scan_labelled(self.data)
-        if not self.models:
+        if self.models:
+            from .harness import BenchModel
+
+            tasks = list(dict.fromkeys(BenchModel(path=Path(p)).task for p in self.models))
+            if len(tasks) > 1:
+                raise MicronetError(f"--data scores one task per run, but the files are {' and '.join(tasks)} "
+                                    "models: benchmark them in separate runs")
+            task = tasks[0]
+        else:
+            task = task_of_variant(self.variant) if self.variant else CLASSIFICATION
+        if task != CLASSIFICATION and self.on_device:
+            raise MicronetError(f"--data with --device scores classifiers; score the {task} model here (no --device)")
+        images = load_task_data(task, self.data)
+        if not self.models and task == CLASSIFICATION:
             check_classes(len(images.classes), self.num_classes)
         return images
 

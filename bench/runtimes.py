@@ -139,7 +139,7 @@ class Runtime(abc.ABC):
         self._lib = _import(type(self), self.library)
         return self._lib
 
-    def load(self, source: Any, *, manifest: dict | None = None, input_size: int | None = None) -> float:
+    def load(self, source: Any, *, manifest: dict | None = None, input_size: int | tuple[int, int] | None = None) -> float:
         """Load ``source``; return the init time in seconds (parse + session/interpreter + allocation).
 
         The library import is not part of it (a process pays that once, whatever it loads).
@@ -203,7 +203,7 @@ class Runtime(abc.ABC):
     # -- hooks -------------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _load(self, source: Any, input_size: int | None) -> Any:
+    def _load(self, source: Any, input_size: int | tuple[int, int] | None) -> Any:
         """Load (the timed part); return what ``_bind`` needs."""
 
     def _bind(self, loaded: Any) -> tuple[TensorSpec, TensorSpec]:
@@ -317,7 +317,7 @@ class TorchRuntime(Runtime):
     pip = "torch==2.13.0"
     distribution = "torch"
 
-    def _load(self, source: Any, input_size: int | None) -> tuple[TensorSpec, TensorSpec]:
+    def _load(self, source: Any, input_size: int | tuple[int, int] | None) -> tuple[TensorSpec, TensorSpec]:
         torch = self._lib
         if isinstance(source, str):
             import micronet
@@ -331,9 +331,10 @@ class TorchRuntime(Runtime):
         torch.set_num_threads(self.threads)  # process-wide: the harness runs one runtime at a time
         self._model = model.eval()
         size = input_size or getattr(model, "input_size", None) or 224
+        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         classes = getattr(model, "num_classes", None)
         return (
-            TensorSpec("input", (None, 3, size, size), "float32", "NCHW"),
+            TensorSpec("input", (None, 3, height, width), "float32", "NCHW"),
             TensorSpec("logits", (None, classes), "float32"),
         )
 
@@ -348,6 +349,10 @@ class TorchRuntime(Runtime):
         if not isinstance(raw, self._lib.Tensor):
             raise MicronetError(f"the torch model returned {type(raw).__name__}; the benchmark expects one logits tensor")
         return raw.detach().numpy()
+
+    def to_maps(self, raw: Any) -> np.ndarray:
+        """A pose or segmentation model's output as float32 (N, C, H, W), not flattened (bench/dense.py)."""
+        return np.asarray(self._to_numpy(raw), dtype=np.float32)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "mode": "eager, inference_mode"}

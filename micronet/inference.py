@@ -47,6 +47,10 @@ class InferenceError(ValueError):
     """A model, manifest or input this core cannot run: one line for the user."""
 
 
+class DelegateFailed(InferenceError):
+    """The XNNPACK delegate could not prepare the model (the model itself loads without it)."""
+
+
 class SwitchUnsupported(InferenceError):
     """The installed runtime cannot apply a requested setting (e.g. XNNPACK off on an old tflite-runtime)."""
 
@@ -379,7 +383,13 @@ class TFLiteSession(Session):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tf.lite's deprecation notice is known
             it = api.Interpreter(**kwargs)
-        it.allocate_tensors()
+        try:
+            it.allocate_tensors()
+        except RuntimeError as exc:
+            if self.xnnpack and "XNNPACK" in str(exc):
+                raise DelegateFailed(f"{path}: the XNNPACK delegate cannot prepare this model "
+                                     f"({str(exc).splitlines()[0]}); run it with XNNPACK off") from None
+            raise
         self._it = it
         try:
             self.xnnpack_coverage = delegate_coverage(it._get_ops_details())

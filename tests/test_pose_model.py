@@ -328,8 +328,9 @@ def test_cli_flops_json_and_refusals():
     assert data["paper"] == {"madds": "77.7M", "params": "1.0M", "ap": 50.3}
     assert_one_line_error(run_cli("flops", "--variant", "pose-m0", "--input-size", "250x192"),
                           "input size 250x192 is not supported: keypoint MicroNets need H x W")
-    # export takes pose variants (tests/test_export_dense.py); bench does not yet
-    assert_one_line_error(run_cli("bench", "--variant", "pose-m0"), "pose-m0 is a pose model")
+    # bench takes pose variants (tests/test_bench_dense.py); a size that is not H x W in 32s is one line
+    assert_one_line_error(run_cli("bench", "--variant", "pose-m0", "--input-size", "250x192"),
+                          "H and W must both be multiples of 32")
 
 
 def test_cli_per_layer_in_a_pipe_is_whole():

@@ -337,8 +337,9 @@ def test_cli_flops_json_and_refusals():
         "paper_madds": 810_000_000, "paper_params": 430_000, "madds_ratio": 0.627, "params_ratio": 0.662}
     assert_one_line_error(run_cli("flops", "--variant", "seg-m0", "--input-size", "1000x2048"),
                           "input size 1000x2048 is not supported: segmentation MicroNets need H x W")
-    # export takes seg variants (tests/test_export_dense.py); bench does not yet
-    assert_one_line_error(run_cli("bench", "--variant", "seg-m0"), "seg-m0 is a segmentation model")
+    # bench takes seg variants (tests/test_bench_dense.py); a size that is not H x W in 32s is one line
+    assert_one_line_error(run_cli("bench", "--variant", "seg-m0", "--input-size", "100x256"),
+                          "H and W must both be multiples of 32")
 
 
 def test_cli_per_layer_in_a_pipe_is_whole():
