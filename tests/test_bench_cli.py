@@ -97,7 +97,7 @@ def test_bench_bad_inputs_are_one_line(tmp_path, exported_m0_small):
         (["bench", onnx, "--runs", "-3"], "runs"),
         (["bench", onnx, "--warmup", "-1"], "warmup"),
         (["bench", onnx, "--data", str(empty)], "no class folders"),
-        (["bench", onnx, "--data", str(tmp_path / "nope")], "image folder not found"),
+        (["bench", onnx, "--data", str(tmp_path / "nope")], "data folder not found"),
         (["bench", onnx, "--max-drop", "1"], "--max-drop needs --data"),
         (["bench", "--variant", "m0", "--format", "coreml"], "unknown format 'coreml'"),
         (["bench"], "give model files, or --variant, or --matrix"),
