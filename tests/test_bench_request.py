@@ -50,7 +50,7 @@ def test_bad_arguments_fail_before_any_export(tmp_path):
         (["--runtime", "coreml"], "coreml"),
         (["--data", str(data)], "the data has 3 classes but the model outputs 1000 logits"),
         (["--data", str(data), "--num-classes", "3", "--limit", "0"], "limit must be a whole number"),
-        (["--data", str(tmp_path / "absent")], "image folder not found"),
+        (["--data", str(tmp_path / "absent")], "data folder not found"),
         (["--out", str(a_file)], "it is a file, not a folder"),
         (["--device", "ssh://user@host", "--runtime", "torch"], "cannot run on"),
     ]
