@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     from micronet.bench.memory import measure_memory
     from micronet.counting import count_model
     from micronet.export import tflite as tflite_stage
-    from micronet.export.calibration import build_calibration, nhwc
+    from micronet.export.calibration import nhwc
+    from micronet.export.dense_calibration import build_dense_calibration
     from micronet.seg_model import build_seg_model
-    from micronet.preprocess import Preprocessing
 
     hw = args.input_size
     tag = f"{hw[0]}x{hw[1]}"
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                          "note": note}
 
     if args.peer_onnx:
-        data = build_calibration(None, count=args.calib, seed=0, preprocessing=Preprocessing(input_size=hw),
-                                 holdout=4)
+        data = build_dense_calibration("segmentation", None, hw, count=args.calib, seed=0, holdout=4)
         for spec in args.peer_onnx:
             name, path = spec.split("=", 1)
             work = args.work / "peers" / name
