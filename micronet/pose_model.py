@@ -12,7 +12,7 @@ from .blocks import MicroBlock, build_block
 from .errors import MicronetError
 from .model import MicroNet, check_hw_input_size
 from .pose_config import COCO_KEYPOINTS, POSE_INPUT_SIZE, PoseConfig
-from .layers import Stem
+from .layers import SpatialAttention, Stem
 
 
 #: Standard deviation of the heatmap conv's initial weights (SimpleBaseline's final layer).
@@ -50,6 +50,9 @@ class PoseMicroNet(nn.Module):
         # a standard deviation of ~1.6 against targets in [0, 1], and the first epochs would only undo that.
         nn.init.normal_(self.heatmaps.weight, 0.0, HEATMAP_INIT_STD)
         nn.init.zeros_(self.heatmaps.bias)
+        for module in self.modules():  # the released initialisation above knows no spatial attention
+            if isinstance(module, SpatialAttention):
+                module.reset_parameters()
 
     @property
     def keypoints(self) -> int:
