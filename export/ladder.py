@@ -36,7 +36,6 @@ class Ladder:
 
     def __init__(self, *, untrained: bool = False, progress: Progress | None = None) -> None:
         self.untrained = untrained  # judge quantized rungs by parity.UNTRAINED_LIMITS
-        self.float_limit: float | None = None  # replaces the float32 rungs' limit (parity.check_rung)
         self.rungs: list[dict] = []
         self.timings: dict[str, float] = {}
         self._progress = progress
@@ -47,8 +46,7 @@ class Ladder:
         ``name``; returns the rung's record, or raises ``ParityFailure``. ``announce`` prints the verdict line
         (the deploy-form rungs are judged quietly: the user sees them in the ladder table)."""
         interrupts.check()  # a stage that swallowed the interrupt must not be judged, let alone shipped
-        rung = parity.check_rung(name, parity.compare(reference_logits, candidate), untrained=self.untrained,
-                                 float_limit=self.float_limit)
+        rung = parity.check_rung(name, parity.compare(reference_logits, candidate), untrained=self.untrained)
         record = {"rung": rung.name, "reference": reference, "passed": rung.passed, "metric": rung.metric,
                   "value": rung.value, "limit": rung.limit, **rung.metrics}
         self.rungs.append(record)

@@ -171,10 +171,6 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
         if line:
             say(f"[yellow]note:[/yellow] {_plain(line)}")
     ladder.untrained = weights["state"] == "untrained"
-    if ladder.untrained and task == "pose":
-        from .parity import UNTRAINED_POSE_FLOAT_LIMIT
-
-        ladder.float_limit = UNTRAINED_POSE_FLOAT_LIMIT
     if ladder.untrained:
         say("untrained weights: re-estimating BatchNorm statistics on the calibration images")
         batches = [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, len(data.calibration), 32)]

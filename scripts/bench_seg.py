@@ -1,4 +1,5 @@
-"""Segmentation models at Cityscapes sizes: seg-m0..m3 against the LR-ASPP peer, in one interleaved run.
+"""Segmentation models at Cityscapes sizes: seg-m0..m3 against the LR-ASPP peer, in one interleaved run
+(``--variants pose-m0 ... --input-size 256x192`` times the keypoint models the same way).
 
     python scripts/build_peers.py --peers lraspp-mnv3-large --input-size 512x1024 --out reports/peers
     python scripts/bench_seg.py --input-size 512x1024 \\
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     from micronet.export import tflite as tflite_stage
     from micronet.export.calibration import nhwc
     from micronet.export.dense_calibration import build_dense_calibration
+    from micronet.pose_model import build_pose_model
+    from micronet.registry import resolve_variant
     from micronet.seg_model import build_seg_model
 
     hw = args.input_size
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         files, note = _export_files(variant, hw, args.work / variant, args.calib)
         torch.manual_seed(0)
-        model = build_seg_model(variant, input_size=hw).eval()
+        build = build_pose_model if resolve_variant(variant, task=None).task == "pose" else build_seg_model
+        model = build(variant, input_size=hw).eval()
         counts = count_model(model)
         rows[variant] = {"files": files, "torch": model, "madds": counts.madds, "params": counts.params,
                          "note": note}
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 memory[(name, key)] = mem.peak_rss_mib
 
     columns = [("torch", "PyTorch"), ("onnx", "ORT fp32"), ("tfl_f32", "TFLite fp32"), ("tfl_int8", "TFLite int8")]
-    cell = lambda k: f"{times[k][0]:.1f}" if k in times else "—"  # noqa: E731
+    cell = lambda k: (f"{times[k][0]:.2f}" if times[k][0] < 10 else f"{times[k][0]:.1f}") if k in times else "—"  # noqa: E731
     mem_cell = lambda k: f"{memory[k]:.0f}" if k in memory else "—"  # noqa: E731
     lines = [f"Machine: {_cpu()}, {time.strftime('%Y-%m-%d', time.gmtime(started))}; input {tag}, 1 thread, "
              f"p50 ms over {args.rounds}×{args.per_round} interleaved runs; peak RSS MiB of a fresh process "

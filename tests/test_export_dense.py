@@ -209,7 +209,7 @@ def test_pose_float32_tflite_converts_at_the_default_256x192(tmp_path):
     result = export(ExportRequest(variant="pose-m0", calib_count=8, holdout=4,
                                   kinds=[("tflite", "float32")], output_dir=tmp_path))
     rungs = {r["rung"]: r for r in result.rungs}
-    assert rungs["tflite_float32"]["passed"] and rungs["tflite_float32"]["rel_max_abs_err"] <= 1e-2
+    assert rungs["tflite_float32"]["passed"] and rungs["tflite_float32"]["rel_max_abs_err"] <= 1e-4
     manifest = json.loads(Path(f"{tmp_path / 'micronet-pose-m0-256x192.float32.tflite'}.json").read_text())
     assert manifest["output"]["layout"] == "NHWC" and manifest["output"]["shape"] == [1, 64, 48, 17]
     graph = to_deploy(build_dense_model("pose-m0", "pose", (64, 64), 17), shift="gather", shuffle="gather")
