@@ -75,7 +75,8 @@ def _file_key(path: Path) -> str:
     return "onnx" if path.suffix == ".onnx" else ("tfl_int8" if ".int8." in path.name else "tfl_f32")
 
 
-def _export_files(variant: str, hw: tuple[int, int], out: Path, calib: int) -> tuple[dict[str, Path], str]:
+def _export_files(variant: str, hw: tuple[int, int], out: Path, calib: int,
+                  weights: str | None = None) -> tuple[dict[str, Path], str]:
     """ONNX, TFLite float32 and int8 of ``variant`` at ``hw`` by the export pipeline (a previous run's files in
     ``out`` are reused); TFLite is left out, with the reason, where onnx2tf cannot convert the graph."""
     from micronet.errors import MicronetError
@@ -86,16 +87,23 @@ def _export_files(variant: str, hw: tuple[int, int], out: Path, calib: int) -> t
     if existing:
         return {_file_key(p): p for p in existing}, ""
     print(f"[{variant}] export ONNX, TFLite float32, int8 at {tag}", flush=True)
-    request = dict(variant=variant, input_size=hw, calib_count=calib, holdout=4, graph="reference", output_dir=out)
+    request = dict(variant=variant, input_size=hw, calib_count=calib, holdout=4, graph="reference", output_dir=out,
+                   weights=weights)
     try:
         kinds = [("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")]
         result = export(ExportRequest(kinds=kinds, **request))
         return {_file_key(p): p for p in result.artifacts}, ""
-    except MicronetError as exc:  # onnx2tf's layout guess fails at some sizes: keep the ONNX row
+    except MicronetError as exc:  # onnx2tf fails at some sizes; an untrained int8 rung may break: keep what passes
         note = str(exc).splitlines()[0]
-        print(f"  TFLite failed: {note}; ONNX only", flush=True)
-        result = export(ExportRequest(kinds=[("onnx", "float32")], **request))
-        return {"onnx": result.artifacts[0]}, note
+        for kinds, what in (([("onnx", "float32"), ("tflite", "float32")], "ONNX and TFLite float32"),
+                            ([("onnx", "float32")], "ONNX only")):
+            try:
+                result = export(ExportRequest(kinds=kinds, **request))
+            except MicronetError:
+                continue
+            print(f"  {note}; {what}", flush=True)
+            return {_file_key(p): p for p in result.artifacts}, note
+        raise
 
 
 def _cpu() -> str:
@@ -111,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-onnx", nargs="*", default=[], metavar="NAME=PATH")
     ap.add_argument("--input-size", type=parse_size, default=(512, 1024), help="HxW")
     ap.add_argument("--calib", type=int, default=32)
+    ap.add_argument("--weights", nargs="*", default=[], metavar="VARIANT=PATH",
+                    help="trained checkpoints (an untrained int8 rung may break; latency does not depend on them)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-round", type=int, default=4)
     ap.add_argument("--no-memory", action="store_true")
@@ -131,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
     hw = args.input_size
     tag = f"{hw[0]}x{hw[1]}"
+    weights = dict(spec.split("=", 1) for spec in args.weights)
     rows: dict[str, dict] = {}
     for variant in args.variants:
-        files, note = _export_files(variant, hw, args.work / variant, args.calib)
+        files, note = _export_files(variant, hw, args.work / variant, args.calib, weights.get(variant))
         torch.manual_seed(0)
         build = build_pose_model if resolve_variant(variant, task=None).task == "pose" else build_seg_model
         model = build(variant, input_size=hw).eval()
