@@ -13,16 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, cwd: Path = REPO, columns: str | None = "200") -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path = REPO, columns: str | None = "200", timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the console script installed beside this interpreter (the one a user runs), or the
     module from the checkout when the package is not installed. stdout is a pipe; ``columns``
-    sets $COLUMNS (None: unset, as in most pipes and CI logs)."""
+    sets $COLUMNS (None: unset, as in most pipes and CI logs); ``timeout`` in seconds."""
     exe = Path(sys.executable).parent / "micronet"
     cmd = [str(exe), *args] if exe.is_file() else [sys.executable, "-m", "micronet.cli", *args]
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     if columns is not None:
         env["COLUMNS"] = columns
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
