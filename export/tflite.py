@@ -56,6 +56,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -115,6 +116,18 @@ def _failure_summary(log: Path) -> str:
     return "; ".join(parts) or (lines[-1][:200] if lines else "empty log")
 
 
+def _kept_log(log: Path) -> Path:
+    """A copy of a failed conversion's log in the system's temporary folder: the export's work folder, where
+    onnx2tf wrote it, is removed when the export fails, and the error line must name a file that exists."""
+    try:
+        handle, kept = tempfile.mkstemp(prefix="micronet-onnx2tf-", suffix=".log")
+        with os.fdopen(handle, "wb") as out, open(log, "rb") as source:
+            shutil.copyfileobj(source, out)
+        return Path(kept)
+    except OSError:
+        return log
+
+
 def _layout(onnx_shape: list[int], tf_shape: list[int]) -> str:
     """The SavedModel's input layout, read off the shapes onnx2tf produced for the NCHW ONNX input."""
     if len(onnx_shape) == 4 and len(tf_shape) == 4:
@@ -168,7 +181,7 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, workdir: str | os.PathLike
     if returncode != 0 or "inputs" not in child or not (saved_model / "saved_model.pb").is_file():
         shutil.rmtree(saved_model, ignore_errors=True)
         why = f"timed out after {timeout_s:.0f} s" if returncode is None else _failure_summary(log)
-        raise MicronetError(f"onnx2tf could not convert {onnx_path.name}: {why} (full log: {log})")
+        raise MicronetError(f"onnx2tf could not convert {onnx_path.name}: {why} (full log: {_kept_log(log)})")
     if child.get("network_attempts"):
         raise MicronetError(f"onnx2tf tried to reach the network {child['network_attempts']} (log: {log})")
 
