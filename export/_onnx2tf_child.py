@@ -47,6 +47,43 @@ def main(onnx_path: str, saved_model_dir: str, record_path: str) -> int:
     return 0
 
 
+def guard_grouped_conv_layout(tf) -> list:
+    """Work around onnx2tf 1.29.24 reading a grouped Conv's input shape before it fixes the input's layout.
+
+    Its binary ops often leave their result in ONNX's NCHW order inside the TensorFlow graph; a Conv then
+    transposes such an input to NHWC itself, but decides "depthwise" from the last axis of the shape it read
+    *before* that transpose. When the map's width equals the group count (pose-m2's 16x12 stride-16 map
+    feeding a 12-group 1x1 conv at 256x192) the conv is built as a depthwise one and the conversion fails
+    ("Dimensions must be equal, 7200 and 720"). This makes the same transpose onnx2tf would make, only
+    before the shape is read, for exactly that case; the parity ladder judges the converted file as always.
+    Returns the list that names each Conv it applied to (the record keeps it).
+    """
+    import onnx2tf.ops.Conv as conv_module
+
+    original = conv_module.make_node
+    fixed: list = []
+
+    def make_node(*args, **kwargs):
+        node, layers = kwargs.get("graph_node"), kwargs.get("tf_layers_dict")
+        group = node.attrs.get("group", 1) if node is not None else 1
+        entry = layers.get(node.inputs[0].name) if group > 1 and layers is not None else None
+        tensor = entry.get("tf_node") if entry else None
+        onnx_shape = list(node.inputs[0].shape or []) if entry else []
+        tf_shape = list(getattr(tensor, "shape", None) or []) if tensor is not None else []
+        if (len(onnx_shape) == 4 and tf_shape == onnx_shape and all(isinstance(d, int) for d in onnx_shape)
+                and tf_shape[-1] == group and tf_shape[1] != group):
+            entry["tf_node"] = tf.transpose(tensor, perm=[0, 2, 3, 1])
+            fixed.append(node.name)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                entry["tf_node"] = tensor
+        return original(*args, **kwargs)
+
+    conv_module.make_node = make_node
+    return fixed
+
+
 def _shape(tensor) -> list:
     return [d if d is not None else -1 for d in tensor.shape]
 
@@ -64,6 +101,7 @@ def _convert(onnx_path: str, saved_model_dir: str, record: dict) -> None:
     import tf_keras
 
     record["import_s"] = round(time.perf_counter() - t0, 3)
+    record["grouped_conv_layout_fixes"] = guard_grouped_conv_layout(tf)
     t1 = time.perf_counter()
     # not_use_onnxsim: the ONNX stage already simplified the graph; running onnxsim again changes nothing.
     # output_signaturedefs: the op naming of the CLI's -osd, which the SavedModel signature below relies on.

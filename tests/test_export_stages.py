@@ -569,3 +569,32 @@ def test_flex_ops_are_visible_and_refused(tmp_path):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     out.write_bytes(converter.convert())
     assert non_builtin_ops(tflite_op_inventory(out)) == {"FLEX:Cumprod": 1}
+
+
+class SumIntoGroupedConv(nn.Module):
+    """A residual sum feeding a 12-group 1x1 conv on a map 12 wide: the shape of pose-m2's first head block at
+    256x192, which onnx2tf 1.29.24 alone builds as a depthwise conv and fails on."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(24, 24, 1), nn.Conv2d(24, 24, 1)
+        self.grouped = nn.Conv2d(24, 48, 1, groups=12)
+
+    def forward(self, x):
+        return self.grouped(self.a(x) + self.b(x))
+
+
+@pytest.mark.slow
+def test_grouped_conv_whose_group_count_equals_the_map_width_converts(tmp_path):
+    torch.manual_seed(0)
+    net = SumIntoGroupedConv().eval()
+    images = np.random.default_rng(0).standard_normal((2, 24, 16, 12)).astype(np.float32)
+    path = tmp_path / "grouped.onnx"
+    export_onnx(net, torch.zeros(1, 24, 16, 12), path)
+    saved, record = onnx_to_saved_model(path, tmp_path / "work")
+    child = json.loads((tmp_path / "work" / "onnx2tf_record.json").read_text())
+    assert len(child["grouped_conv_layout_fixes"]) == 1  # the workaround applied where onnx2tf needed it
+    tflite = tmp_path / "grouped.tflite"
+    saved_model_to_tflite(saved, tflite, "float32")
+    nchw = run_tflite(tflite, images).transpose(0, 3, 1, 2)  # the TFLite file's output is NHWC
+    assert check_rung("tflite_float32", compare(run_onnx(path, images), nchw)).passed
