@@ -113,16 +113,46 @@ def test_seg_onnx_bench_through_the_cli_gates_the_miou_drop(cityscapes, tmp_path
     assert abs(torch_row["accuracy"]["miou"] - onnx_row["accuracy"]["miou"]) <= 0.5
 
 
-def test_bench_all_formats_when_tflite_does_not_convert(cityscapes, tmp_path, monkeypatch):
-    """onnx2tf cannot convert seg-m0 at 64x128 (README, "Pose and segmentation" under Export): the bench says
-    so in one line and scores PyTorch and ONNX."""
-    monkeypatch.setenv("MICRONET_CACHE", str(tmp_path / "cache"))
-    result = run_cli("bench", "--variant", "seg-m0", "--input-size", "64x128", "--format", "all", "--data",
-                     str(cityscapes), "--max-drop", "1", "--runs", "3", "--warmup", "0", "--no-memory",
-                     "--out", str(tmp_path / "r"))
+#: Runs the CLI with onnx2tf's conversion failing as a real failure does (one MicronetError line naming the
+#: node). A stand-in: since micronet works around onnx2tf's grouped-conv layout bug, no pose or seg size
+#: known to fail conversion is left to test this path with (the real failure's line is tested in
+#: test_export_stages.py).
+_CLI_WITH_FAILING_ONNX2TF = """
+import sys
+from pathlib import Path
+
+import micronet.export.tflite as tflite
+from micronet.cli import main
+from micronet.errors import MicronetError
+
+
+def fail(onnx_path, workdir, **_):
+    raise MicronetError(f"onnx2tf could not convert {Path(onnx_path).name}: at ONNX node node_conv2d_7; ValueError: "
+                        "simulated (full log: none)")
+
+
+tflite.onnx_to_saved_model = fail
+sys.argv = ["micronet", *sys.argv[1:]]
+main()
+"""
+
+
+def test_bench_all_formats_when_tflite_does_not_convert(cityscapes, tmp_path):
+    """Where onnx2tf cannot convert a pose or seg model at the size asked, the bench says so in one line and
+    scores PyTorch and ONNX."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MICRONET_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-c", _CLI_WITH_FAILING_ONNX2TF, "bench", "--variant", "seg-m0",
+                             "--input-size", "64x128", "--format", "all", "--data", str(cityscapes), "--max-drop",
+                             "1", "--runs", "3", "--warmup", "0", "--no-memory", "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert sum(line.startswith("TFLite not benchmarked:") for line in result.stdout.splitlines()) == 1
+    notes = [line for line in result.stdout.splitlines() if line.startswith("TFLite not benchmarked:")]
+    assert len(notes) == 1 and "node_conv2d_7" in notes[0], result.stdout
     report = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
     rows = {r["format"]: r["accuracy"] for r in report["results"]}
     assert set(rows) == {"torch", "onnx"} and abs(rows["torch"]["miou"] - rows["onnx"]["miou"]) <= 1.0
