@@ -19,6 +19,7 @@ from micronet.atomic import remove_abandoned_staging, replace_dir, staging_dir
 from micronet.errors import MicronetError
 from micronet.preprocess import Preprocessing
 
+from .batching import images_per_batch
 from .ladder import Ladder, ParityFailure, Progress
 from .plan import TRAINING, ExportPlan, plan
 from .request import (ALL_KINDS, FORMATS, QUANTIZATIONS, TFLITE_GRAPHS, ArtifactKind, ExportRequest,
@@ -173,11 +174,19 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
     ladder.untrained = weights["state"] == "untrained"
     if ladder.untrained:
         say("untrained weights: re-estimating BatchNorm statistics on the calibration images")
-        batches = [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, len(data.calibration), 32)]
-        batches = [b for b in batches if len(b) > 1] or [torch.from_numpy(data.calibration)]
-        weights["batchnorm_recalibrated_on"] = recalibrate_batchnorm(model, batches)
+        weights["batchnorm_recalibrated_on"] = recalibrate_batchnorm(model, batchnorm_batches(data.calibration))
     return ExportContext(request=request, variant=variant, model=model, weights=weights, data=data,
                          preprocessing=preprocessing, ladder=ladder, say=say, task=task)
+
+
+def batchnorm_batches(images: np.ndarray) -> list[torch.Tensor]:
+    """The calibration images (N, C, H, W) in batches bounded by pixels (export/batching.py), of at least 2
+    images (a batch of one gives a pooled 1x1 map a zero variance); a last batch of one is dropped."""
+    import torch
+
+    per_batch = images_per_batch(images.shape[2], images.shape[3], at_least=2)
+    batches = [torch.from_numpy(images[i:i + per_batch]) for i in range(0, len(images), per_batch)]
+    return [b for b in batches if len(b) > 1] or [torch.from_numpy(images)]
 
 
 def build(ctx: ExportContext, export_plan: ExportPlan) -> dict[str, Artifact]:

@@ -127,10 +127,7 @@ class ExportContext:
 
     def training(self) -> Artifact:
         """The training form with its logits: the source of every deploy form."""
-        import torch
-
-        with torch.no_grad():
-            logits = self.model(self.holdout).numpy()
+        logits = forward_in_batches(self.model, self.holdout)
         return Artifact(TRAINING, self.model, logits, TRAINING_REFERENCE, "NCHW", {})
 
     def file(self, fmt: str, quantize: str) -> Path:
@@ -144,12 +141,21 @@ Stage = Callable[[ExportContext, Artifact], Artifact]
 
 # --- PyTorch graphs --------------------------------------------------------------------------------------------
 
-def _judged_form(ctx: ExportContext, name: str, graph, source: Artifact) -> Artifact:
-    """``graph`` judged against ``source``'s logits as rung ``name`` (quietly: no progress line)."""
+def forward_in_batches(graph, images) -> np.ndarray:
+    """``graph``'s outputs on ``images`` (an NCHW tensor), run a pixel-bounded batch at a time
+    (export/batching.py: a whole hold-out set of large frames does not fit in memory)."""
     import torch
 
+    from .batching import images_per_batch
+
+    step = images_per_batch(images.shape[2], images.shape[3])
     with torch.no_grad():
-        logits = graph(ctx.holdout).numpy()
+        return np.concatenate([graph(images[i:i + step]).numpy() for i in range(0, len(images), step)])
+
+
+def _judged_form(ctx: ExportContext, name: str, graph, source: Artifact) -> Artifact:
+    """``graph`` judged against ``source``'s logits as rung ``name`` (quietly: no progress line)."""
+    logits = forward_in_batches(graph, ctx.holdout)
     ctx.ladder.judge(name, source.reference, source.logits, logits, announce=False)
     return Artifact(name, graph, logits, name, "NCHW", source.records)
 

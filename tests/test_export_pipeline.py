@@ -343,3 +343,19 @@ def test_tensorflow_import_is_quiet_unless_verbose():
     assert (quiet.stdout, quiet.stderr) == ("ok\n", "")
     assert loud.stdout == "ok\n" and loud.stderr.strip()  # TensorFlow 2.19 always has something to say
     assert run_cli("--verbose", "variants", "--json").returncode == 0  # the global option exists
+
+
+def test_batchnorm_batches_are_bounded_by_pixels_not_images():
+    """32 crops at 224 px per batch as before, but a frame of 512x1024 goes 3 at a time (32 of them held ~18 GB
+    of activations and were killed for memory), never fewer than 2, and a last batch of one is dropped."""
+    from micronet.export.batching import PIXELS_PER_BATCH
+    from micronet.export.pipeline import batchnorm_batches
+
+    def sizes(n, h, w):
+        return [len(b) for b in batchnorm_batches(np.zeros((n, 3, h, w), np.float32))]
+
+    assert sizes(100, 224, 224) == [32, 32, 32, 4]
+    assert sizes(70, 224, 224) == [32, 32, 6]
+    assert sizes(10, 512, 1024) == [3, 3, 3] and 3 * 512 * 1024 <= PIXELS_PER_BATCH
+    assert sizes(5, 1024, 2048) == [2, 2]
+    assert sizes(1, 64, 64) == [1]  # a single image is still used, whole
