@@ -15,3 +15,10 @@ PIXELS_PER_BATCH = 32 * 224 * 224
 def images_per_batch(height: int, width: int, *, at_least: int = 1, at_most: int = 32) -> int:
     """Images of height x width per batch under PIXELS_PER_BATCH, clipped to [at_least, at_most]."""
     return max(at_least, min(at_most, PIXELS_PER_BATCH // (height * width)))
+
+
+def holdout_maps(requested: int, height: int, width: int) -> int:
+    """How many of the ``requested`` hold-out images a dense export (maps out, not logits) judges its rungs on:
+    every rung keeps its outputs, and 32 segmentation maps of 512x1024 are 1.2 GiB per rung in float32
+    (the comparison works in float64), so the hold-out is bounded by pixels too, never below 4 images."""
+    return min(requested, max(4, PIXELS_PER_BATCH // (height * width)))

@@ -19,7 +19,7 @@ from micronet.atomic import remove_abandoned_staging, replace_dir, staging_dir
 from micronet.errors import MicronetError
 from micronet.preprocess import Preprocessing
 
-from .batching import images_per_batch
+from .batching import holdout_maps, images_per_batch
 from .ladder import Ladder, ParityFailure, Progress
 from .plan import TRAINING, ExportPlan, plan
 from .request import (ALL_KINDS, FORMATS, QUANTIZATIONS, TFLITE_GRAPHS, ArtifactKind, ExportRequest,
@@ -155,8 +155,12 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
     model.eval()
     if task in DENSE_TASKS:  # H x W person crops or frames: the classifiers' square crop does not apply
         preprocessing = Preprocessing()
+        holdout = holdout_maps(request.holdout, *request.input_size)
+        if holdout < request.holdout:
+            say(f"[yellow]note:[/yellow] parity on {holdout} hold-out images at {request.input_size[0]}x"
+                f"{request.input_size[1]} (not {request.holdout}): each rung keeps its maps in memory")
         data = build_dense_calibration(task, request.calibration, request.input_size, count=request.calib_count,
-                                       seed=request.seed, holdout=request.holdout)
+                                       seed=request.seed, holdout=holdout)
     else:
         preprocessing = Preprocessing(input_size=request.input_size)
         data = calib.build_calibration(request.calibration, count=request.calib_count, seed=request.seed,

@@ -359,3 +359,21 @@ def test_batchnorm_batches_are_bounded_by_pixels_not_images():
     assert sizes(10, 512, 1024) == [3, 3, 3] and 3 * 512 * 1024 <= PIXELS_PER_BATCH
     assert sizes(5, 1024, 2048) == [2, 2]
     assert sizes(1, 64, 64) == [1]  # a single image is still used, whole
+
+
+def test_dense_holdout_is_bounded_by_pixels():
+    """Every rung keeps its hold-out outputs: 32 maps of 512x1024 were gigabytes per rung (the export was
+    killed for memory), so large maps are judged on fewer images, never fewer than 4."""
+    from micronet.export.batching import holdout_maps
+
+    assert holdout_maps(32, 256, 192) == 32 and holdout_maps(32, 128, 256) == 32
+    assert holdout_maps(32, 512, 1024) == 4 and holdout_maps(32, 1024, 2048) == 4
+    assert holdout_maps(2, 512, 1024) == 2  # never more than asked
+
+
+def test_parity_top5_breaks_ties_by_position_like_a_stable_sort():
+    from micronet.export.parity import _in_top_k
+
+    values = np.array([1.0, 3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0])
+    stable_top5 = set(np.argsort(-values, kind="stable")[:5].tolist())  # {1, 2, 3, 4, 5}
+    assert [_in_top_k(values, i, 5) for i in range(8)] == [i in stable_top5 for i in range(8)]
