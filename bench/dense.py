@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from micronet.errors import MicronetError
+from micronet.inference import dense_maps
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -28,8 +29,6 @@ def dense_runner(runtime: Any) -> Runner:
     if "stride" not in output:
         raise MicronetError(f"{runtime.source}: its manifest has no dense output (task, layout, stride); export "
                             "the pose or segmentation variant with `micronet export`")
-    shape = [int(d) for d in output["shape"][1:]]
-    nhwc = output.get("layout") == "NHWC"
     fixed = runtime.input_spec.fixed_batch
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -41,9 +40,7 @@ def dense_runner(runtime: Any) -> Runner:
             real = len(chunk)
             if real < step:
                 chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), np.float32)])
-            flat = runtime.to_logits(runtime.run(runtime.prepare(chunk)))[:real]
-            maps.append(flat.reshape(real, *shape))
-        out = np.concatenate(maps)
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if nhwc else out
+            maps.append(runtime.to_logits(runtime.run(runtime.prepare(chunk)))[:real])
+        return dense_maps(np.concatenate(maps), output)
 
     return run

@@ -191,8 +191,6 @@ class BenchRequest:
             task = tasks[0]
         else:
             task = task_of_variant(self.variant) if self.variant else CLASSIFICATION
-        if task != CLASSIFICATION and self.on_device:
-            raise MicronetError(f"--data with --device scores classifiers; score the {task} model here (no --device)")
         images = load_task_data(task, self.data)
         if not self.models and task == CLASSIFICATION:
             check_classes(len(images.classes), self.num_classes)

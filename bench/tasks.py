@@ -109,7 +109,17 @@ def evaluate_dense(runtime: Any, data: DenseData, input_size: tuple[int, int], l
     """
     from .dense import dense_runner
 
-    run = dense_runner(runtime)
+    return evaluate_dense_with(dense_runner(runtime), data, input_size, limit)
+
+
+def evaluate_dense_with(run: Any, data: DenseData, input_size: tuple[int, int], limit: int | None = None,
+                        score: bool = True) -> dict[str, Any]:
+    """``evaluate_dense`` for any ``Runner`` (NCHW images in, NCHW maps or segmentation labels out).
+
+    Why a runner and not a runtime: a device's answers are replayed through it (devices/evalset.py), so a
+    board is scored by exactly this code. ``score=False`` only feeds the runner (the inputs a device will
+    get are recorded that way) and returns ``{}``: COCOeval on a recording's blank maps is wasted time.
+    """
     samples = data.samples if limit is None else data.samples[:limit]
     if not samples:
         raise MicronetError(f"{data.root}: nothing to evaluate")
@@ -117,13 +127,18 @@ def evaluate_dense(runtime: Any, data: DenseData, input_size: tuple[int, int], l
         from micronet.segmentation.evaluate import evaluate_segmentation
 
         result = evaluate_segmentation(run, samples, input_size)
+        if not score:
+            return {}
         return {"task": "segmentation", "metric": "mIoU", "unit": "points", "miou": 100.0 * result["miou"],
                 "pixel_accuracy": 100.0 * result["pixel_accuracy"], "per_class_iou": result["per_class_iou"],
                 "count": result["images"], "pixels": result["pixels"], "limit": limit}
     from micronet.keypoints.metric import oks_average_precision
     from micronet.keypoints.predict import predict_keypoints
 
-    stats = oks_average_precision(data.annotation_file, predict_keypoints(run, samples, input_size))
+    predictions = predict_keypoints(run, samples, input_size)
+    if not score:
+        return {}
+    stats = oks_average_precision(data.annotation_file, predictions)
 
     def points(name: str) -> float | None:
         return None if stats.get(name) is None else 100.0 * float(stats[name])

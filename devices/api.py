@@ -159,15 +159,36 @@ def benchmark_on_device(
                    benchmark_binary=Path(d.benchmark_binary).expanduser() if d.benchmark_binary else None)
     dev = make_device(resolved)
     with tempfile.TemporaryDirectory(prefix="micronet-eval-") as scratch:
-        _attach_eval(job, resolved.kind, m.data, m.limit, d.eval_inputs, Path(scratch))
-        return dev.benchmark(job, progress)
+        scorers = _attach_eval(job, resolved.kind, m.data, m.limit, d.eval_inputs, Path(scratch))
+        run = dev.benchmark(job, progress)
+    if scorers:
+        _score_dense(run, scorers, progress)
+    return run
+
+
+def _score_dense(run: DeviceRun, scorers: list, progress: Progress | None) -> None:
+    """Put each pose/segmentation model's score, computed here from the device's answers, into its rows."""
+    scores: dict[int, dict] = {}
+    for row in run.rows:
+        placeholder = row.get("accuracy") or {}
+        if not placeholder.get("scored_on_host"):
+            continue
+        index = int(placeholder["model_index"])
+        if index not in run.outputs:
+            raise MicronetError(f"{run.device} scored {row.get('name')} but sent no answers back")
+        if index not in scores:
+            if progress is not None:
+                progress(f"accuracy: {row.get('name')} from {run.device}'s answers")
+            scores[index] = scorers[index](run.outputs[index], run.device)
+        row["accuracy"] = scores[index]
 
 
 def _attach_eval(job: BenchJob, kind: str, data: Any, limit: int | None, eval_inputs: str | os.PathLike | None,
-                 scratch: Path) -> None:
-    """Accuracy inputs in the form each kind of device takes them."""
+                 scratch: Path) -> list:
+    """Accuracy inputs in the form each kind of device takes them; for pose and segmentation models on a
+    runner device, the functions that score each model's answers here (else an empty list)."""
     if data is None and eval_inputs is None:
-        return
+        return []
     if data is not None and eval_inputs is not None:
         raise MicronetError("give data (an image folder) or eval_inputs (a prepared .npz), not both")
     if kind == "local":
@@ -176,6 +197,13 @@ def _attach_eval(job: BenchJob, kind: str, data: Any, limit: int | None, eval_in
         job.data, job.limit = data, limit
     elif kind == "adb":
         job.eval_meta = {}  # benchmark_model feeds random inputs: every row says accuracy was not measured
+    elif data is not None and getattr(data, "task", None) in ("segmentation", "pose"):
+        from .evalset import build_dense_eval_sets
+
+        files, job.eval_meta, scorers = build_dense_eval_sets([(m.path, m.manifest) for m in job.models], data,
+                                                              limit, scratch)
+        job.models = [ModelJob(m.path, m.manifest, m.row, f) for m, f in zip(job.models, files)]
+        return scorers
     elif data is not None:
         from .evalset import build_eval_sets
 
@@ -186,6 +214,7 @@ def _attach_eval(job: BenchJob, kind: str, data: Any, limit: int | None, eval_in
 
         file, job.eval_meta = check_eval_inputs(eval_inputs)
         job.models = [ModelJob(m.path, m.manifest, m.row, file) for m in job.models]
+    return []
 
 
 def run_on_device(
@@ -205,7 +234,8 @@ def run_on_device(
     inventory's, else 1. ``warmup``/``runs``/``min_seconds``: the latency schedule. ``xnnpack``: True,
     False, or both as a list. ``data``: a labelled image folder (or ``LabelledImages``) for accuracy:
     scored in-process locally, pushed as pre-processed ``.npz`` to an SSH device, not scored on Android
-    (noted on the rows); ``limit`` caps the images. ``memory``: fresh-process RSS (local only; the others
+    (noted on the rows); a pose or segmentation folder (``bench.tasks.DenseData``) is scored on the
+    desktop from the board's answers (``evalset.build_dense_eval_sets``); ``limit`` caps the images. ``memory``: fresh-process RSS (local only; the others
     report what they can). ``device``: see ``DeviceRunOptions``. The fields of either object may also
     be given as keywords (``run_on_device("pi", files, runs=20, cpu_mask="f")``), which override them.
     """

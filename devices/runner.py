@@ -353,6 +353,26 @@ def evaluate(np, model: Model, x, y, meta: dict) -> tuple:
     return accuracy, np.concatenate(raw_outputs)
 
 
+def evaluate_dense(np, model: Model, x, answer: str, manifest: dict | None, index: int) -> tuple:
+    """(placeholder accuracy, answers) of a pose or segmentation model on the host's recorded inputs.
+
+    The metric needs the annotations and COCOeval, which stay on the host: the answers (segmentation labels
+    as uint8 N×H×W, or pose heatmaps as float32 N×C×h×w) go back in ``outputs-<index>.npy`` and the host
+    puts the score where the placeholder is (devices/api.py)."""
+    output = (manifest or {}).get("output") or {}
+    batch = model.fixed_batch or 1
+    answers = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        n = len(chunk)
+        if model.fixed_batch and n < model.fixed_batch:
+            chunk = np.concatenate([chunk, np.zeros((model.fixed_batch - n,) + chunk.shape[1:], chunk.dtype)])
+        maps = core.dense_maps(model.to_logits(model.run(model.prepare(chunk)))[:n], output)
+        answers.append(maps.argmax(axis=1).astype(np.uint8) if answer == "labels" else maps.astype(np.float32))
+    placeholder = {"task": (manifest or {}).get("task"), "scored_on_host": True, "model_index": index, "count": len(x)}
+    return placeholder, np.concatenate(answers)
+
+
 def _synthetic(np, model: Model, seed: int):
     c, h, w = model.chw
     if None in (c, h, w):
@@ -451,16 +471,22 @@ def run_request(request: dict, workdir: str, say=lambda message: None) -> dict:
         evaluation = None
         if spec.get("eval"):
             with np.load(os.path.join(workdir, spec["eval"]), allow_pickle=False) as data:
-                evaluation = (data["x"].astype(np.float32, copy=False), data["y"].astype(np.int64, copy=False))
+                if "dense" in data:  # pose/segmentation: no labels here, the answers go back to be scored
+                    evaluation = (data["x"].astype(np.float32, copy=False), str(data["dense"]))
+                else:
+                    evaluation = (data["x"].astype(np.float32, copy=False), data["y"].astype(np.int64, copy=False))
         xnn_list = list(request.get("xnnpack") or [True]) if core.RUNTIMES[runtime].format == "tflite" else [None]
         for xnn in xnn_list:
             accuracy = None
             for t in threads_list:
                 row, raw = _measure_row(np, request, workdir, spec, manifest, runtime, t, xnn, evaluation, accuracy,
-                                        thermal, affinity, say)
+                                        thermal, affinity, say, index=i)
                 accuracy = accuracy or row["accuracy"]
-                if request.get("keep_outputs") and raw is not None and str(i) not in outputs:
-                    name = f"outputs-{i}.npy"  # raw (still quantized) outputs, for parity checks across devices
+                dense = evaluation is not None and isinstance(evaluation[1], str)
+                if (request.get("keep_outputs") or dense) and raw is not None and str(i) not in outputs:
+                    # raw (still quantized) outputs, for parity checks across devices; for a pose or
+                    # segmentation model its maps or labels, which the host scores
+                    name = f"outputs-{i}.npy"
                     np.save(os.path.join(workdir, name), raw)
                     outputs[str(i)] = name
                 rows.append(row)
@@ -469,7 +495,7 @@ def run_request(request: dict, workdir: str, say=lambda message: None) -> dict:
 
 
 def _measure_row(np, request, workdir, spec, manifest, runtime, threads, xnn, evaluation, accuracy, thermal,
-                 affinity, say) -> tuple:
+                 affinity, say, index: int = 0) -> tuple:
     """(row, raw eval outputs or None): latency between two thermal readings, then accuracy."""
     base = dict(spec.get("row") or {})
     base.update(runtime=runtime, runtime_version=available_runtimes().get(runtime), threads=threads, xnnpack=xnn,
@@ -524,8 +550,11 @@ def _measure_row(np, request, workdir, spec, manifest, runtime, threads, xnn, ev
         try:
             if accuracy is None:
                 say(f"accuracy: {what}")
-                row["accuracy"], raw = evaluate(np, model, evaluation[0], evaluation[1],
-                                                request.get("eval_meta") or {})
+                if isinstance(evaluation[1], str):
+                    row["accuracy"], raw = evaluate_dense(np, model, evaluation[0], evaluation[1], manifest, index)
+                else:
+                    row["accuracy"], raw = evaluate(np, model, evaluation[0], evaluation[1],
+                                                    request.get("eval_meta") or {})
             else:
                 row["accuracy"] = accuracy
                 notes.append("accuracy measured once per model/runtime at the first thread count")

@@ -224,6 +224,21 @@ def to_logits(raw: Any, spec: TensorSpec) -> np.ndarray:
     return y.reshape(y.shape[0], -1)
 
 
+def dense_maps(flat: Any, output: dict) -> np.ndarray:
+    """Flat dequantized outputs (N, -1) of a pose or segmentation file → (N, C, H, W) maps, PyTorch's order.
+
+    ``output`` is the manifest's output record: its ``shape`` (with a batch axis) and ``layout`` (TFLite
+    files give NHWC maps). One function for the desktop's dense runner and the on-device runner, so a
+    board's maps are read exactly as the desktop's."""
+    if not isinstance(output, dict) or not output.get("shape") or "stride" not in output:
+        raise InferenceError("the manifest has no dense output (shape, layout, stride): export the pose or "
+                             "segmentation variant with `micronet export`")
+    shape = [int(d) for d in output["shape"][1:]]
+    flat = np.asarray(flat)
+    maps = flat.reshape(flat.shape[0], *shape)
+    return np.ascontiguousarray(maps.transpose(0, 3, 1, 2)) if output.get("layout") == "NHWC" else maps
+
+
 # ============================================================================================ runtimes
 
 

@@ -203,3 +203,102 @@ def test_raw_target_uses_inventory_defaults(sshd, inventory, tiny):
     rows = run_on_device(sshd.target, [tiny], inventory=inventory, warmup=1, runs=2)
     assert rows[0]["device"] == sshd.target
     assert load_inventory(inventory).resolve(sshd.target).options.python == sys.executable
+
+
+# ------------------------------------------------------------------ pose and segmentation on the board
+
+
+@pytest.fixture(scope="module")
+def dense_exports(tmp_path_factory) -> dict:
+    """seg-m0 at 64×128 as ONNX and float32 TFLite (NHWC maps), pose-m0 at 64×64 as ONNX, with their data."""
+    from micronet.export.pipeline import ExportRequest, export
+    from micronet.keypoints.synthetic import write_keypoint_set
+    from micronet.sample_images import bundled_photographs
+    from micronet.segmentation.synthetic import write_segmentation_set
+
+    base = tmp_path_factory.mktemp("dense")
+    write_segmentation_set(base / "city", bundled_photographs(), height=64, width=128, train_images=1, val_images=3)
+    write_keypoint_set(base / "coco", bundled_photographs(), size=(128, 128), train_images=1, val_images=2)
+    seg = export(ExportRequest(variant="seg-m0", input_size=(64, 128), calib_count=4, holdout=4, graph="reference",
+                               kinds=[("onnx", "float32"), ("tflite", "float32")], output_dir=base / "seg"))
+    pose = export(ExportRequest(variant="pose-m0", input_size=(64, 64), calib_count=4, holdout=4, graph="reference",
+                                kinds=[("onnx", "float32")], output_dir=base / "pose"))
+    return {"segmentation": (list(seg.artifacts), base / "city"), "pose": (list(pose.artifacts), base / "coco")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["segmentation", "pose"])
+def test_dense_models_scored_on_the_board_equal_the_desktop(task, sshd, inventory, dense_exports, remote_tmp,
+                                                            tmp_path):
+    """The board answers the desktop evaluator's own inputs (labels for seg, heatmaps for pose, flips included)
+    and the desktop scores them: same file, same runtime, so the figures must be the desktop's exactly, and
+    the answers the desktop runner's to float rounding (a layout or order slip changes both)."""
+    from micronet.bench.dense import dense_runner
+    from micronet.bench.tasks import load_task_data
+    from micronet.devices.api import benchmark_on_device
+    from micronet.devices.evalset import build_dense_eval_sets
+
+    files, folder = dense_exports[task]
+    data = load_task_data(task, folder)
+    run = benchmark_on_device("board", files, inventory=inventory, data=data, warmup=0, runs=2)
+    local = {(r["name"], r["runtime"]): r for r in
+             run_benchmark([str(f) for f in files], data=data, warmup=0, runs=2, memory=False)["results"]}
+    assert [r["name"] for r in run.rows] == [Path(f).name for f in files]
+    key = "miou" if task == "segmentation" else "ap"
+    for index, remote_row in enumerate(run.rows):
+        assert not remote_row["invalid"], remote_row["invalid_reason"]
+        assert remote_row["accuracy"], remote_row["notes"]
+        local_row = local[(remote_row["name"], remote_row["runtime"])]
+        remote_acc, local_acc = remote_row["accuracy"], local_row["accuracy"]
+        assert remote_acc["task"] == task and remote_acc[key] == pytest.approx(local_acc[key], abs=1e-9)
+        if task == "segmentation":
+            assert remote_acc["per_class_iou"] == local_acc["per_class_iou"]
+            assert remote_acc["pixel_accuracy"] == pytest.approx(local_acc["pixel_accuracy"], abs=1e-9)
+        else:
+            assert [remote_acc[k] for k in ("ap50", "ap75")] == [local_acc[k] for k in ("ap50", "ap75")]
+        # The answers themselves, against the desktop runner on the same recorded inputs.
+        manifest = json.loads(Path(f"{files[index]}.json").read_text())
+        (npz,), _, _ = build_dense_eval_sets([(files[index], manifest)], data, None, tmp_path)
+        x = np.load(npz)["x"]
+        runtime = get_runtime(local_row["runtime"])
+        runtime.load(files[index], manifest=manifest)
+        maps = dense_runner(runtime)(x)
+        answers = run.outputs[index]
+        if task == "segmentation":
+            assert answers.dtype == np.uint8 and answers.shape == (len(x), 64, 128)
+            assert np.mean(answers == maps.argmax(axis=1)) > 0.999  # near-ties may flip between processes
+        else:
+            assert answers.shape == maps.shape == (len(x), 17, 16, 16)
+            np.testing.assert_allclose(answers, maps, rtol=1e-5, atol=1e-6)
+    assert _left(remote_tmp) == []
+
+
+def test_dense_model_without_its_manifest_is_one_line_before_anything_is_pushed(sshd, inventory, dense_exports,
+                                                                                 tmp_path, remote_tmp):
+    from micronet.bench.tasks import load_task_data
+
+    files, folder = dense_exports["segmentation"]
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes(Path(files[0]).read_bytes())  # no .json beside it
+    with pytest.raises(MicronetError) as err:
+        run_on_device("board", [bare], inventory=inventory, data=load_task_data("segmentation", folder),
+                      warmup=0, runs=1)
+    assert "needs its pose or segmentation manifest" in _one_line(err.value)
+    assert _left(remote_tmp) == []
+
+
+@pytest.mark.slow
+def test_bench_cli_scores_a_seg_export_on_the_board(sshd, inventory, dense_exports, remote_tmp, tmp_path):
+    """What a user types: the mIoU column is filled from the board's answers, in the JSON report too."""
+    from test_cli import run_cli
+
+    files, folder = dense_exports["segmentation"]
+    onnx_file = next(f for f in files if Path(f).suffix == ".onnx")
+    result = run_cli("bench", str(onnx_file), "--device", "board", "--inventory", str(inventory), "--data",
+                     str(folder), "--runs", "2", "--warmup", "0", "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(next((tmp_path / "r").glob("*.json")).read_text())["results"]
+    assert row["device"] == "board" and row["accuracy"]["task"] == "segmentation"
+    assert 0.0 <= row["accuracy"]["miou"] <= 100.0 and len(row["accuracy"]["per_class_iou"]) == 19
+    assert "mIoU" in result.stdout
+    assert _left(remote_tmp) == []

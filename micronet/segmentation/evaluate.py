@@ -1,9 +1,10 @@
 """A segmentation model's mIoU over a Cityscapes split, for any runner (PyTorch, ONNX, TFLite).
 
 ``run`` maps a normalised NCHW float32 batch to (N, classes, H, W) logits at the input's resolution (the
-MR-ASPP head upsamples to it). Images are resized to ``input_size`` (H, W) when they differ from it, and
-the predicted labels are brought back to the annotation's resolution by nearest-neighbour resizing: the
-benchmark scores at the annotation's resolution, whatever the model ran at.
+MR-ASPP head upsamples to it), or to (N, H, W) labels already arg-maxed (what a device sends back). Images
+are resized to ``input_size`` (H, W) when they differ from it, and the predicted labels are brought back
+to the annotation's resolution by nearest-neighbour resizing: the benchmark scores at the annotation's
+resolution, whatever the model ran at.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def evaluate_segmentation(run: Runner, samples: Sequence[SegmentationSample], in
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         batch = np.stack([_normalised(load_rgb(s.image), input_size) for s in chunk]).astype(np.float32)
-        predicted = np.asarray(run(batch)).argmax(axis=1).astype(np.uint8)
+        answer = np.asarray(run(batch))
+        # A runner may answer with labels (N×H×W) instead of logits: a board sends its arg-max back, not 19 maps.
+        predicted = (answer if answer.ndim == 3 else answer.argmax(axis=1)).astype(np.uint8)
         for sample, labels in zip(chunk, predicted):
             truth = sample.load_label()
             if labels.shape != truth.shape:
