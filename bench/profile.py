@@ -10,7 +10,10 @@ The join: the ONNX export writes each node's PyTorch module (``export.onnx.MODUL
 optimized graph keeps the original tensor names on the outputs of the nodes it fuses, so an optimized node is
 the block of the original node that produced one of its outputs, else of one of its inputs, else of a
 consumer (a layout reorder it inserted). What joins nothing is reported as ``(unjoined)``, never spread over
-blocks. A block name is ``stem``, ``blocks.<i>`` or ``head``, as ``micronet flops`` counts them.
+blocks. A block name is what ``micronet flops --per-layer`` sums by: ``stem``, ``blocks.<i>``, ``head``; for the
+keypoint models ``head_blocks.<i>`` and ``heatmaps``; for segmentation MR-ASPP's parts (``mr_aspp.branch``,
+``mr_aspp.attention``, ``mr_aspp.high_classifier``, ...) and the final ``upsample``. A counted block whose
+nodes ONNX Runtime fused into a neighbour's is a row with 0 nodes and 0 ms (its time is in that neighbour).
 
 TFLite: ai-edge-litert's Python interpreter exposes no op profiler and XNNPACK runs the graph as one delegate
 node, so a ``.tflite`` file is refused with one line (``benchmark_model --enable_op_profiling`` on the device is
@@ -37,10 +40,16 @@ UNJOINED = "(unjoined)"
 Progress = Callable[[str], None]
 
 
+#: Modules whose children are the per-block rows (as ``micronet.counting``'s ``by_stage`` groups them): the
+#: backbone's rows, the keypoint head's blocks, the parts of MR-ASPP.
+_GROUPS = ("blocks", "head_blocks", "mr_aspp")
+
+
 def block_of(module: str) -> str:
-    """``blocks.3.steps.1.0.conv`` → ``blocks.3``; ``stem.conv`` → ``stem``; ``head.fc`` → ``head``."""
+    """``blocks.3.steps.1.0.conv`` → ``blocks.3``; ``stem.conv`` → ``stem``; ``head.fc`` → ``head``;
+    ``mr_aspp.branch.0.conv`` → ``mr_aspp.branch``; ``head_blocks.1.steps.0`` → ``head_blocks.1``."""
     parts = module.split(".")
-    return ".".join(parts[:2]) if parts[0] == "blocks" and len(parts) > 1 else parts[0]
+    return ".".join(parts[:2]) if parts[0] in _GROUPS and len(parts) > 1 else parts[0]
 
 
 @dataclass
@@ -107,7 +116,11 @@ def profile_artifact(path: str | os.PathLike, *, device: str = "local", threads:
         say(f"profiling {path.name} in ONNX Runtime at {t} thread{'s' if t > 1 else ''} ({runs} runs)")
         per_thread[t], wall[t], ops, joined = _ort_node_times(path, t, runs, warmup)
     madds = _block_madds(manifest)
-    names = sorted({joined.get(n, UNJOINED) for times in per_thread.values() for n in times}, key=_block_order)
+    order = {name: i for i, name in enumerate(madds or {})}  # the model's own order, where it is counted
+    # A counted block whose nodes ONNX Runtime fused into a neighbour's (a 1x1 conv into the following Add)
+    # stays a row, with 0 nodes and 0 ms, so the MAdds column still adds up to the model's.
+    names = sorted({joined.get(n, UNJOINED) for times in per_thread.values() for n in times} | set(order),
+                   key=lambda name: (0, order[name], 0) if name in order else (1, *_block_order(name)))
     blocks = []
     for name in names:
         members = [n for n in per_thread[threads[0]] if joined.get(n, UNJOINED) == name]
@@ -125,11 +138,13 @@ def profile_artifact(path: str | os.PathLike, *, device: str = "local", threads:
 
 
 def _block_order(name: str) -> tuple[int, int]:
+    """Order without a manifest: stem, rows, head blocks, the rest, what joined nothing."""
     if name == "stem":
         return (0, 0)
-    if name.startswith("blocks."):
-        return (1, int(name.split(".")[1]))
-    return (2, 0) if name == "head" else (3, 0)
+    for rank, group in enumerate(("blocks.", "head_blocks."), start=1):
+        if name.startswith(group) and name[len(group):].isdigit():
+            return (rank, int(name[len(group):]))
+    return (4, 0) if name == UNJOINED else (3, 0)
 
 
 def _block_madds(manifest: dict) -> dict[str, int] | None:

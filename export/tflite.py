@@ -166,8 +166,12 @@ def onnx_to_saved_model(onnx_path: str | os.PathLike, workdir: str | os.PathLike
     log, child_record = workdir / "onnx2tf.log", workdir / "onnx2tf_record.json"
     child_record.unlink(missing_ok=True)
     _write_stub(workdir)
+    # onnx2tf re-saves the file it is given (without the exporter's metadata): it converts a copy, so the
+    # ONNX file the ladder judged and the export ships stays byte for byte what was judged.
+    source = workdir / "onnx2tf_input.onnx"
+    shutil.copyfile(onnx_path, source)
 
-    command = [sys.executable, "-P", str(_CHILD), str(onnx_path), str(saved_model), str(child_record)]
+    command = [sys.executable, "-P", str(_CHILD), str(source), str(saved_model), str(child_record)]
     start = time.perf_counter()
     with open(log, "wb") as log_file:
         try:

@@ -426,6 +426,20 @@ def test_onnx2tf_ran_offline_in_its_scratch_dir(saved_model):
 
 
 @pytest.mark.slow
+def test_onnx2tf_leaves_the_onnx_file_it_converts_untouched(saved_model, onnx_artifact):
+    """onnx2tf re-saves the file it is given (no producer, no node metadata): the shipped ONNX file must stay
+    the one the ladder judged, with the module names `micronet profile` joins on."""
+    import onnx
+
+    from micronet.export.onnx import MODULE_KEY
+
+    path, record = onnx_artifact  # saved_model converted this very file
+    model = onnx.load(str(path))
+    assert model.producer_name == "pytorch" and path.stat().st_size == record["size_bytes"]
+    assert any(p.key == MODULE_KEY for node in model.graph.node for p in node.metadata_props)
+
+
+@pytest.mark.slow
 def test_tflite_float32_matches_onnx(onnx_artifact, holdout, tflite_logits):
     onnx_logits = run_onnx(onnx_artifact[0], holdout)
     rung = check_rung("tflite_float32", compare(onnx_logits, tflite_logits["float32"]))

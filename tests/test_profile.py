@@ -33,6 +33,28 @@ def test_blocks_of_m0_are_joined_with_their_madds(m0_profile):
     assert unjoined <= joined // 10  # the join accounts for nearly every node the runtime runs
 
 
+@pytest.mark.parametrize("variant, size", [("seg-m0", (64, 128)), ("pose-m0", (64, 64))])
+def test_dense_models_are_joined_per_row_head_block_and_mr_aspp_part(variant, size, tmp_path):
+    """Pose and segmentation exports (the reference graph) join too, at ``micronet flops``'s granularity: the
+    keypoint head's blocks and MR-ASPP's parts, each beside its MAdds, in the model's order."""
+    from micronet.export.pipeline import ExportRequest, export
+
+    result = export(ExportRequest(variant=variant, input_size=size, calib_count=2, holdout=4, graph="reference",
+                                  kinds=[("onnx", "float32")], output_dir=tmp_path))
+    profile = profile_artifact(result.artifacts[0], threads=(1,), runs=2, warmup=1)
+    counts = count_variant(variant, size)
+    stages = {s["stage"]: s["madds"] for s in counts.by_stage()}
+    names = [row.block for row in profile.blocks]
+    assert [n for n in names if n in stages] == [n for n in stages if n in names]  # the model's order
+    assert set(stages) <= set(names)  # every counted block is a row (with 0 nodes where ORT fused it away)
+    timed = {row.block for row in profile.blocks if row.nodes > 0}
+    assert {n for n in stages if n.startswith(("stem", "blocks.", "head_blocks."))} <= timed
+    assert len([n for n in stages if n not in timed]) <= 2  # seg: the class projections fused into their Add
+    assert sum(row.madds or 0 for row in profile.blocks) == counts.madds
+    joined = sum(row.nodes for row in profile.blocks if row.block in stages)
+    assert sum(row.nodes for row in profile.blocks if row.block not in stages) <= joined // 10
+
+
 def test_profile_is_written_as_json_and_csv_beside_the_manifest(m0_profile, exported_m0_small, tmp_path):
     manifest = exported_m0_small["onnx"].with_name(exported_m0_small["onnx"].name + ".json")
     before = manifest.read_bytes()
