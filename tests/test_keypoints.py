@@ -290,6 +290,50 @@ def test_training_crops_put_each_target_on_its_drawn_joint(coco):
     assert image.shape == (3, 256, 192) and targets.shape == (17, 64, 48) and weights.shape == (17,)
 
 
+def test_half_body_box_takes_the_chosen_half_or_the_other():
+    from micronet.keypoints.training_data import half_body_box
+
+    kp = np.zeros((17, 3))
+    kp[:, 2] = 2
+    kp[:, 0] = np.arange(17) * 10.0
+    kp[:, 1] = np.where(np.arange(17) < 11, 5.0, 95.0)
+    assert half_body_box(kp, upper_first=True) == (0.5, 5.5, 100.0, 1.0)  # joints 0..10: x 0..100, y 5
+    assert half_body_box(kp, upper_first=False) == (110.5, 95.5, 50.0, 1.0)  # joints 11..16
+    kp[12:, 2] = 0  # one lower joint left: the lower half falls back to the upper
+    assert half_body_box(kp, upper_first=False) == half_body_box(kp, upper_first=True)
+    kp[1:11, 2] = 0
+    assert half_body_box(kp, upper_first=True) is None  # one joint in each half
+
+
+def test_half_body_crops_frame_one_half_of_the_figure(coco):
+    """With half-body on, a person with more than 8 labelled joints is cropped around one half's joints padded
+    by 1.5: every target sits where that crop puts its joint (not where the whole-person crop would)."""
+    import dataclasses
+
+    from micronet.keypoints.crops import BOX_PADDING, crop_transform
+    from micronet.keypoints.predict import HEATMAP_STRIDE
+    from micronet.keypoints.training_data import HALF_BODY_PADDING, Augmentation, KeypointCrops, half_body_box
+    train = load_coco_keypoints(coco, "train2017")
+    half = KeypointCrops(train, augmentation=dataclasses.replace(Augmentation.none(), half_body=1.0), seed=1)
+    framed = 0
+    for index in range(len(half)):
+        kp = half.keypoints[index]
+        if (kp[:, 2] > 0).sum() <= 8:
+            continue
+        _, targets, weights = half.sample(index)
+        found = decode_heatmaps(targets)[0][weights > 0]
+
+        def expected(box, padding):
+            return crop_transform(box, half.input_size, padding).to_crop(kp[:, :2], HEATMAP_STRIDE)[weights > 0]
+
+        candidates = [expected(half_body_box(kp, upper), HALF_BODY_PADDING) for upper in (True, False)]
+        errors = [np.abs(found - c).max() for c in candidates]
+        assert min(errors) <= 0.5, (index, errors)  # the grid's quantisation: peaks sit on cells
+        assert np.abs(found - expected(half.people[index].box, BOX_PADDING)).max() > 2, index
+        framed += 1
+    assert framed >= 2
+
+
 def test_heatmap_loss_ignores_unlabelled_joints():
     import torch
     from micronet.keypoints.training_data import heatmap_loss
