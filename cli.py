@@ -471,13 +471,15 @@ def profile_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="write <out>.json and <out>.csv (default: beside the "
                                                           "artifact, <artifact>.profile.json/.csv)"),
 ) -> None:
-    """Per-block time (runtime profiler) joined to MicroNet blocks and their MAdds, at 1 and N threads."""
-    from micronet.bench.profile import profile_artifact, profile_table, write_profile
+    """Per-block time (runtime profiler) joined to MicroNet blocks and their MAdds, at 1 and N threads, and the
+    same time by op type."""
+    from micronet.bench.profile import op_table, profile_artifact, profile_table, write_profile
     from micronet.console import console, print_table
 
     with console.status("profiling", spinner="dots") as status:
         result = profile_artifact(artifact, device=device, threads=(1, threads), runs=runs, progress=status.update)
     print_table(profile_table(result))
+    print_table(op_table(result))
     for path in write_profile(result, out or artifact.with_name(artifact.name + ".profile")):
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 

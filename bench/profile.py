@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from micronet.errors import MicronetError
 
-__all__ = ["BlockTime", "Profile", "block_of", "profile_artifact", "profile_table", "write_profile"]
+__all__ = ["BlockTime", "Profile", "block_of", "op_table", "profile_artifact", "profile_table", "write_profile"]
 
 UNJOINED = "(unjoined)"
 Progress = Callable[[str], None]
@@ -76,6 +76,7 @@ class Profile:
     wall_ms: dict[int, float]  # median wall time of one profiled run (ONNX Runtime's model_run), per thread count
     variant: str | None
     input_size: int | None
+    op_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # op type → threads → ms per inference
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -83,6 +84,7 @@ class Profile:
                         "madds": "multiply-adds (micronet.counting)"}
         for row in out["blocks"]:
             row["ms"] = {str(k): v for k, v in row["ms"].items()}
+        out["op_ms"] = {op: {str(k): v for k, v in ms.items()} for op, ms in self.op_ms.items()}
         out["total_ms"] = {str(k): v for k, v in self.total_ms.items()}
         out["wall_ms"] = {str(k): v for k, v in self.wall_ms.items()}
         return out
@@ -130,11 +132,19 @@ def profile_artifact(path: str | os.PathLike, *, device: str = "local", threads:
         blocks.append(BlockTime(name, madds.get(name) if madds else None,
                                 {t: sum(v for n, v in per_thread[t].items() if joined.get(n, UNJOINED) == name)
                                  for t in threads}, len(members), kinds))
+    # The same time by the runtime's op type: on large maps the elementwise ops, gathers and resizes that
+    # count no MAdds can outweigh the convolutions.
+    op_ms: dict[str, dict[int, float]] = {}
+    for t in threads:
+        for node, ms in per_thread[t].items():
+            kind = op_ms.setdefault(ops.get(node, "?"), {u: 0.0 for u in threads})
+            kind[t] += ms
+    op_ms = dict(sorted(op_ms.items(), key=lambda item: -item[1][threads[0]]))
     import onnxruntime
 
     return Profile(str(path), "onnxruntime", onnxruntime.__version__, device, threads, runs, blocks,
                    {t: sum(per_thread[t].values()) for t in threads}, wall, manifest.get("variant"),
-                   manifest.get("input_size"))
+                   manifest.get("input_size"), op_ms)
 
 
 def _block_order(name: str) -> tuple[int, int]:
@@ -268,6 +278,27 @@ def profile_table(profile: Profile):
     if last != first:
         cells.append(f"{profile.wall_ms[first] / profile.wall_ms[last]:.2f}" if profile.wall_ms[last] else "—")
     table.add_row(*cells, "")
+    return table
+
+
+def op_table(profile: Profile):
+    """Time per op type of the graph the runtime ran (rich), most expensive first."""
+    from rich.table import Table
+
+    first, last = profile.threads[0], profile.threads[-1]
+    table = Table(title="by op type (ONNX Runtime's optimized graph)")
+    table.add_column("op type", no_wrap=True)
+    for t in profile.threads:
+        table.add_column(f"ms@{t}T", justify="right", no_wrap=True)
+    table.add_column(f"share@{first}T", justify="right", no_wrap=True)
+    if last != first:
+        table.add_column(f"×{last}T/{first}T", justify="right", no_wrap=True)
+    for op, ms in profile.op_ms.items():
+        share = ms[first] / profile.total_ms[first] if profile.total_ms[first] else 0.0
+        cells = [op, *(f"{ms[t]:.4f}" for t in profile.threads), f"{100 * share:.1f}%"]
+        if last != first:
+            cells.append(f"{ms[first] / ms[last]:.2f}" if ms[last] else "—")
+        table.add_row(*cells)
     return table
 
 

@@ -53,6 +53,10 @@ def test_dense_models_are_joined_per_row_head_block_and_mr_aspp_part(variant, si
     assert sum(row.madds or 0 for row in profile.blocks) == counts.madds
     joined = sum(row.nodes for row in profile.blocks if row.block in stages)
     assert sum(row.nodes for row in profile.blocks if row.block not in stages) <= joined // 10
+    # The same time by op type: it adds up to the total, most expensive first, the convolutions among it.
+    assert sum(ms[1] for ms in profile.op_ms.values()) == pytest.approx(profile.total_ms[1])
+    firsts = [ms[1] for ms in profile.op_ms.values()]
+    assert firsts == sorted(firsts, reverse=True) and any("Conv" in op for op in profile.op_ms)
 
 
 def test_profile_is_written_as_json_and_csv_beside_the_manifest(m0_profile, exported_m0_small, tmp_path):
@@ -72,7 +76,8 @@ def test_cli_prints_the_whole_table_in_80_columns(exported_m0_small, tmp_path):
     result = run_cli("profile", str(exported_m0_small["onnx"]), "--runs", "2", "--out", str(tmp_path / "p"),
                      columns="80")
     assert result.returncode == 0, result.stderr
-    for name in ("stem", "blocks.0", "blocks.6", "head", "ms@1T", "ms@2T", "×2T/1T", "total", "wall (run)"):
+    for name in ("stem", "blocks.0", "blocks.6", "head", "ms@1T", "ms@2T", "×2T/1T", "total", "wall (run)",
+                 "by op type", "op type"):
         assert name in result.stdout
     assert "…" not in result.stdout
     assert (tmp_path / "p.json").is_file() and (tmp_path / "p.csv").is_file()
