@@ -52,6 +52,7 @@ OP_MIN_RUNTIME: dict[tuple[str, int], str] = {
     **{("QUANTIZE", v): r for v, r in {1: "1.14.0", 2: "1.15.0", 3: "2.7.0"}.items()},
     **{("RELU", v): r for v, r in {1: "1.5.0", 2: "2.1.0", 3: "2.5.0"}.items()},
     **{("RELU6", v): r for v, r in {1: "1.5.0", 2: "1.14.0", 3: "2.5.0"}.items()},
+    **{("RESIZE_BILINEAR", v): r for v, r in {1: "1.7.0", 2: "1.14.0", 3: "2.2.0", 4: "2.5.0"}.items()},
     ("RESHAPE", 1): "1.5.0",
     **{("SLICE", v): r for v, r in {1: "1.14.0", 2: "1.14.0", 3: "1.14.0", 4: "2.4.0", 5: "2.5.0",
                                     6: "2.14.0"}.items()},

@@ -136,6 +136,11 @@ def test_seg_tflite_maps_are_judged_in_pytorch_layout(tmp_path):
     manifest = json.loads(Path(f"{tmp_path / 'micronet-seg-m0-128x256.int8.tflite'}.json").read_text())
     assert manifest["output"]["layout"] == "NHWC" and manifest["output"]["shape"] == [1, *size, 19]
     assert manifest["output"]["stride"] == 1 and manifest["task"] == "segmentation"
+    # Every op version of a segmentation file is in the runtime table (RESIZE_BILINEAR v3: half-pixel centres).
+    for name in ("float32", "int8"):
+        m = json.loads(Path(f"{tmp_path / f'micronet-seg-m0-128x256.{name}.tflite'}.json").read_text())
+        assert "not in micronet's table" not in m["runtime_requirement"], m["runtime_requirement"]
+        assert "RESIZE_BILINEAR" in m["ops"]["by_op"]
 
 
 @pytest.mark.slow
