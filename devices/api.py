@@ -235,8 +235,8 @@ def run_on_device(
     False, or both as a list. ``data``: a labelled image folder (or ``LabelledImages``) for accuracy:
     scored in-process locally, pushed as pre-processed ``.npz`` to an SSH device, not scored on Android
     (noted on the rows); a pose or segmentation folder (``bench.tasks.DenseData``) is scored on the
-    desktop from the board's answers (``evalset.build_dense_eval_sets``); ``limit`` caps the images. ``memory``: fresh-process RSS (local only; the others
-    report what they can). ``device``: see ``DeviceRunOptions``. The fields of either object may also
+    desktop from the board's answers (``evalset.build_dense_eval_sets``); ``limit`` caps the images.
+    ``memory``: fresh-process RSS (local only; the others report what they can). ``device``: see ``DeviceRunOptions``. The fields of either object may also
     be given as keywords (``run_on_device("pi", files, runs=20, cpu_mask="f")``), which override them.
     """
     return benchmark_on_device(target, model_paths, measure, device, progress=progress, **keywords).rows

@@ -328,17 +328,25 @@ def measure_latency(model: Model, native, warmup: int, runs: int | None, min_sec
     return core.measure(lambda: model.run(native), warmup, runs, min_seconds)
 
 
+def _batches(np, model: Model, x):
+    """(start, raw outputs of the real rows) per batch of ``x``, in the model's batch size; a short last batch
+    is zero-padded and only its real rows are kept."""
+    batch = model.fixed_batch or 1
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        n = len(chunk)
+        if model.fixed_batch and n < model.fixed_batch:
+            chunk = np.concatenate([chunk, np.zeros((model.fixed_batch - n,) + chunk.shape[1:], chunk.dtype)])
+        yield start, np.asarray(model.run(model.prepare(chunk)))[:n]
+
+
 def evaluate(np, model: Model, x, y, meta: dict) -> tuple:
     """(accuracy object, raw outputs) on pre-processed float32 NCHW inputs with integer labels."""
     batch = model.fixed_batch or 1
     top1 = top5 = 0
     raw_outputs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        n = len(chunk)
-        if model.fixed_batch and n < model.fixed_batch:  # short last batch: zero-pad, score only real rows
-            chunk = np.concatenate([chunk, np.zeros((model.fixed_batch - n,) + chunk.shape[1:], chunk.dtype)])
-        raw = np.asarray(model.run(model.prepare(chunk)))[:n]
+    for start, raw in _batches(np, model, x):
+        n = len(raw)
         raw_outputs.append(raw.reshape(n, -1).copy())
         logits = model.to_logits(raw)
         labels = y[start:start + n]
@@ -360,14 +368,9 @@ def evaluate_dense(np, model: Model, x, answer: str, manifest: dict | None, inde
     as uint8 N×H×W, or pose heatmaps as float32 N×C×h×w) go back in ``outputs-<index>.npy`` and the host
     puts the score where the placeholder is (devices/api.py)."""
     output = (manifest or {}).get("output") or {}
-    batch = model.fixed_batch or 1
     answers = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        n = len(chunk)
-        if model.fixed_batch and n < model.fixed_batch:
-            chunk = np.concatenate([chunk, np.zeros((model.fixed_batch - n,) + chunk.shape[1:], chunk.dtype)])
-        maps = core.dense_maps(model.to_logits(model.run(model.prepare(chunk)))[:n], output)
+    for _, raw in _batches(np, model, x):
+        maps = core.dense_maps(model.to_logits(raw), output)
         answers.append(maps.argmax(axis=1).astype(np.uint8) if answer == "labels" else maps.astype(np.float32))
     placeholder = {"task": (manifest or {}).get("task"), "scored_on_host": True, "model_index": index, "count": len(x)}
     return placeholder, np.concatenate(answers)
@@ -475,6 +478,7 @@ def run_request(request: dict, workdir: str, say=lambda message: None) -> dict:
                     evaluation = (data["x"].astype(np.float32, copy=False), str(data["dense"]))
                 else:
                     evaluation = (data["x"].astype(np.float32, copy=False), data["y"].astype(np.int64, copy=False))
+        dense = evaluation is not None and isinstance(evaluation[1], str)
         xnn_list = list(request.get("xnnpack") or [True]) if core.RUNTIMES[runtime].format == "tflite" else [None]
         for xnn in xnn_list:
             accuracy = None
@@ -482,7 +486,6 @@ def run_request(request: dict, workdir: str, say=lambda message: None) -> dict:
                 row, raw = _measure_row(np, request, workdir, spec, manifest, runtime, t, xnn, evaluation, accuracy,
                                         thermal, affinity, say, index=i)
                 accuracy = accuracy or row["accuracy"]
-                dense = evaluation is not None and isinstance(evaluation[1], str)
                 if (request.get("keep_outputs") or dense) and raw is not None and str(i) not in outputs:
                     # raw (still quantized) outputs, for parity checks across devices; for a pose or
                     # segmentation model its maps or labels, which the host scores
