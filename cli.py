@@ -157,6 +157,8 @@ def export_cmd(
                                        help="measure the fast graph's choices on DEVICE (local, ssh://user@host[:port] "
                                             "or a devices.toml name) at --threads and ship the fastest exact one"),
     tune_budget: str = typer.Option("5m", "--tune-budget", help="time for the tuning search, e.g. 90s, 5m"),
+    tune_blocks: bool = typer.Option(True, "--tune-blocks/--no-tune-blocks",
+                                     help="after the whole-graph switches, try each block's own switches"),
     threads: int = typer.Option(1, "--threads", help="the thread count the model will run at (for --tune)"),
     tune_from: Optional[Path] = typer.Option(None, "--tune-from",
                                              help="reuse a tuning record (or a tuned export's manifest) instead of "
@@ -177,7 +179,7 @@ def export_cmd(
         input_size=parse_input_size(input_size) if input_size is not None else None,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
         dynamic_batch=dynamic_batch, graph=graph, optimize_for=optimize_for,
-        tune=_tune_request(tune, tune_budget, threads, tune_from, inventory),
+        tune=_tune_request(tune, tune_budget, threads, tune_from, inventory, tune_blocks),
     )
     try:
         with console.status("exporting", spinner="dots") as status:
@@ -196,14 +198,14 @@ def export_cmd(
 
 
 def _tune_request(device: Optional[str], budget: str, threads: int, record: Optional[Path],
-                  inventory: Optional[Path]):
+                  inventory: Optional[Path], per_block: bool = True):
     """``--tune``/``--tune-from`` as a ``TuneRequest`` (None: an untuned export)."""
     from micronet.export.tune import TuneRequest, parse_budget
 
     if device is None and record is None:
         return None
     return TuneRequest(device=device or "local", threads=threads, budget_s=parse_budget(budget), record=record,
-                       inventory=inventory)
+                       inventory=inventory, per_block=per_block)
 
 
 @app.command("bench")

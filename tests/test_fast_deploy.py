@@ -562,3 +562,96 @@ def test_plan_summary_reads_one_line_per_unit():
     lines = plan.summary()
     assert len(lines) == len(plan.units) + 1 and lines[0].startswith("stem: 3x3 conv")
     assert all("x~ gather" in line or "x~ -" in line for line in lines[1:])
+
+
+# ------------------------------------------------------------------------------------------ per-block switches
+
+def _per_block_flips(model, profile):
+    """Every (block, switch) flip of ``profile`` whose plan differs from the whole-graph one and from every
+    earlier flip (what the tuner's block phase builds), with the flipped profile."""
+    from types import SimpleNamespace
+
+    from micronet.export.tune.candidates import block_flips, plan_fingerprint, with_block_switch
+
+    ctx = SimpleNamespace(model=model)
+    flips = block_flips(ctx, profile, {plan_fingerprint(ctx, profile)})
+    return [(block, name, with_block_switch(profile, block, name, not getattr(profile.for_block(block), name)))
+            for block, name in flips]
+
+
+def test_block_overrides_are_checked_and_canonical():
+    from micronet.export.fast.profiles import BLOCK_SWITCHES, check_block_overrides
+
+    assert check_block_overrides([(3, "roll_2d", False), (1, "merged_groups", True), (3, "roll_2d", False)]) == \
+        ((1, "merged_groups", True), (3, "roll_2d", False))
+    for bad, message in [((0, "pixel_pairs", False), "not a per-block switch"),
+                         ((-1, "roll_2d", False), "block >= 0"), ((0, "roll_2d", 1), "true/false"),
+                         ((True, "roll_2d", False), "block >= 0"), ((0, "roll_2d"), "is \\(block, switch, on\\)")]:
+        with pytest.raises(ValueError, match=message):
+            check_block_overrides([bad])
+    assert "merged_stem" not in BLOCK_SWITCHES and "gather_shifts" not in BLOCK_SWITCHES
+    assert set(BLOCK_SWITCHES) <= set(REWRITES)
+    base = PROFILES["xnnpack"]
+    profile = dataclasses.replace(base, blocks=((2, "roll_2d", not base.roll_2d),))
+    assert profile.for_block(2).roll_2d is not base.roll_2d and profile.for_block(2).blocks == ()
+    assert profile.for_block(1) is profile and profile.for_block(1).roll_2d is base.roll_2d
+
+
+def test_a_block_exception_changes_that_block_and_not_the_blocks_before_it():
+    """The planner reads each unit's switches from its own block: a flip in block b leaves every unit of the
+    blocks before b - 1 planned as before (b - 1 may change the layout it hands to b), and m0 has flips
+    that change its graph in most of the switches the planner reads per block."""
+    from micronet.export.fast.profiles import BLOCK_SWITCHES
+
+    model = _recalibrated("m0")
+    base = PROFILES["xnnpack"]
+    whole = fast_plan(model, base)
+    flips = _per_block_flips(model, base)
+    assert len({name for _, name, _ in flips}) >= len(BLOCK_SWITCHES) // 2
+    for block, name, profile in flips:
+        plan = fast_plan(model, profile)
+        changed = [i for i, (a, b) in enumerate(zip(whole.units, plan.units)) if _unit_key(a) != _unit_key(b)]
+        assert changed, (block, name)
+        assert min(plan.units[i].block for i in changed) >= block - 1, (block, name)
+
+
+def _unit_key(unit) -> str:
+    from micronet.export.fast.plan import FastPlan
+
+    return FastPlan(profile=None, stem=None, units=[unit]).fingerprint()
+
+
+@pytest.mark.parametrize("target", ["xnnpack", pytest.param("onnxruntime", marks=pytest.mark.slow)])
+def test_every_per_block_flip_is_exact(target):
+    """Each block exception the tuner can try computes the training form's function (m0: every flip that
+    changes the graph)."""
+    model = _recalibrated("m0")
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = model(x).double()
+        for block, name, profile in _per_block_flips(model, PROFILES[target]):
+            out = to_fast_deploy(model, profile=profile)(x).double()
+            assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT, (block, name)
+
+
+@pytest.mark.slow
+def test_random_mixes_of_block_exceptions_are_exact():
+    """Neighbouring blocks with different switches must still hand each other the layouts they expect:
+    release-m3 (the most blocks and groups) with random sets of exceptions, on both profiles."""
+    import random
+
+    from micronet.export.fast.profiles import BLOCK_SWITCHES
+
+    model = _recalibrated("release-m3")
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(10))
+    rng = random.Random(0)
+    with torch.no_grad():
+        ref = model(x).double()
+        for target in ("xnnpack", "onnxruntime"):
+            base = PROFILES[target]
+            for _ in range(6):
+                blocks = {(rng.randrange(len(model.blocks)), rng.choice(BLOCK_SWITCHES)) for _ in range(8)}
+                profile = dataclasses.replace(base, blocks=tuple(sorted(
+                    (b, n, not getattr(base, n)) for b, n in blocks)))
+                out = to_fast_deploy(model, profile=profile)(x).double()
+                assert float((out - ref).abs().max() / ref.abs().max()) <= LIMIT, profile.blocks

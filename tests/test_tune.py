@@ -65,7 +65,8 @@ def test_record_checks_name_what_differs():
     export_key = {"variant": "m0", "input_size": 64, "format": "onnx", "profile": "portable", "threads": 1}
     device = rec.fingerprint("local", "Xeon ×2 · Linux x86_64", "onnxruntime", "1.23.0")
     tools = {"torch": "2.13.0", "graph_revision": 7}
-    record = {"schema": rec.SCHEMA, "export": export_key, "device": device, "toolchain": tools}
+    record = {"schema": rec.SCHEMA, "export": export_key, "device": device, "toolchain": tools,
+              "chosen": {"switches": {"roll_2d": False}, "blocks": [[3, "merged_groups", False]]}}
     rec.check_record(record, export_key, device, tools, "r.json")  # its own: accepted
     with pytest.raises(MicronetError, match="threads"):
         rec.check_record(record, {**export_key, "threads": 4}, device, tools, "r.json")
@@ -73,6 +74,13 @@ def test_record_checks_name_what_differs():
         rec.check_record(record, export_key, rec.fingerprint("ssh", "Pi", "onnxruntime", "1.23.0"), tools, "r.json")
     with pytest.raises(MicronetError, match="another toolchain.*torch"):
         rec.check_record(record, export_key, device, {**tools, "torch": "2.14.0"}, "r.json")
+    for chosen, message in [(None, "names no chosen graph"),
+                            ({"switches": {}, "blocks": [[0, "pixel_pairs", False]]}, "not a per-block switch"),
+                            ({"switches": {}, "blocks": [["x", "roll_2d", False]]}, "block >= 0"),
+                            ({"switches": {}, "blocks": [[0, "roll_2d"]]}, "block, switch, on")]:
+        with pytest.raises(MicronetError, match=message) as info:
+            rec.check_record({**record, "chosen": chosen}, export_key, device, tools, "r.json")
+        assert "\n" not in str(info.value) and "r.json" in str(info.value)
 
 
 def test_unknown_device_is_refused_before_anything_is_written(tmp_path):
@@ -233,3 +241,55 @@ def test_tuning_over_ssh_end_to_end(sshd, tmp_path):
     assert measured[0]["name"] == "default" and len(measured) >= 2
     assert record["chosen"]["name"] in {c["name"] for c in measured}
     assert not list(board_tmp.rglob("micronet-run.*"))  # the runner's folders are gone from the board
+
+
+# ------------------------------------------------------------------------------------ the per-block phase
+
+@pytest.mark.slow
+def test_block_phase_ships_and_records_block_exceptions(tmp_path, monkeypatch):
+    """The search logic, with a scripted clock instead of the device (real candidates, real parity, fake
+    timings): whole-graph flips always lose and every block exception wins. The search must then go on to
+    the block phase, keep each winning exception, ship that graph exactly, record it in ``chosen.blocks``,
+    and a reused record must rebuild the same graph without measuring."""
+    import onnx
+
+    from micronet.export.tune import search
+    from micronet.export.tune.measure import Timing
+
+    built: dict[Path, object] = {}
+    real_build = search.build_candidate
+
+    def remembering_build(ctx, fmt, profile, folder):
+        made = real_build(ctx, fmt, profile, folder)
+        built[Path(made.path)] = profile
+        return made
+
+    def scripted_clock(target, paths, **_):
+        def ms(path):
+            profile = built[Path(path)]
+            return (2.0 if search.changed(profile, PROFILES["portable"]) else 1.0) - 0.01 * len(profile.blocks)
+        return [Timing([ms(p), ms(p)]) for p in paths], {}
+
+    from micronet.export.fast import PROFILES
+
+    monkeypatch.setattr(search, "build_candidate", remembering_build)
+    monkeypatch.setattr(search, "time_on_device", scripted_clock)
+    result = export(_request(tmp_path / "tuned", _tiny(budget_s=600.0, cache=False)))
+    record = read_manifest(result.artifacts[0])["tuning"]
+    phases = {c["phase"] for c in record["candidates"]}
+    assert phases >= {"default", "graph", "block"}
+    blocks = [c for c in record["candidates"] if c["phase"] == "block" and c["status"] == "measured"]
+    assert blocks and all(c["won"] for c in blocks)
+    chosen = record["chosen"]
+    assert chosen["changed"] == {} and len(chosen["blocks"]) == len(blocks)
+    assert all(on is False for _, _, on in chosen["blocks"])  # portable: only switched off, block by block
+    assert "@" in chosen["name"] and record["final_check"]["won"]
+    manifest = read_manifest(result.artifacts[0])
+    assert all(r["passed"] for r in manifest["parity"])
+    # The record rebuilds the same graph: node for node the same ONNX file, nothing timed.
+    monkeypatch.setattr(search, "time_on_device", None)
+    again = export(_request(tmp_path / "again", _tiny(record=result.artifacts[0].with_name(
+        result.artifacts[0].name + ".json"))))
+    first, second = (onnx.load(str(p)).graph for p in (result.artifacts[0], again.artifacts[0]))
+    assert [n.op_type for n in first.node] == [n.op_type for n in second.node]
+    assert read_manifest(again.artifacts[0])["tuning"]["chosen"] == chosen

@@ -127,6 +127,33 @@ class FastPlan:
     units: list[DepthwisePlan | PointwisePlan] = field(default_factory=list)
     head_order: np.ndarray | None = None
 
+    def fingerprint(self) -> str:
+        """A hash of every decision in the plan (not of the profile that made it): two profiles whose plans
+        share it build the same graph, so a tuner times only one of them."""
+        import dataclasses
+        import hashlib
+
+        digest = hashlib.sha256()
+
+        def feed(value) -> None:
+            if isinstance(value, np.ndarray):
+                digest.update(f"a{value.dtype}{value.shape}".encode())
+                digest.update(np.ascontiguousarray(value).tobytes())
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                digest.update(type(value).__name__.encode())
+                for f in dataclasses.fields(value):
+                    if f.name != "profile":
+                        feed(getattr(value, f.name))
+            elif isinstance(value, (list, tuple)):
+                digest.update(f"l{len(value)}".encode())
+                for item in value:
+                    feed(item)
+            else:
+                digest.update(repr(value).encode())
+
+        feed(self)
+        return digest.hexdigest()
+
     def summary(self) -> list[str]:
         """One line per unit: block, kind, map size and the layout decisions (for reading a plan)."""
         stem_form = 'pixel pairs' if self.stem.pixel_pairs else '3x3 conv' if self.stem.merged else '3x1 + 1x3 convs'

@@ -33,30 +33,36 @@ class _Planner:
         self.units = net.units
         self._block_input: dict[int, Rep] = {}
 
+    def _switches(self, pos: int) -> RuntimeProfile:
+        """The switches for the unit at ``pos``: the profile with its block's exceptions (``blocks``). Each
+        decision reads the switches of the unit it decides about, so neighbours agree on what one emits."""
+        return self.profile.for_block(self.units[pos].block)
+
     # ------------------------------------------------------------------------- what a consumer needs
     def _next(self, pos: int) -> Unit | None:
         return self.units[pos + 1] if pos + 1 < len(self.units) else None
 
-    def _transpose_to(self, order: np.ndarray, target: np.ndarray):
-        if not self.profile.channel_transposes:
+    def _transpose_to(self, pos: int, order: np.ndarray, target: np.ndarray):
+        if not self._switches(pos).channel_transposes:
             return None
         return transpose_to(order, target, self.costs.max_transpose_axes)
 
-    def _transpose_to_groups(self, order: np.ndarray, groups: int, count: int):
-        if not self.profile.channel_transposes:
+    def _transpose_to_groups(self, pos: int, order: np.ndarray, groups: int, count: int):
+        if not self._switches(pos).channel_transposes:
             return None
         return transpose_to_groups(order, groups, count, self.costs.max_transpose_axes)
 
-    def _width(self, channels: int, hw: tuple[int, int]) -> int:
+    def _width(self, pos: int, channels: int, hw: tuple[int, int]) -> int:
         """The W that narrow Shift-Max coefficients are widened to (1: not widened; rewrite 12)."""
-        widen = self.profile.widened_coefficients and channels < self.costs.widen_below_channels
+        widen = self._switches(pos).widened_coefficients and channels < self.costs.widen_below_channels
         return hw[1] if widen else 1
 
-    def _diagonal_ok(self, unit: Unit) -> bool:
+    def _diagonal_ok(self, pos: int) -> bool:
         """Micro-Block A's Shift-Max after its depthwise pair: groups = input channels, multiplier M dividing
         them, so the diagonal tap assignment makes the shift one rotation by M (rewrite 2)."""
+        unit = self.units[pos]
         sm = unit.shift_max
-        return (self.profile.diagonal_taps and sm is not None and unit.mult > 1 and sm.groups == unit.cin
+        return (self._switches(pos).diagonal_taps and sm is not None and unit.mult > 1 and sm.groups == unit.cin
                 and unit.cin % unit.mult == 0)
 
     def input_need(self, pos: int) -> tuple[np.ndarray | None, bool]:
@@ -65,8 +71,8 @@ class _Planner:
         unit = self.units[pos]
         pending_ok = not (unit.residual and unit.first)
         if unit.kind == "dw":
-            if unit.shift_max is not None and not self.profile.gather_shifts:
-                if self._diagonal_ok(unit):
+            if unit.shift_max is not None and not self._switches(pos).gather_shifts:
+                if self._diagonal_ok(pos):
                     return np.arange(unit.cin), pending_ok
                 if unit.mult == 1:
                     natural = self._natural_roll_order(pos)
@@ -100,7 +106,7 @@ class _Planner:
         and the squeezing conv's input is one transpose from group-contiguous, and the cost model says both
         convs staying grouped pays (rewrite 10). None: the depthwise takes the cycle-interleaved order (one
         rotation) and the squeeze runs dense, absorbing the order."""
-        if not self.profile.roll_2d:
+        if not self._switches(pos).roll_2d:
             return None
         unit = self.units[pos]
         prev, nxt = self.units[pos - 1] if pos else None, self._next(pos)
@@ -118,7 +124,7 @@ class _Planner:
         after = order
         for g in unit.shuffles:
             after = through_shuffle(after, g)
-        plan = self._transpose_to_groups(after, squeeze.groups, squeeze.cin)
+        plan = self._transpose_to_groups(pos + 1, after, squeeze.groups, squeeze.cin)
         if plan is None:
             return None
         costs = self.costs
@@ -139,9 +145,10 @@ class _Planner:
         shifts (rewrite 17) always: any order is one gather away."""
         unit = self.units[pos]
         g = unit.groups
-        if g == 1 or not self.profile.grouped_pointwise:
+        switches = self._switches(pos)
+        if g == 1 or not switches.grouped_pointwise:
             return False
-        if self.profile.gather_shifts:
+        if switches.gather_shifts:
             return True
         hw = unit.hw
         if unit.cin * unit.cout * hw[0] * hw[1] < self.costs.grouped_min_dense_macs:
@@ -170,7 +177,7 @@ class _Planner:
     def _output_transpose(self, pos: int, natural: np.ndarray, need: np.ndarray):
         """The transpose taking a grouped 1×1 conv's natural output to ``need``, if one exists and pays."""
         unit = self.units[pos]
-        plan = self._transpose_to(natural, need)
+        plan = self._transpose_to(pos, natural, need)
         pixels = int(np.prod(unit.hw))
         if plan is None or grouping_saves(self.costs, pixels, unit.cin, unit.cout, unit.groups) \
                 <= transpose_cost(self.costs, pixels, plan):
@@ -192,7 +199,7 @@ class _Planner:
         if nxt is None:
             return False
         if nxt.kind == "dw":
-            return self.profile.pending_into_depthwise and self._pending_into_depthwise_pays(pos, channels)
+            return self._switches(pos).pending_into_depthwise and self._pending_into_depthwise_pays(pos, channels)
         if self.pw_grouped(pos + 1):
             return True
         rows = nxt.cout * (2 if nxt.shift_max is not None else 1)
@@ -255,7 +262,8 @@ class _Planner:
         cin, mult = unit.cin, unit.mult
         distinct = rep.distinct()
         # Diagonal taps make the XNNPACK shift one rotation; a gathered shift (ONNX Runtime) needs none.
-        diagonal = not self.profile.gather_shifts and self._diagonal_ok(unit) and np.array_equal(distinct,
+        switches = self._switches(pos)
+        diagonal = not switches.gather_shifts and self._diagonal_ok(pos) and np.array_equal(distinct,
                                                                                                np.arange(cin))
         # Output stored (t, r) ← input stored t, multiplier tap (r + t) mod M on the diagonal, else r.
         taps = [((r + t) % mult if diagonal else r) for t in range(cin) for r in range(mult)]
@@ -263,29 +271,30 @@ class _Planner:
         h, wd = rep.hw
         k, s, p = unit.kernel, unit.stride, unit.kernel // 2
         hw_out = ((h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1)
-        merged = self.profile.merged_depthwise
+        merged = switches.merged_depthwise
         copies = 2 if rep.pending else 1
-        groups = merged_groups(self.costs, cin, copies, unit.cout) if merged and self.profile.merged_groups else cin
+        groups = merged_groups(self.costs, cin, copies, unit.cout) if merged and switches.merged_groups else cin
         sm = unit.shift_max
         xtilde, width = None, 1
         if sm is not None:
-            xtilde = self._xtilde_after_depthwise(sm, out_order, mult if diagonal else None)
-            width = self._width(sm.channels, hw_out)
+            xtilde = self._xtilde_after_depthwise(pos, sm, out_order, mult if diagonal else None)
+            width = self._width(pos, sm.channels, hw_out)
         entry = DepthwisePlan(pos, unit.block, rep.hw, hw_out, distinct, rep.pending, diagonal, out_order, merged,
                               groups, xtilde, width)
         return entry, Rep(out_order, hw_out)
 
-    def _xtilde_after_depthwise(self, sm: DynamicShiftMax, order: np.ndarray, diagonal_step: int | None) -> XTildePlan:
+    def _xtilde_after_depthwise(self, pos: int, sm: DynamicShiftMax, order: np.ndarray, diagonal_step: int | None) -> XTildePlan:
         """x~ after a depthwise pair, in the cheapest form the stored order allows: a gather (rewrite 16),
         one 2-D roll (rewrite 10), one rotation or two masked ones (rewrite 2), else a permutation conv."""
         c = sm.channels
         pi = inverse(order)[_shift(sm)[order]]  # x~ (stored) = z[pi]
         if diagonal_step is not None:
             assert np.array_equal(pi, (np.arange(c) + diagonal_step) % c)
-        if self.profile.gather_shifts:
+        switches = self._switches(pos)
+        if switches.gather_shifts:
             return XTildePlan("gather", index=pi)
         rot = rotations(pi)
-        roll = roll_2d(pi) if self.profile.roll_2d and (rot is None or len(rot) > 1) else None
+        roll = roll_2d(pi) if switches.roll_2d and (rot is None or len(rot) > 1) else None
         if roll is not None:  # one roll on a 2-D view: no masked products
             return XTildePlan("roll", roll=roll)
         if rot is not None and 0 not in rot:
@@ -312,16 +321,17 @@ class _Planner:
         shift = _shift(sm)
         out_order = np.arange(c) if need is None else need
         pool_input = len(rep.order) < c
-        width = self._width(c, hw)
-        if k == 1 and pending_ok and self.profile.pending_products and self._pending_pays(pos, c):
+        width = self._width(pos, c, hw)
+        switches = self._switches(pos)
+        if k == 1 and pending_ok and switches.pending_products and self._pending_pays(pos, c):
             # Rewrite 5: emit [x_c, x~_c] pairs and their products with [a_c, b_c]; the consumer sums them.
             pairs = np.repeat(out_order, 2)
             return entry(out_order, pairs, None, True, pool_input, width), Rep(pairs, hw, pending=True)
         if need is None:  # any order will do: store x cycle-interleaved, x~ is one rotation (no second conv)
             out_order, d = interleaved_cycles(shift)
-            xtilde = (XTildePlan("gather", index=(np.arange(c) + d) % c) if self.profile.gather_shifts
+            xtilde = (XTildePlan("gather", index=(np.arange(c) + d) % c) if switches.gather_shifts
                       else XTildePlan("rotations", shifts=(d,), masks=(None,)))
-        elif self.profile.gather_shifts:  # x~ gathered from x: a copy instead of a second conv
+        elif switches.gather_shifts:  # x~ gathered from x: a copy instead of a second conv
             xtilde = XTildePlan("gather", index=inverse(out_order)[shift[out_order]])
         else:
             xtilde = XTildePlan("partner")
@@ -335,7 +345,8 @@ class _Planner:
         hw = rep.hw
         natural = np.arange(cout)
         before = after = None
-        if self.profile.gather_shifts:
+        switches = self._switches(pos)
+        if switches.gather_shifts:
             if not group_contiguous(rep.order, g, cin):
                 before = ChannelMove("gather", index=np.argsort(rep.order // (cin // g), kind="stable"))
             if need is not None and not np.array_equal(natural, need):
@@ -344,7 +355,7 @@ class _Planner:
             pixels = hw[0] * hw[1]
             plan_before = plan_after = None
             if not group_contiguous(rep.order, g, cin):
-                plan_before = None if rep.pending else self._transpose_to_groups(rep.order, g, cin)
+                plan_before = None if rep.pending else self._transpose_to_groups(pos, rep.order, g, cin)
                 if plan_before is None:
                     return None
             if need is not None and not np.array_equal(natural, need):
@@ -365,9 +376,9 @@ class _Planner:
         xtilde, width = None, 1
         if sm is not None:
             og = cout // g
-            xtilde = (XTildePlan("gather", index=_shift(sm)) if self.profile.gather_shifts
+            xtilde = (XTildePlan("gather", index=_shift(sm)) if switches.gather_shifts
                       else XTildePlan("partner", shifts=(og,)))
-            width = self._width(sm.channels, hw)
+            width = self._width(pos, sm.channels, hw)
         entry = PointwisePlan(pos, unit.block, hw, in_order, pending_in, before, True, natural, after, out_order,
                               False, xtilde, False, width)
         return entry, Rep(out_order, hw)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["CostModel", "RuntimeProfile", "PROFILES", "REWRITES"]
+__all__ = ["CostModel", "RuntimeProfile", "PROFILES", "REWRITES", "BLOCK_SWITCHES", "check_block_overrides"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,15 @@ class RuntimeProfile:
     # HardSwish to HardSigmoid, which neither NNAPI nor CoreML takes).
     hard_swish_op: bool = True
     costs: CostModel = field(default_factory=CostModel)
+    #: Per-block exceptions to the switches above, as (block index, switch, value): a tuned graph may keep a
+    #: rewrite in the blocks where it pays on the device and drop it in the others (only the switches in
+    #: ``BLOCK_SWITCHES`` decide per block; the stem's, the head's and whole-graph passes do not).
+    blocks: tuple[tuple[int, str, bool], ...] = ()
+
+    def for_block(self, block: int) -> "RuntimeProfile":
+        """The profile the planner applies to ``block``: this one with that block's exceptions."""
+        own = {name: value for b, name, value in self.blocks if b == block}
+        return dataclasses.replace(self, blocks=(), **own) if own else self
 
     def without(self, *rewrites: str) -> "RuntimeProfile":
         """This profile with the named rewrites switched off (``REWRITES`` lists the names)."""
@@ -92,6 +101,30 @@ class RuntimeProfile:
 #: The rewrite switches of ``RuntimeProfile``, in catalogue order.
 REWRITES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RuntimeProfile)
                                   if f.type in (bool, "bool"))
+
+#: The switches the planner reads per block (``RuntimeProfile.blocks``). Left out: the stem's
+#: (``merged_stem``, ``pixel_pairs``), the head's (``hard_swish_op``), a pass over the whole module tree
+#: (``linear_coefficients``) and ``gather_shifts``, which changes what every neighbour of a block must
+#: emit and so is chosen for the whole graph.
+BLOCK_SWITCHES: tuple[str, ...] = ("diagonal_taps", "pending_products", "pending_into_depthwise",
+                                   "grouped_pointwise", "merged_depthwise", "merged_groups", "roll_2d",
+                                   "channel_transposes", "widened_coefficients")
+
+
+def check_block_overrides(blocks) -> tuple[tuple[int, str, bool], ...]:
+    """``blocks`` as the canonical sorted tuple, or ``ValueError`` naming the first bad entry."""
+    out = []
+    for entry in blocks:
+        try:
+            block, name, value = entry
+        except (TypeError, ValueError):
+            raise ValueError(f"a per-block switch is (block, switch, on), got {entry!r}") from None
+        if name not in BLOCK_SWITCHES:
+            raise ValueError(f"{name!r} is not a per-block switch; choose from {list(BLOCK_SWITCHES)}")
+        if not isinstance(block, int) or isinstance(block, bool) or block < 0 or not isinstance(value, bool):
+            raise ValueError(f"a per-block switch is (block >= 0, switch, true/false), got {entry!r}")
+        out.append((block, name, value))
+    return tuple(sorted(set(out)))
 
 PROFILES: dict[str, RuntimeProfile] = {
     "xnnpack": RuntimeProfile("xnnpack"),

@@ -84,3 +84,53 @@ def changed(profile, default) -> dict[str, bool]:
 
 def with_switch(profile, name: str, value: bool):
     return dataclasses.replace(profile, **{name: value})
+
+
+def with_block_switch(profile, block: int, name: str, value: bool):
+    """``profile`` with ``name`` set to ``value`` in ``block`` only (an exception equal to the whole-graph
+    value is dropped, so one graph has one name)."""
+    from ..fast.profiles import check_block_overrides
+
+    rest = [b for b in profile.blocks if b[:2] != (block, name)]
+    if getattr(profile, name) != value:
+        rest.append((block, name, value))
+    return dataclasses.replace(profile, blocks=check_block_overrides(rest))
+
+
+def plan_fingerprint(ctx, profile) -> str:
+    """The fast plan's fingerprint for ``profile`` on the export's model (planning builds no module)."""
+    from ..fast import fast_plan
+
+    # The two switches the plan does not hold: the head's HardSwish op and the Gemm pass over the module tree.
+    return f"{fast_plan(ctx.model, profile).fingerprint()}-{profile.hard_swish_op:d}{profile.linear_coefficients:d}"
+
+
+def block_flips(ctx, profile, seen: set[str], only_off: bool = False) -> list[tuple[int, str]]:
+    """The (block, switch) flips of ``profile`` that give a graph not in ``seen`` (each graph once), in block
+    order: most switches do nothing in most blocks (no Shift-Max to widen, a dense conv to keep dense), and
+    those are never built or timed. ``only_off``: flips that switch a rewrite off (the portable profile)."""
+    from ..fast.profiles import BLOCK_SWITCHES
+
+    flips, fingerprints = [], set(seen)
+    for block in range(len(ctx.model.blocks)):
+        current = profile.for_block(block)
+        for name in BLOCK_SWITCHES:
+            if only_off and not getattr(current, name):
+                continue
+            fingerprint = plan_fingerprint(ctx, with_block_switch(profile, block, name, not getattr(current, name)))
+            if fingerprint not in fingerprints:
+                fingerprints.add(fingerprint)
+                flips.append((block, name))
+    return flips
+
+
+def chosen_profile(default, chosen: dict[str, Any]):
+    """The profile a record's ``chosen`` names: its switches, and its per-block exceptions (none in records
+    made before per-block tuning)."""
+    from ..fast.profiles import check_block_overrides
+
+    try:
+        blocks = check_block_overrides(tuple(b) if isinstance(b, list) else b for b in chosen.get("blocks") or [])
+    except ValueError as exc:
+        raise MicronetError(f"tuning record's chosen graph: {exc}") from None
+    return dataclasses.replace(default, **chosen["switches"], blocks=blocks)

@@ -89,6 +89,15 @@ def check_record(record: dict[str, Any], export: dict[str, Any], device: dict[st
         raise MicronetError(f"tuning record {where} was measured on another device ({mine.get('summary')!r}, "
                             f"{mine.get('runtime')} {mine.get('runtime_version')}), not on this one "
                             f"({device['summary']!r}, {device['runtime']} {device['runtime_version']})")
+    from .candidates import chosen_profile
+    from ..fast import PROFILES
+
+    if not isinstance(record.get("chosen"), dict) or not isinstance(record["chosen"].get("switches"), dict):
+        raise MicronetError(f"tuning record {where} names no chosen graph")
+    try:
+        chosen_profile(PROFILES[export["profile"]], record["chosen"])
+    except (MicronetError, TypeError) as exc:
+        raise MicronetError(f"tuning record {where}: {exc}") from None
     if record.get("toolchain") != tools:
         changed = sorted(k for k in set(tools) | set(record.get("toolchain") or {})
                          if (record.get("toolchain") or {}).get(k) != tools.get(k))

@@ -31,7 +31,8 @@ class TuneRequest:
     """``device``: ``local``, ``ssh://...`` or a ``devices.toml`` name. ``budget_s``: seconds of search (the
     final check against the default runs after it). ``rounds``: timed rounds per comparison, their order
     alternating; ``runs``/``warmup``: inferences per model per round. ``record``: a tuning record (or a
-    tuned export's manifest) to reuse instead of measuring. ``cache``: reuse and write the record cache."""
+    tuned export's manifest) to reuse instead of measuring. ``cache``: reuse and write the record cache.
+    ``per_block``: after the whole-graph switches, search each block's own (``RuntimeProfile.blocks``)."""
 
     device: str = "local"
     threads: int = 1
@@ -42,6 +43,7 @@ class TuneRequest:
     record: Path | None = None
     inventory: Path | None = None
     cache: bool = True
+    per_block: bool = True
 
     def check(self) -> None:
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:

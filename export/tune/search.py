@@ -5,7 +5,11 @@ target's profile), starting from the default profile: each switch in catalogue o
 current best (the incumbent), the challenger is built, checked exact, and timed against the incumbent in
 interleaved rounds on the device (``measure.py``); it replaces the incumbent only if it wins every round.
 The portable profile only tries switching its rewrites *off*: the ones it has off break some ONNX consumer.
-When the budget is spent the remaining switches are recorded as not tried (the first challenger is always
+A switch that leaves this model's graph as it is (``FastPlan.fingerprint``) is recorded and not built.
+Then, per block in order, each switch the planner reads per block (``BLOCK_SWITCHES``) is flipped in that
+block alone on the winner, where the flip gives a graph not yet built: a rewrite that loses over the whole
+graph may still pay in the blocks whose shapes suit it (``--no-tune-blocks`` skips this phase).
+When the budget is spent the remaining candidates are recorded as not tried (the first challenger is always
 measured, however small the budget). Finally the winner is timed
 against the default once more and shipped only if it still wins every round; otherwise the default is
 shipped. A failed or inexact candidate is recorded with its reason and skipped.
@@ -16,7 +20,6 @@ tuning; OpenVINO, ncnn and MNN are converted from the portable ONNX file and are
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,7 +31,8 @@ from micronet import interrupts
 from micronet.errors import MicronetError
 
 from . import record as rec
-from .candidates import FORMAT_RUNTIME, build_candidate, changed, switches, with_switch
+from .candidates import (FORMAT_RUNTIME, block_flips, build_candidate, changed, chosen_profile, plan_fingerprint,
+                         switches, with_block_switch, with_switch)
 from .measure import Timing, beats, time_on_device
 from .request import TuneRequest
 
@@ -130,7 +134,7 @@ def tune_export(tuning: Tuning, ctx, say: Say) -> tuple[dict[str, Any], dict[str
             if tuning.request.cache:
                 path = rec.store(tuning.key(fmt), record)
                 say(f"tuning record cached: {_plain(str(path))}")
-        profiles[name] = dataclasses.replace(PROFILES[name], **record["chosen"]["switches"])
+        profiles[name] = chosen_profile(PROFILES[name], record["chosen"])
         records[fmt] = record
     return profiles, records
 
@@ -149,39 +153,61 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
         say(f"tuning {fmt} ({default.name} profile) on {tuning.target.name} at {tune.threads} thread(s): "
             "building the default")
         built = build_candidate(ctx, fmt, default, Path(scratch) / "default")
-        incumbent, incumbent_path = default, built.path
-        noise = 0.0
-        for i, switch in enumerate(order):
-            challenger = with_switch(incumbent, switch, not getattr(incumbent, switch))
-            entry = {"name": _name(challenger, default), "changed": changed(challenger, default),
-                     "against": _name(incumbent, default)}
+        state = _Incumbent(default, built.path, {plan_fingerprint(ctx, default)})
+
+        def attempt(challenger, phase: str, step: str) -> None:
+            """Build ``challenger``, time it against the incumbent, keep it if it wins every round."""
+            entry = {"name": _name(challenger, default), "phase": phase, "changed": changed(challenger, default),
+                     "blocks": [list(b) for b in challenger.blocks], "against": _name(state.profile, default)}
             elapsed = time.monotonic() - start
-            if elapsed > tune.budget_s and i > 0:  # the first challenger is always measured
+            if elapsed > tune.budget_s and candidates:  # the first challenger is always measured
                 candidates.append({**entry, "status": "not tried (budget spent)"})
-                continue
-            say(f"tuning {fmt}: candidate {i + 1}/{len(order)} {entry['name']} "
-                f"({elapsed:.0f} s of {tune.budget_s:.0f} s)")
+                return
+            say(f"tuning {fmt}: {phase} candidate {step} {entry['name']} ({elapsed:.0f} s of {tune.budget_s:.0f} s)")
             try:
-                made = build_candidate(ctx, fmt, challenger, Path(scratch) / f"c{i}")
+                made = build_candidate(ctx, fmt, challenger, Path(scratch) / f"c{len(candidates)}")
             except Exception as exc:  # noqa: BLE001 - a combination a rewrite refuses is a result, not a crash
                 interrupts.check()
                 reason = str(exc).splitlines()[0] if str(exc) else ""
                 candidates.append({**entry, "status": f"not built: {reason}" if isinstance(exc, MicronetError)
                                    else f"not built: {type(exc).__name__}: {reason}"})
-                continue
-            (inc, cha), _ = time_on_device(tuning.target, [incumbent_path, made.path], **timing)
-            noise = max(noise, inc.spread_ms, cha.spread_ms)
+                return
+            (inc, cha), _ = time_on_device(tuning.target, [state.path, made.path], **timing)
+            state.noise = max(state.noise, inc.spread_ms, cha.spread_ms)
             won = beats(cha, inc)
             candidates.append({**entry, "status": "measured", "parity": made.parity, "p50_ms": cha.p50_ms,
                                "median_ms": cha.median_ms, "against_p50_ms": inc.p50_ms, "won": won})
             if won:
-                incumbent, incumbent_path = challenger, made.path
+                state.profile, state.path = challenger, made.path
+
+        for i, switch in enumerate(order):  # phase 1: each switch for the whole graph
+            challenger = with_switch(state.profile, switch, not getattr(state.profile, switch))
+            fingerprint = plan_fingerprint(ctx, challenger)
+            if fingerprint in state.seen:  # the switch changes nothing in this model's graph
+                candidates.append({"name": _name(challenger, default), "phase": "graph",
+                                   "changed": changed(challenger, default), "blocks": [],
+                                   "against": _name(state.profile, default), "status": "same graph as one timed"})
+                continue
+            state.seen.add(fingerprint)
+            attempt(challenger, "graph", f"{i + 1}/{len(order)}")
+        if tune.per_block:  # phase 2: each block's switches on the winner, where they change the graph
+            flips = block_flips(ctx, state.profile, state.seen, only_off=default.name == "portable")
+            for i, (block, switch) in enumerate(flips):
+                current = state.profile.for_block(block)
+                challenger = with_block_switch(state.profile, block, switch, not getattr(current, switch))
+                if default.name == "portable" and getattr(challenger.for_block(block), switch):
+                    continue  # the portable graph never switches on what breaks an ONNX consumer
+                fingerprint = plan_fingerprint(ctx, challenger)
+                if fingerprint in state.seen:
+                    continue  # an earlier winner made this flip a graph already timed
+                state.seen.add(fingerprint)
+                attempt(challenger, "block", f"{i + 1}/{len(flips)}")
         search_s = time.monotonic() - start
-        final = None
+        incumbent, noise = state.profile, state.noise
         chosen = incumbent
         if incumbent != default:
             say(f"tuning {fmt}: checking {_name(incumbent, default)} against the default once more")
-            (base, best), _ = time_on_device(tuning.target, [built.path, incumbent_path], **timing)
+            (base, best), _ = time_on_device(tuning.target, [built.path, state.path], **timing)
             noise = max(noise, base.spread_ms, best.spread_ms)
             final = {"default_p50_ms": base.p50_ms, "chosen_p50_ms": best.p50_ms, "won": beats(best, base)}
             if not final["won"]:
@@ -189,9 +215,13 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
         else:
             (base,), _ = time_on_device(tuning.target, [built.path], **timing)
             final = {"default_p50_ms": base.p50_ms, "chosen_p50_ms": base.p50_ms, "won": False}
-    default_entry = {"name": "default", "changed": {}, "status": "measured", "parity": built.parity,
-                     "p50_ms": final["default_p50_ms"], "median_ms": Timing(final["default_p50_ms"]).median_ms}
+    default_entry = {"name": "default", "phase": "default", "changed": {}, "blocks": [], "status": "measured",
+                     "parity": built.parity, "p50_ms": final["default_p50_ms"],
+                     "median_ms": Timing(final["default_p50_ms"]).median_ms}
     say(f"tuning {fmt}: shipping {_name(chosen, default)}")
+    search = "greedy per switch from the default, catalogue order"
+    if tune.per_block:
+        search += "; then greedy per block and switch, in block order, where the flip changes the graph"
     return {
         "schema": rec.SCHEMA,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -199,22 +229,34 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
         "device": tuning.devices[fmt],
         "threads": tune.threads,
         "toolchain": tuning.toolchain,
-        "method": {"search": "greedy per switch from the default, catalogue order", "rounds": tune.rounds,
-                   "runs": tune.runs, "warmup": tune.warmup, "budget_s": tune.budget_s,
+        "method": {"search": search, "rounds": tune.rounds, "runs": tune.runs, "warmup": tune.warmup,
+                   "budget_s": tune.budget_s,
                    "rule": "a challenger wins only if its slowest round's p50 is below the incumbent's fastest"},
         "candidates": [default_entry, *candidates],
         "final_check": final,
         "chosen": {"name": _name(chosen, default), "changed": changed(chosen, default),
-                   "switches": switches(chosen)},
+                   "switches": switches(chosen), "blocks": [list(b) for b in chosen.blocks]},
         "noise_ms": noise,
         "search_s": round(search_s, 1),
         "elapsed_s": round(time.monotonic() - start, 1),
     }
 
 
+@dataclass
+class _Incumbent:
+    """The best candidate so far, its file, and the plans already built (by ``FastPlan.fingerprint``)."""
+
+    profile: Any
+    path: Path
+    seen: set[str]
+    noise: float = 0.0
+
+
 def _name(profile, default) -> str:
     diff = changed(profile, default)
-    return " ".join(f"{'+' if on else '-'}{name}" for name, on in diff.items()) or "default"
+    parts = [f"{'+' if on else '-'}{name}" for name, on in diff.items()]
+    parts += [f"{'+' if on else '-'}{name}@{block}" for block, name, on in profile.blocks]
+    return " ".join(parts) or "default"
 
 
 def _plain(text: str) -> str:
