@@ -245,3 +245,11 @@ def test_same_class_count_loads_strictly(tmp_path):
     model = build_model("m0", num_classes=10, input_size=32)
     load_pretrained(model, str(path), lambda m: None)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+
+
+@pytest.mark.parametrize("per_s, text", [(0.316, "0.316"), (2.0, "2"), (12.345, "12.3"), (99.94, "99.9"),
+                                         (1234.4, "1234"), (56789.0, "56789")])
+def test_epoch_line_rate_is_never_rounded_to_zero_or_written_with_an_exponent(per_s, text):
+    from micronet.train.metrics_log import rate_text
+
+    assert rate_text(per_s) == text

@@ -61,7 +61,7 @@ class Reporter:
 
     def epoch_line(self, row: dict, epochs: int) -> None:
         self.log(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  {self.val_text(row)}  "
-                 f"lr {row['lr']:.5g}  {row['images_per_s']:.0f} images/s  {row['epoch_s']:.1f} s")
+                 f"lr {row['lr']:.5g}  {rate_text(row['images_per_s'])} images/s  {row['epoch_s']:.1f} s")
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator:
@@ -76,6 +76,12 @@ class Reporter:
                       console=self.console, transient=True) as bar:
             task = bar.add_task(description, total=total, status="")
             yield lambda **fields: bar.update(task, advance=1, **fields)
+
+
+def rate_text(per_s: float) -> str:
+    """A throughput with three significant figures but no exponent: a CPU pose run's 0.32 images/s must not
+    print as 0, nor a GPU's 1234 as 1.23e+03."""
+    return f"{per_s:.0f}" if per_s >= 100 else f"{per_s:.3g}"
 
 
 def classification_val_text(row: dict) -> str:
