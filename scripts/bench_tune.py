@@ -1,7 +1,7 @@
 """Tuned against untuned exports, at each thread count, in one interleaved run: what ``--tune`` buys here.
 
     python scripts/bench_tune.py --variant m0 --threads 1 2 --budget 3m --out reports/tune.md \\
-        [--peer-onnx mnv3s-0.50=reports/peers/mnv3s-0.50.onnx]
+        [--peer-onnx mnv3s-0.50=reports/peers/mnv3s-0.50.onnx] [--int8 --trained-like] [--no-tune-blocks]
 
 For each thread count T: ``micronet export`` of float32 TFLite and of the ONNX file for ONNX Runtime
 (``--optimize-for onnxruntime``), once untuned and once ``--tune local --threads T`` (the library calls, no
@@ -33,12 +33,36 @@ from micronet.export.tune import TuneRequest, parse_budget  # noqa: E402
 FORMATS = {"tflite": (("tflite", "float32"), "portable"), "onnx": (("onnx", "float32"), "onnxruntime")}
 
 
-def _export(variant: str, size: int, fmt: str, out: Path, tune: TuneRequest | None) -> Path:
+def _export(variant: str, size: int, fmt: str, out: Path, tune: TuneRequest | None, weights: Path | None,
+            int8: bool) -> dict[str, Path]:
+    """The export's files by row name: ``fmt``, and ``tflite-int8`` (built from the float32 file's tuning)."""
     kind, optimize_for = FORMATS[fmt]
-    result = export(ExportRequest(variant=variant, kinds=[kind], input_size=size, calib_count=32, holdout=8,
-                                  output_dir=out, optimize_for=optimize_for, tune=tune),
+    kinds = [kind, ("tflite", "int8")] if int8 and fmt == "tflite" else [kind]
+    result = export(ExportRequest(variant=variant, kinds=kinds, input_size=size, calib_count=32, holdout=8,
+                                  output_dir=out, optimize_for=optimize_for, tune=tune, weights=weights),
                     progress=lambda m: print(f"  {m}", flush=True))
-    return result.artifacts[0]
+    return {fmt if ".int8." not in p.name else "tflite-int8": p for p in result.artifacts}
+
+
+def _trained_like_weights(variant: str, size: int, work: Path) -> Path:
+    """``bench_fast.trained_like`` weights with BatchNorm statistics from the calibration images, as a
+    checkpoint the export loads: untrained Shift-Max coefficients make int8 timings meaningless."""
+    import torch
+
+    from bench_fast import trained_like
+    from micronet.export.calibration import build_calibration
+    from micronet.export.deploy import recalibrate_batchnorm
+    from micronet.model import build_model
+    from micronet.preprocess import Preprocessing
+
+    data = build_calibration(None, count=64, seed=0, preprocessing=Preprocessing(input_size=size), holdout=8)
+    torch.manual_seed(0)
+    model = trained_like(build_model(variant, input_size=size).eval())
+    recalibrate_batchnorm(model, [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, 64, 32)])
+    path = work / f"{variant}-{size}-trained-like.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
 
 
 def main(argv=None) -> int:
@@ -53,19 +77,30 @@ def main(argv=None) -> int:
     ap.add_argument("--per-round", type=int, default=30)
     ap.add_argument("--work", type=Path, default=Path("reports") / "bench_tune_work")
     ap.add_argument("--out", type=Path, default=Path("reports") / "tune.md")
+    ap.add_argument("--int8", action="store_true", help="also ship int8 TFLite from each float32 tuning, and "
+                    "quantize the peers (calibrated on the bundled images)")
+    ap.add_argument("--trained-like", action="store_true", help="export bench_fast.trained_like weights "
+                    "instead of the untrained init (for int8 timings); the export judges given weights as trained "
+                    "(int8 cosine >= 0.98), which m0's trained-like int8 file at 224 px missed (0.949, 2026-12-06)")
+    ap.add_argument("--no-tune-blocks", action="store_true", help="skip the per-block phase of the search")
     args = ap.parse_args(argv)
 
+    weights = _trained_like_weights(args.variant, args.input_size, args.work) if args.trained_like else None
     files: dict[str, Path] = {}
     records: dict[str, dict] = {}
     for fmt in FORMATS:
         print(f"[{fmt}] untuned export", flush=True)
-        files[f"{fmt}/untuned"] = _export(args.variant, args.input_size, fmt, args.work / "untuned", None)
+        for row, path in _export(args.variant, args.input_size, fmt, args.work / "untuned", None, weights,
+                                 args.int8).items():
+            files[f"{row}/untuned"] = path
         for t in args.threads:
             print(f"[{fmt}] tuned for {t} thread(s)", flush=True)
-            tune = TuneRequest("local", threads=t, budget_s=parse_budget(args.budget), cache=False)
-            path = _export(args.variant, args.input_size, fmt, args.work / f"tuned-t{t}", tune)
-            files[f"{fmt}/tuned-t{t}"] = path
-            records[f"{fmt}/tuned-t{t}"] = read_manifest(path)["tuning"]
+            tune = TuneRequest("local", threads=t, budget_s=parse_budget(args.budget), cache=False,
+                               per_block=not args.no_tune_blocks)
+            made = _export(args.variant, args.input_size, fmt, args.work / f"tuned-t{t}", tune, weights, args.int8)
+            for row, path in made.items():
+                files[f"{row}/tuned-t{t}"] = path
+            records[f"{fmt}/tuned-t{t}"] = read_manifest(made[fmt])["tuning"]
     for spec in args.peer_onnx:
         name, path = spec.split("=", 1)
         from micronet.export import tflite as tflite_stage
@@ -74,6 +109,14 @@ def main(argv=None) -> int:
         saved, _ = tflite_stage.onnx_to_saved_model(Path(path), work / "onnx2tf")  # as bench_fast converts peers
         tflite_stage.saved_model_to_tflite(saved, work / f"{name}.float32.tflite", "float32")
         files[f"tflite/peer-{name}"], files[f"onnx/peer-{name}"] = work / f"{name}.float32.tflite", Path(path)
+        if args.int8:
+            from micronet.export.calibration import build_calibration, nhwc
+            from micronet.preprocess import Preprocessing
+
+            data = build_calibration(None, count=64, seed=0,
+                                     preprocessing=Preprocessing(input_size=args.input_size), holdout=8)
+            tflite_stage.saved_model_to_tflite(saved, work / f"{name}.int8.tflite", "int8", nhwc(data.calibration))
+            files[f"tflite-int8/peer-{name}"] = work / f"{name}.int8.tflite"
 
     repeats: dict[tuple[str, int], list[float]] = {}
     for r in range(args.repeats):
