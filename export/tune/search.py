@@ -191,12 +191,12 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
             state.seen.add(fingerprint)
             attempt(challenger, "graph", f"{i + 1}/{len(order)}")
         if tune.per_block:  # phase 2: each block's switches on the winner, where they change the graph
+            # The portable graph never switches on what breaks an ONNX consumer: only_off lists only flips
+            # to off, and a later winner (another block or switch) cannot change this flip's direction.
             flips = block_flips(ctx, state.profile, state.seen, only_off=default.name == "portable")
             for i, (block, switch) in enumerate(flips):
                 current = state.profile.for_block(block)
                 challenger = with_block_switch(state.profile, block, switch, not getattr(current, switch))
-                if default.name == "portable" and getattr(challenger.for_block(block), switch):
-                    continue  # the portable graph never switches on what breaks an ONNX consumer
                 fingerprint = plan_fingerprint(ctx, challenger)
                 if fingerprint in state.seen:
                     continue  # an earlier winner made this flip a graph already timed
