@@ -24,6 +24,17 @@ from micronet.errors import MicronetError
 
 
 
+#: The PyTorch weights an untrained variant's cached files were exported from (ExportRequest.reference_weights).
+REFERENCE_NAME = "pytorch-reference.pt"
+
+
+def reference_weights(exported_file: Path) -> Path:
+    """The weights file of the network a cached export of untrained weights holds: a fresh ``build_model``
+    draws other random weights (and an untrained one's BatchNorm statistics make its outputs ~1e-22), so a
+    PyTorch row built that way would time and score a different network than the files beside it."""
+    return Path(exported_file).parent / REFERENCE_NAME
+
+
 def cache_root() -> Path:
     """micronet's cache folder (exports here, the arm64 root file system of ``devices.emulation``).
 
@@ -86,11 +97,15 @@ def exported(variant: str, kinds: Sequence[tuple[str, str]], *, input_size: int 
             return False
 
     missing = [k for k, p in zip(kinds, paths) if not valid(p)]
+    reference = None if weights is not None else folder / REFERENCE_NAME
+    if reference is not None and not reference.is_file():
+        missing = list(kinds)  # an entry written before references were kept: the export makes both
     if missing:
         if progress:
             progress(f"exporting {variant} ({', '.join(f'{f} {q}' for f, q in missing)}) into the cache {folder}")
         request = ExportRequest(variant=variant, kinds=list(missing), weights=weights, calibration=calibration,
-                                input_size=input_size, num_classes=num_classes, output_dir=folder)
+                                input_size=input_size, num_classes=num_classes, output_dir=folder,
+                                reference_weights=reference)
         try:
             export(request, progress=progress)
         except MicronetError as exc:

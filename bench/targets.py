@@ -60,23 +60,32 @@ def _dense_targets(variant: str, size: tuple[int, int], fmt: str | None, quantiz
 
     info = resolve_variant(variant, task=None)
     fmt = (fmt or "tflite").lower()
+    paths: list[Path] = []
+    if fmt != "torch":
+        if fmt not in DENSE_TASKS[info.task].formats and fmt != "all":
+            raise MicronetError(f"{info.name} is benchmarked as torch, onnx, tflite or all, not {fmt}")
+        kinds = kinds_for(info.name, None if fmt == "all" else fmt, quantize, fmt == "all")
+        paths = cache.exported(info.name, kinds, input_size=size, num_classes=TASK_OUTPUTS[info.task][0],
+                               weights=weights, calibration=calibration, progress=progress, keep_going=True)
     targets: list[BenchModel] = []
     if torch_too:
         model = build_dense_model(info.name, info.task, size, TASK_OUTPUTS[info.task][0])
-        if weights:
-            from micronet.weights import load_weights
-
-            load_weights(model, weights)
+        _load_exported_network(model, weights, paths)
         targets.append(BenchModel(module=model.eval(), variant=info.name, name=f"{info.name} (PyTorch)",
                                   input_size=size))
-    if fmt == "torch":
-        return targets
-    if fmt not in DENSE_TASKS[info.task].formats and fmt != "all":
-        raise MicronetError(f"{info.name} is benchmarked as torch, onnx, tflite or all, not {fmt}")
-    kinds = kinds_for(info.name, None if fmt == "all" else fmt, quantize, fmt == "all")
-    paths = cache.exported(info.name, kinds, input_size=size, num_classes=TASK_OUTPUTS[info.task][0],
-                           weights=weights, calibration=calibration, progress=progress, keep_going=True)
     return targets + [BenchModel(path=p) for p in paths]
+
+
+def _load_exported_network(model, weights: Path | None, exported: Sequence[Path]) -> None:
+    """Give the PyTorch row the weights of the files it is compared with: ``--weights``, or, untrained, the
+    seeded and BatchNorm-recalibrated weights the cached export was made from (bench/cache.py says why)."""
+    from micronet.weights import load_weights
+
+    from . import cache
+
+    source = weights or (cache.reference_weights(exported[0]) if exported else None)
+    if source is not None:
+        load_weights(model, source)
 
 
 def reference_target(manifest: dict) -> BenchModel:
@@ -109,7 +118,6 @@ def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = Non
                   with_reference: bool = False, progress: Callable[[str], None] | None = None) -> list[BenchModel]:
     """Targets for files, one variant, or the m0..m3 matrix; ``with_reference`` adds the PyTorch model."""
     from micronet.model import build_model
-    from micronet.weights import load_weights
 
     from . import cache
 
@@ -137,14 +145,12 @@ def bench_targets(model_files: Sequence[Path] = (), *, variant: str | None = Non
             continue
         if not isinstance(input_size, int):  # a classifier: None is its default, a square H x W its side
             input_size = 224 if input_size is None else int(input_size[0])
+        paths = [] if not kinds else cache.exported(name, kinds, input_size=input_size, num_classes=num_classes,
+                                                     weights=weights, calibration=calibration, progress=progress)
         if include_torch or with_reference:
             model = build_model(name, num_classes=num_classes, input_size=input_size)
-            if weights:
-                load_weights(model, weights)
+            _load_exported_network(model, weights, paths)
             targets.append(BenchModel(module=model.eval(), variant=model.config.name,
                                       name=f"{model.config.name} (PyTorch)", input_size=input_size))
-        if kinds:
-            paths = cache.exported(name, kinds, input_size=input_size, num_classes=num_classes, weights=weights,
-                                   calibration=calibration, progress=progress)
-            targets += [BenchModel(path=p) for p in paths]
+        targets += [BenchModel(path=p) for p in paths]
     return targets

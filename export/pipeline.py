@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from micronet import interrupts
-from micronet.atomic import remove_abandoned_staging, replace_dir, staging_dir
+from micronet.atomic import remove_abandoned_staging, replace_dir, replacing, staging_dir
 from micronet.errors import MicronetError
 from micronet.preprocess import Preprocessing
 
@@ -58,7 +58,17 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
         built = build(ctx, steps)
         files = write_manifests(ctx, steps, built)
         written = commit(files, request.output_dir)
+    if request.reference_weights is not None:
+        save_reference(ctx.model, request.reference_weights)
     return ExportResult(written, [_manifest_path(p) for p in written], ladder.rungs, ladder.timings, steps.names)
+
+
+def save_reference(model, path: Path) -> None:
+    """The exported network's PyTorch weights, atomically, in the layout ``load_weights`` reads."""
+    import torch
+
+    with replacing(path) as tmp:
+        torch.save(model.state_dict(), tmp)
 
 
 def validate(request: ExportRequest) -> str:

@@ -70,6 +70,10 @@ class ExportRequest:
     graph: str = "fast"  # the graph the artifacts are built from: "fast" (export/fast/) or "reference"
     optimize_for: str = "portable"  # what the ONNX file is built for: a key of export/onnx_targets.ONNX_TARGETS
     tune: "TuneRequest | None" = None  # --tune: measure the fast graph's choices on a device (export/tune/)
+    #: Where to also save the PyTorch weights the files were exported from. Untrained weights are drawn from
+    #: ``seed`` and get BatchNorm statistics re-estimated on the calibration images: only this file lets
+    #: ``bench --variant`` put beside the exports the very network they hold (bench/cache.py).
+    reference_weights: Path | None = None
 
     def __post_init__(self) -> None:
         self.kinds = [ArtifactKind(*kind) for kind in self.kinds]  # plain (format, quantize) tuples are welcome
