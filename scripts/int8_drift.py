@@ -23,17 +23,18 @@ from micronet.export.manifest import read_manifest  # noqa: E402
 
 
 def holdout_images(manifest: dict, calibration: Path | None, count: int):
-    """The export's parity images at the file's input size (its task's crop)."""
+    """The export's parity images at the file's input size (its task's crop). The split keeps at most a fifth
+    of what it draws for hold-out, so it draws five times ``count``."""
     task, size = manifest.get("task") or "classification", manifest["input_size"]
     if task == "classification":
         from micronet.export.calibration import build_calibration
         from micronet.preprocess import Preprocessing
 
-        return build_calibration(calibration, count=1, holdout=count,
+        return build_calibration(calibration, count=4 * count, holdout=count,
                                  preprocessing=Preprocessing(input_size=int(size))).holdout
     from micronet.export.dense_calibration import build_dense_calibration
 
-    return build_dense_calibration(task, calibration, tuple(size), count=1, holdout=count).holdout
+    return build_dense_calibration(task, calibration, tuple(size), count=4 * count, holdout=count).holdout
 
 
 def main(argv=None) -> int:
