@@ -90,3 +90,50 @@ def test_recalibration_fixes_the_collapse_of_untrained_models():
         healthy = model.forward_features(x).abs().mean().item()
     assert collapsed < 1e-3 < 0.05 < healthy
     assert not model.training and all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("branches,spatial_attention", [(1, False), (2, False), (2, True)])
+def test_deploy_shift_max_folds_rescale_and_offsets_exactly_with_the_clamps_active(branches, spatial_attention):
+    from micronet.export.deploy import DeployShiftMax
+
+    source = DynamicShiftMax(24, 4, 4, branches, init_a=(1.0, 0.5), init_b=(0.0, 0.25),
+                             spatial_attention=spatial_attention).eval()
+    with torch.no_grad():  # wide enough that h_sigmoid saturates at both ends for some channels
+        source.fc2.weight.normal_(0, 3.0)
+        source.fc2.bias.normal_(0, 3.0)
+    x = torch.randn(3, 24, 5, 7)
+    with torch.no_grad():
+        coefficients = torch.cat(source.coefficients(x), 1)
+        expected, out = source(x), DeployShiftMax(source, "roll")(x)
+    assert (coefficients == coefficients.amax()).any() and (coefficients == coefficients.amin()).any()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_shift_max_coefficient_is_its_own_tensor_in_the_onnx_graph(tmp_path):
+    """Full-integer int8 stores each tensor at one scale: a coefficient must leave its own Gemm already
+    rescaled and offset (Gemm → Clip → Reshape → product with the map), never sliced out of a stacked
+    tensor or offset after the rescale, where the b's (about 0) lose their precision to the a's (about 1)."""
+    import onnx
+
+    from micronet.export.onnx import export_onnx
+
+    model = _trained_looking("m0", size=32)
+    export_onnx(to_deploy(model), torch.randn(1, 3, 32, 32), tmp_path / "m0.onnx")
+    graph = onnx.load(tmp_path / "m0.onnx").graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {init.name for init in graph.initializer}
+    expected = sum(2 * m.branches for m in model.modules() if isinstance(m, DynamicShiftMax))
+    coefficient_clips = [n for n in graph.node if n.op_type == "Clip" and n.input[0] in producers
+                         and producers[n.input[0]].op_type == "Gemm"]
+    assert len(coefficient_clips) == expected
+    for clip in coefficient_clips:
+        (reshape,) = consumers[clip.output[0]]
+        assert reshape.op_type == "Reshape"
+        for product in consumers[reshape.output[0]]:
+            assert product.op_type == "Mul"
+            other = next(name for name in product.input if name != reshape.output[0])
+            assert other not in constants  # multiplies the feature map, not a rescale constant
