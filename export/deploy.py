@@ -9,6 +9,8 @@ deploy form computes the same function (up to float rounding) with fewer, conver
   forms tried, all exact;
 * h_sigmoid is written ``clamp(x/6 + 1/2, 0, 1)`` -- the slope is 1/6, not ONNX HardSigmoid's
   default 0.2;
+* each Shift-Max coefficient (a1, b1, a2, b2) leaves its own Linear already rescaled and offset, so that
+  full-integer int8 gives it its own scale (``DeployShiftMax``);
 * shapes are static: the batch is fixed at trace time unless a dynamic batch is asked for.
 
 ``to_deploy`` returns a new module and leaves the model it was given untouched.
