@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from micronet.atomic import replacing  # noqa: E402
+from micronet.errors import MicronetError  # noqa: E402
 from micronet.export.int8_drift import int8_drift  # noqa: E402
 from micronet.export.manifest import read_manifest  # noqa: E402
 
@@ -46,8 +48,21 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=15, help="ops listed, by the cosine they lost")
     ap.add_argument("--csv", type=Path, default=None, help="every compared op, in execution order")
     args = ap.parse_args(argv)
+    try:
+        return _report(args)
+    except MicronetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
+
+def _report(args: argparse.Namespace) -> int:
+    for path in (args.float32, args.int8):
+        if not path.is_file():
+            raise MicronetError(f"{path} is not a file")
     manifest = read_manifest(args.int8)
+    if manifest is None:
+        raise MicronetError(f"{args.int8} has no manifest beside it ({args.int8.name}.json): give a file that "
+                            "`micronet export` wrote")
     images = holdout_images(manifest, args.calibration, args.count)
     rows = int8_drift(args.float32, args.int8, images)
     print(f"{args.int8.name} against {args.float32.name}: {len(rows)} op outputs compared on {len(images)} images")
@@ -61,7 +76,7 @@ def main(argv=None) -> int:
     print("cosine lost, summed by op type: " + ", ".join(f"{op} {lost:.4f}" for op, lost in
                                                           sorted(by_op.items(), key=lambda kv: -kv[1])))
     if args.csv:
-        with args.csv.open("w", newline="") as handle:
+        with replacing(args.csv) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["step", "op", "tensor", "shape", "cosine", "lost"])
             for row in rows:

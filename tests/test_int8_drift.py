@@ -53,3 +53,15 @@ def test_the_script_prints_the_ops_that_lost_most(exported_m0_small, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "output: cosine" in result.stdout and "summed by op type" in result.stdout
     assert len(out.read_text().splitlines()) > 50
+
+
+def test_the_script_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path):
+    stray = tmp_path / "stray.tflite"
+    stray.write_bytes(b"not a model")
+    out = tmp_path / "drift.csv"
+    for files in ([str(tmp_path / "missing.tflite"), str(stray)], [str(stray), str(stray)]):
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "int8_drift.py"), *files, "--csv", str(out)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert not out.exists()
