@@ -154,8 +154,9 @@ def export_cmd(
                               "TFLite built for XNNPACK and lowered to TensorFlow) or reference (the reference "
                               "deploy form; TFLite through onnx2tf)"),
     tune: Optional[str] = typer.Option(None, "--tune", metavar="DEVICE",
-                                       help="measure the fast graph's choices on DEVICE (local, ssh://user@host[:port] "
-                                            "or a devices.toml name) at --threads and ship the fastest exact one"),
+                                       help="measure the fast graph's choices on DEVICE (local, ssh://user@host[:port], "
+                                            "adb[:SERIAL] or a devices.toml name) at --threads and ship the "
+                                            "fastest exact one"),
     tune_budget: str = typer.Option("5m", "--tune-budget", help="time for the tuning search, e.g. 90s, 5m"),
     tune_blocks: bool = typer.Option(True, "--tune-blocks/--no-tune-blocks",
                                      help="after the whole-graph switches, try each block's own switches"),
@@ -164,6 +165,8 @@ def export_cmd(
                                              help="reuse a tuning record (or a tuned export's manifest) instead of "
                                                   "measuring; refused if made on another device or toolchain"),
     inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.toml for --tune"),
+    benchmark_binary: Optional[Path] = typer.Option(None, "--benchmark-binary",
+                                                    help="--tune on an adb phone: LiteRT's benchmark_model for its ABI"),
 ) -> None:
     """Export to ONNX, TFLite, OpenVINO, ncnn or MNN, checking every stage numerically against the one before."""
     from rich.markup import escape
@@ -179,7 +182,7 @@ def export_cmd(
         input_size=parse_input_size(input_size) if input_size is not None else None,
         num_classes=num_classes, output_dir=output, io_dtype=io_dtype, per_channel=not per_tensor,
         dynamic_batch=dynamic_batch, graph=graph, optimize_for=optimize_for,
-        tune=_tune_request(tune, tune_budget, threads, tune_from, inventory, tune_blocks),
+        tune=_tune_request(tune, tune_budget, threads, tune_from, inventory, tune_blocks, benchmark_binary),
     )
     try:
         with console.status("exporting", spinner="dots") as status:
@@ -198,14 +201,16 @@ def export_cmd(
 
 
 def _tune_request(device: Optional[str], budget: str, threads: int, record: Optional[Path],
-                  inventory: Optional[Path], per_block: bool = True):
+                  inventory: Optional[Path], per_block: bool = True, benchmark_binary: Optional[Path] = None):
     """``--tune``/``--tune-from`` as a ``TuneRequest`` (None: an untuned export)."""
     from micronet.export.tune import TuneRequest, parse_budget
 
     if device is None and record is None:
+        if benchmark_binary is not None:
+            raise MicronetError("--benchmark-binary is for --tune on an adb phone; give --tune adb[:SERIAL] too")
         return None
     return TuneRequest(device=device or "local", threads=threads, budget_s=parse_budget(budget), record=record,
-                       inventory=inventory, per_block=per_block)
+                       inventory=inventory, per_block=per_block, benchmark_binary=benchmark_binary)
 
 
 @app.command("bench")

@@ -177,3 +177,11 @@ def test_inventory_error_names_the_device_section(tmp_path):
     inventory.write_text('[device.pi4]\ntarget = "local"\n')
     assert_one_line_error(run_cli("devices", "list", "--inventory", str(inventory)),
                           "expected [defaults] and [devices.NAME]")
+
+
+def test_benchmark_binary_without_tune_is_one_line(tmp_path):
+    result = run_cli("export", "-v", "m0", "--format", "tflite", "--benchmark-binary", str(tmp_path / "bm"),
+                     "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert_one_line_error(result, "--benchmark-binary is for --tune on an adb phone")
+    assert not (tmp_path / "out").exists()

@@ -243,6 +243,64 @@ def test_tuning_over_ssh_end_to_end(sshd, tmp_path):
     assert not list(board_tmp.rglob("micronet-run.*"))  # the runner's folders are gone from the board
 
 
+# ------------------------------------------------------------------------------------ on an adb phone
+
+def _phone_inventory(tmp_path: Path, phone, binary: bool = True) -> Path:
+    lines = ["[devices.phone]", 'target = "adb"', f'adb = "{phone.adb}"']
+    if binary:
+        lines.append(f'benchmark_binary = "{phone.binary}"')
+    path = tmp_path / "devices.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_tuning_on_an_adb_phone_end_to_end(tmp_path):
+    """The STAND-IN phone (``fixtures/phone.py``: a stand-in adb and a stand-in benchmark_model that runs
+    LiteRT here and prints the real tool's format): every candidate pushed and timed by benchmark_model. The
+    tool prints no median, so the search compares means, and the record says so; its device fingerprint names
+    the binary, so a record made with another benchmark_model build is refused."""
+    from fixtures.phone import make_phone
+
+    phone = make_phone(tmp_path)
+    inventory = _phone_inventory(tmp_path, phone)
+    result = export(_request(tmp_path / "out", _tiny("phone", inventory=inventory, budget_s=1.0, cache=False,
+                                                    per_block=False), fmt="tflite"))
+    record = read_manifest(result.artifacts[0])["tuning"]
+    assert record["device"]["kind"] == "adb" and record["device"]["runtime"] == "benchmark_model"
+    assert "sha256:" in record["device"]["runtime_version"]
+    assert record["method"]["statistic"] == "mean"
+    measured = [c for c in record["candidates"] if c["status"] == "measured"]
+    assert measured[0]["name"] == "default" and len(measured) >= 2
+    assert all(len(c["p50_ms"]) == 2 and min(c["p50_ms"]) > 0 for c in measured)
+    assert record["chosen"]["name"] in {c["name"] for c in measured}
+    assert any("benchmark_model" in " ".join(call) for call in phone.calls())
+    assert phone.leftovers() == []  # every working folder removed from the phone
+    # The same record with another benchmark_model build: refused before anything is built.
+    other = tmp_path / "other_benchmark_model"
+    other.write_text(phone.binary.read_text() + "# another build\n")
+    other.chmod(0o755)
+    manifest = result.artifacts[0].with_name(result.artifacts[0].name + ".json")
+    with pytest.raises(MicronetError, match="another device") as info:
+        export(_request(tmp_path / "again", _tiny("phone", inventory=inventory, record=manifest,
+                                                  benchmark_binary=other), fmt="tflite"))
+    assert "\n" not in str(info.value) and _artifacts(tmp_path / "again") == []
+
+
+def test_adb_tuning_refuses_onnx_and_a_phone_without_benchmark_model(tmp_path):
+    from fixtures.phone import make_phone
+
+    phone = make_phone(tmp_path)
+    with pytest.raises(MicronetError, match="runs .tflite files") as info:
+        export(_request(tmp_path / "out", _tiny("phone", inventory=_phone_inventory(tmp_path, phone))))
+    assert "\n" not in str(info.value)
+    with pytest.raises(MicronetError, match="has no benchmark_model.*--benchmark-binary") as info:
+        export(_request(tmp_path / "out", _tiny("phone", inventory=_phone_inventory(tmp_path, phone, binary=False)),
+                        fmt="tflite"))
+    assert "\n" not in str(info.value)
+    assert _artifacts(tmp_path / "out") == []
+
+
 # ------------------------------------------------------------------------------------ the per-block phase
 
 @pytest.mark.slow

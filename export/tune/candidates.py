@@ -19,6 +19,17 @@ from .. import parity
 
 #: Which fast-graph profile each format's file is built from, and the runtime that times it.
 FORMAT_RUNTIME = {"tflite": "litert", "onnx": "onnxruntime"}
+PHONE_RUNTIME = "benchmark_model"  # an Android phone has no Python: LiteRT's own benchmark tool times the file
+
+
+def tuning_runtime(fmt: str, device_kind: str) -> str:
+    """The runtime that times a ``fmt`` file on a device of ``device_kind`` (``local``, ``ssh``, ``adb``)."""
+    if device_kind == "adb":
+        if fmt != "tflite":
+            raise MicronetError(f"an Android phone runs .tflite files (benchmark_model), not {fmt}: tune "
+                                "--format tflite on it, and the ONNX file on this machine or an SSH board")
+        return PHONE_RUNTIME
+    return FORMAT_RUNTIME[fmt]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from micronet.errors import MicronetError
 @dataclass
 class Timing:
     p50_ms: list[float]  # one per round
+    statistic: str = "p50"  # "mean" where the device's tool printed no median (most benchmark_model builds)
 
     @property
     def median_ms(self) -> float:
@@ -36,22 +37,39 @@ def time_on_device(target, paths: list[Path], *, threads: int, runtime: str, rou
     """p50 of each file in each round; and the device's environment (from the last round)."""
     from micronet.devices.api import benchmark_on_device
 
+    from .candidates import PHONE_RUNTIME
+
     samples: list[list[float]] = [[] for _ in paths]
+    statistics_used: list[set[str]] = [set() for _ in paths]
     environment: dict[str, Any] = {}
     for r in range(rounds):
         order = list(range(len(paths))) if r % 2 == 0 else list(reversed(range(len(paths))))
         run = benchmark_on_device(target, [paths[i] for i in order], threads=[threads], warmup=warmup, runs=runs,
-                                  memory=False, runtime=runtime, inventory=inventory)
+                                  memory=False, runtime=None if runtime == PHONE_RUNTIME else runtime,
+                                  inventory=inventory)
         if len(run.rows) != len(order):
             raise MicronetError(f"the device answered {len(run.rows)} rows for {len(order)} candidates")
         for i, row in zip(order, run.rows):
-            p50 = (row.get("latency") or {}).get("p50_ms")
-            if p50 is None:
-                why = row.get("error") or row.get("status")
-                raise MicronetError(f"a candidate could not be timed on the device: {why}")
-            samples[i].append(float(p50))
+            value, statistic = _typical_ms(row)
+            samples[i].append(value)
+            statistics_used[i].add(statistic)
         environment = run.environment
-    return [Timing(s) for s in samples], environment
+    return [Timing(s, "/".join(sorted(used))) for s, used in zip(samples, statistics_used)], environment
+
+
+def _typical_ms(row: dict[str, Any]) -> tuple[float, str]:
+    """A row's p50, or its mean where the device's tool reports no percentiles (``benchmark_model`` builds
+    whose statistics print no ``median=``): both files of a comparison are timed by the same tool, so the
+    comparison stays like with like."""
+    latency = row.get("latency") or {}
+    if row.get("invalid"):
+        raise MicronetError(f"a candidate could not be timed on the device: {row.get('invalid_reason')}")
+    if latency.get("p50_ms") is not None:
+        return float(latency["p50_ms"]), "p50"
+    if latency.get("mean_ms") is not None:
+        return float(latency["mean_ms"]), "mean"
+    why = row.get("error") or row.get("status") or "no latency in its row"
+    raise MicronetError(f"a candidate could not be timed on the device: {why}")
 
 
 def beats(challenger: Timing, incumbent: Timing) -> bool:

@@ -32,7 +32,8 @@ class TuneRequest:
     final check against the default runs after it). ``rounds``: timed rounds per comparison, their order
     alternating; ``runs``/``warmup``: inferences per model per round. ``record``: a tuning record (or a
     tuned export's manifest) to reuse instead of measuring. ``cache``: reuse and write the record cache.
-    ``per_block``: after the whole-graph switches, search each block's own (``RuntimeProfile.blocks``)."""
+    ``per_block``: after the whole-graph switches, search each block's own (``RuntimeProfile.blocks``).
+    ``benchmark_binary``: an Android phone's LiteRT ``benchmark_model`` (else its ``devices.toml`` entry's)."""
 
     device: str = "local"
     threads: int = 1
@@ -44,6 +45,7 @@ class TuneRequest:
     inventory: Path | None = None
     cache: bool = True
     per_block: bool = True
+    benchmark_binary: Path | None = None
 
     def check(self) -> None:
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:

@@ -20,6 +20,8 @@ tuning; OpenVINO, ncnn and MNN are converted from the portable ONNX file and are
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,8 +33,8 @@ from micronet import interrupts
 from micronet.errors import MicronetError
 
 from . import record as rec
-from .candidates import (FORMAT_RUNTIME, block_flips, build_candidate, changed, chosen_profile, plan_fingerprint,
-                         switches, with_block_switch, with_switch)
+from .candidates import (PHONE_RUNTIME, block_flips, build_candidate, changed, chosen_profile, plan_fingerprint,
+                         switches, tuning_runtime, with_block_switch, with_switch)
 from .measure import Timing, beats, time_on_device
 from .request import TuneRequest
 
@@ -81,9 +83,13 @@ def prepare_tuning(request, variant: str, say: Say) -> Tuning:
     tune.check()
     fams = families(request)
     target = resolve(tune.device, tune.inventory)
-    if target.kind not in ("local", "ssh"):
-        raise MicronetError(f"--tune measures on this machine (local) or an SSH board, not on {target.kind} "
-                            f"device {target.name}")
+    if target.kind not in ("local", "ssh", "adb"):
+        raise MicronetError(f"--tune measures on this machine (local), an SSH board or an adb phone, not on "
+                            f"{target.kind} device {target.name}")
+    runtimes = {fmt: tuning_runtime(fmt, target.kind) for fmt in fams}
+    if tune.benchmark_binary is not None:  # the phone's check and every timing use it
+        target = dataclasses.replace(target, options=dataclasses.replace(
+            target.options, benchmark_binary=Path(tune.benchmark_binary).expanduser()))
     say(f"tuning on {target.name}: checking the device")
     check = make_device(target).check()
     if not check.reachable:
@@ -91,13 +97,14 @@ def prepare_tuning(request, variant: str, say: Say) -> Tuning:
     tools = rec.toolchain()
     exports, devices = {}, {}
     for fmt, profile in fams.items():
-        runtime = FORMAT_RUNTIME[fmt]
+        runtime = runtimes[fmt]
         if runtime not in check.runtimes:
-            raise MicronetError(f"cannot tune {fmt} on {target.name}: it has no {runtime} "
-                                f"(it has {', '.join(check.runtimes) or 'none'})")
+            why = f": {check.problem}" if check.problem else f" (it has {', '.join(check.runtimes) or 'none'})"
+            raise MicronetError(f"cannot tune {fmt} on {target.name}: it has no {runtime}{why}")
         exports[fmt] = {"variant": variant, "input_size": request.input_size, "format": fmt, "profile": profile,
                         "threads": tune.threads}
-        devices[fmt] = {**rec.fingerprint(target.kind, check.summary, runtime, check.runtimes[runtime]),
+        devices[fmt] = {**rec.fingerprint(target.kind, check.summary, runtime,
+                                          _runtime_version(target, runtime, check.runtimes[runtime])),
                         "target": target.text}
     tuning = Tuning(tune, target, fams, exports, devices, tools)
     for fmt in fams:
@@ -115,6 +122,15 @@ def prepare_tuning(request, variant: str, say: Say) -> Tuning:
     if tune.record is not None and not tuning.reused:
         raise MicronetError(f"tuning record {tune.record} tunes none of the requested files")
     return tuning
+
+
+def _runtime_version(target, runtime: str, reported: str | None) -> str | None:
+    """What identifies the runtime: its version, or for a phone's ``benchmark_model`` (which prints none) its
+    ABI and the binary's SHA-256, so a record made with another build of the tool is refused."""
+    if runtime != PHONE_RUNTIME:
+        return reported
+    digest = hashlib.sha256(Path(target.options.benchmark_binary).read_bytes()).hexdigest()
+    return f"{reported} sha256:{digest[:16]}"
 
 
 def tune_export(tuning: Tuning, ctx, say: Say) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -145,8 +161,8 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
     tune = tuning.request
     default = PROFILES[tuning.families[fmt]]
     start = time.monotonic()
-    timing = dict(threads=tune.threads, runtime=FORMAT_RUNTIME[fmt], rounds=tune.rounds, runs=tune.runs,
-                  warmup=tune.warmup, inventory=tune.inventory)
+    timing = dict(threads=tune.threads, runtime=tuning.devices[fmt]["runtime"], rounds=tune.rounds,
+                  runs=tune.runs, warmup=tune.warmup, inventory=tune.inventory)
     candidates: list[dict[str, Any]] = []
     order = [s for s, on in switches(default).items() if on or default.name != "portable"]
     with tempfile.TemporaryDirectory(prefix="micronet-tune-") as scratch:
@@ -174,6 +190,7 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
                 return
             (inc, cha), _ = time_on_device(tuning.target, [state.path, made.path], **timing)
             state.noise = max(state.noise, inc.spread_ms, cha.spread_ms)
+            state.statistics |= {inc.statistic, cha.statistic}
             won = beats(cha, inc)
             candidates.append({**entry, "status": "measured", "parity": made.parity, "p50_ms": cha.p50_ms,
                                "median_ms": cha.median_ms, "against_p50_ms": inc.p50_ms, "won": won})
@@ -209,11 +226,13 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
             say(f"tuning {fmt}: checking {_name(incumbent, default)} against the default once more")
             (base, best), _ = time_on_device(tuning.target, [built.path, state.path], **timing)
             noise = max(noise, base.spread_ms, best.spread_ms)
+            state.statistics |= {base.statistic, best.statistic}
             final = {"default_p50_ms": base.p50_ms, "chosen_p50_ms": best.p50_ms, "won": beats(best, base)}
             if not final["won"]:
                 chosen = default
         else:
             (base,), _ = time_on_device(tuning.target, [built.path], **timing)
+            state.statistics.add(base.statistic)
             final = {"default_p50_ms": base.p50_ms, "chosen_p50_ms": base.p50_ms, "won": False}
     default_entry = {"name": "default", "phase": "default", "changed": {}, "blocks": [], "status": "measured",
                      "parity": built.parity, "p50_ms": final["default_p50_ms"],
@@ -231,7 +250,9 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
         "toolchain": tuning.toolchain,
         "method": {"search": search, "rounds": tune.rounds, "runs": tune.runs, "warmup": tune.warmup,
                    "budget_s": tune.budget_s,
-                   "rule": "a challenger wins only if its slowest round's p50 is below the incumbent's fastest"},
+                   "statistic": "/".join(sorted(state.statistics)),
+                   "rule": "a challenger wins only if its slowest round's p50 is below the incumbent's fastest"
+                           " (the mean where the device's tool reports no median: statistic)"},
         "candidates": [default_entry, *candidates],
         "final_check": final,
         "chosen": {"name": _name(chosen, default), "changed": changed(chosen, default),
@@ -250,6 +271,7 @@ class _Incumbent:
     path: Path
     seen: set[str]
     noise: float = 0.0
+    statistics: set[str] = field(default_factory=set)  # "p50", or "mean" where the tool prints no median
 
 
 def _name(profile, default) -> str:
