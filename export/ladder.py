@@ -34,8 +34,10 @@ class ParityFailure(MicronetError):
 class Ladder:
     """The rungs judged in one export, in order, and the seconds each timed stage took."""
 
-    def __init__(self, *, untrained: bool = False, progress: Progress | None = None) -> None:
-        self.untrained = untrained  # judge quantized rungs by parity.UNTRAINED_LIMITS
+    def __init__(self, *, untrained: bool = False, task: str = "classification",
+                 progress: Progress | None = None) -> None:
+        self.untrained = untrained  # judge quantized rungs by parity.UNTRAINED_LIMITS (of the task)
+        self.task = task
         self.rungs: list[dict] = []
         self.timings: dict[str, float] = {}
         self._progress = progress
@@ -46,7 +48,8 @@ class Ladder:
         ``name``; returns the rung's record, or raises ``ParityFailure``. ``announce`` prints the verdict line
         (the deploy-form rungs are judged quietly: the user sees them in the ladder table)."""
         interrupts.check()  # a stage that swallowed the interrupt must not be judged, let alone shipped
-        rung = parity.check_rung(name, parity.compare(reference_logits, candidate), untrained=self.untrained)
+        rung = parity.check_rung(name, parity.compare(reference_logits, candidate), untrained=self.untrained,
+                                 task=self.task)
         record = {"rung": rung.name, "reference": reference, "passed": rung.passed, "metric": rung.metric,
                   "value": rung.value, "limit": rung.limit, **rung.metrics}
         self.rungs.append(record)

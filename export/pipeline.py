@@ -185,7 +185,7 @@ def prepare(request: ExportRequest, variant: str, ladder: Ladder, say: Progress)
     for line in (data.record.get("note"), calib.skipped_summary(data.record)):
         if line:
             say(f"[yellow]note:[/yellow] {_plain(line)}")
-    ladder.untrained = weights["state"] == "untrained"
+    ladder.untrained, ladder.task = weights["state"] == "untrained", task
     if ladder.untrained:
         say("untrained weights: re-estimating BatchNorm statistics on the calibration images")
         weights["batchnorm_recalibrated_on"] = recalibrate_batchnorm(model, batchnorm_batches(data.calibration))

@@ -141,6 +141,46 @@ def test_untrained_exports_get_the_looser_quantized_limits():
         Ladder(untrained=False).judge("tflite_int8", "tflite_float32", ref, noisy)
 
 
+def test_untrained_pose_int8_limit_still_stops_broken_heatmaps():
+    """The looser untrained int8 limit of keypoint models (parity.UNTRAINED_TASK_LIMITS) judged on real
+    heatmaps: an untrained pose-m0, BatchNorm re-estimated on the embedded photographs as the export does.
+    The ways a conversion breaks heatmaps (left/right maps swapped, mirrored, one-pixel shift, flat maps)
+    must all still fail it; noise of the size honest int8 leaves (cosine 0.90-0.93) must pass it; and a
+    classifier keeps its own limit."""
+    import torch
+
+    from micronet.export.deploy import recalibrate_batchnorm
+    from micronet.export.dense import build_dense_model
+    from micronet.export.dense_calibration import build_dense_calibration
+    from micronet.export.pipeline import batchnorm_batches
+    from micronet.keypoints.coco import FLIP_PAIRS
+
+    torch.manual_seed(0)
+    model = build_dense_model("pose-m0", "pose", (128, 96), 17).eval()
+    data = build_dense_calibration("pose", None, (128, 96), count=24, seed=0, holdout=8)
+    recalibrate_batchnorm(model, batchnorm_batches(data.calibration))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(data.holdout)).numpy().astype(np.float64)
+    swap = list(range(17))
+    for a, b in FLIP_PAIRS:
+        swap[a], swap[b] = b, a
+    broken = {"left/right swapped": ref[:, swap], "mirrored": ref[..., ::-1], "shifted 1 px": np.roll(ref, 1, axis=3),
+              "flat maps": np.broadcast_to(ref.mean(axis=(2, 3), keepdims=True), ref.shape)}
+    limit = parity.UNTRAINED_TASK_LIMITS["pose"]["tflite_int8"]
+    for name, heatmaps in broken.items():
+        rung = parity.check_rung("tflite_int8", parity.compare(ref, heatmaps), untrained=True, task="pose")
+        assert not rung.passed and rung.limit == limit, (name, rung.summary())
+    scale = 0.45 * np.sqrt((ref ** 2).mean(axis=(1, 2, 3), keepdims=True))  # cosine ≈ 1 / sqrt(1 + 0.45²) ≈ 0.91
+    honest = ref + np.random.default_rng(0).normal(scale=scale, size=ref.shape)
+    metrics = parity.compare(ref, honest)
+    assert 0.88 < metrics["cosine"] < 0.95
+    assert Ladder(untrained=True, task="pose").judge("tflite_int8", "tflite_float32", ref, honest)["passed"]
+    with pytest.raises(ParityFailure):
+        Ladder(untrained=True).judge("tflite_int8", "tflite_float32", ref, honest)  # a classifier: 0.95
+    with pytest.raises(ParityFailure):
+        Ladder(untrained=False, task="pose").judge("tflite_int8", "tflite_float32", ref, honest)  # trained: 0.98
+
+
 def test_ladder_records_follow_the_judging_order_and_stages_are_timed():
     ladder = Ladder()
     ref = _logits()
