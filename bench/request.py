@@ -86,8 +86,10 @@ class BenchRequest:
         return CheckedRequest(xnnpack=xnn, images=images, device=device, measure=measure)
 
     def measure_options(self, xnnpack: tuple[bool, ...] = (True,)) -> MeasureOptions:
-        """The measurement settings of this request (threads None when not given: 1, or the inventory's)."""
-        return MeasureOptions(threads=list(self.threads) or None, warmup=self.warmup, runs=self.runs,
+        """The measurement settings of this request (threads None when not given: 1, or the inventory's;
+        ``--matrix`` on this machine: 1, 2 and every core this process may use, ``matrix_thread_counts``)."""
+        threads = list(self.threads) or (matrix_thread_counts() if self.matrix and not self.on_device else None)
+        return MeasureOptions(threads=threads, warmup=self.warmup, runs=self.runs,
                               min_seconds=self.min_seconds, xnnpack=xnnpack, data=self.data, limit=self.limit,
                               memory=self.memory)
 
@@ -211,3 +213,14 @@ def check_output_folder(path: str | Path) -> None:
         raise MicronetError(f"cannot write the report into {folder}: it {what}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise MicronetError(f"cannot write the report into {folder}: {existing} is not writable")
+
+
+def matrix_thread_counts(cores: int | None = None) -> list[int]:
+    """1, 2 and all cores (those this process may run on), each once and none above the cores: a second
+    thread and the whole machine are where MicroNet's and its peers' scaling differ."""
+    import os
+
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return sorted({t for t in (1, 2, cores) if t <= max(cores, 1)})
+

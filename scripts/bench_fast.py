@@ -23,9 +23,10 @@ affine parameters random values (``trained_like``), then re-estimates BatchNorm 
 calibration images (toolchain P15). Latency does not depend on the weights beyond that; accuracy is
 checked on trained weights by the digits gate (tests/test_e2e_digits.py).
 
-Timing: 1 thread, ai-edge-litert with its default XNNPACK delegate, ONNX Runtime CPU; every session is
-warmed up, then timed ``--rounds`` times round-robin, ``--per-round`` invocations each, so drift and
-background load hit all models alike; p50 / p90 in ms over all rounds. Figures depend on the machine and
+Timing: at each of ``--threads`` (default 1, 2 and all cores, each once: ``bench.request.matrix_thread_counts``),
+ai-edge-litert with its default XNNPACK delegate, ONNX Runtime CPU; every session is warmed up, then timed
+``--rounds`` times round-robin, ``--per-round`` invocations each, so drift and background load hit all
+models alike; p50 / p90 in ms over all rounds, one table per thread count. Figures depend on the machine and
 are not assertions (see the README); the script writes a Markdown table and a JSON file.
 """
 
@@ -143,7 +144,12 @@ def main(argv=None) -> int:
     ap.add_argument("--per-round", type=int, default=50)
     ap.add_argument("--work", type=Path, default=Path("reports") / "bench_fast_work")
     ap.add_argument("--out", type=Path, default=Path("reports") / "fast_deploy.md")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="thread counts (default: 1, 2 and every core this process may use)")
     args = ap.parse_args(argv)
+    from micronet.bench.request import matrix_thread_counts
+
+    thread_counts = args.threads or matrix_thread_counts()
 
     size = args.input_size
     data = build_calibration(None, count=args.calib, seed=0, preprocessing=Preprocessing(input_size=size), holdout=16)
@@ -189,31 +195,36 @@ def main(argv=None) -> int:
         rows[f"peer/{name}"] = {"kind": "peer", "files": {**files, "onnx": Path(path)},
                                 "tflite": _tfl_info(files["float32"]), "tflite_int8": _tfl_info(files["int8"])}
 
-    runners = {}
-    for name, row in rows.items():
-        runners[(name, "tfl_f32")] = _Tfl(row["files"]["float32"])
-        runners[(name, "tfl_int8")] = _Tfl(row["files"]["int8"])
-        runners[(name, "ort_f32")] = _Ort(row["files"]["onnx"])
-    print(f"timing {len(runners)} sessions: {args.rounds} interleaved rounds × {args.per_round}", flush=True)
-    times = _interleaved(runners, args.rounds, args.per_round)
+    times: dict[tuple[str, str, int], tuple[float, float]] = {}
+    for threads in thread_counts:  # one interleaved run per thread count: sessions of one count compete
+        runners = {}
+        for name, row in rows.items():
+            runners[(name, "tfl_f32", threads)] = _Tfl(row["files"]["float32"], threads)
+            runners[(name, "tfl_int8", threads)] = _Tfl(row["files"]["int8"], threads)
+            runners[(name, "ort_f32", threads)] = _Ort(row["files"]["onnx"], threads)
+        print(f"timing {len(runners)} sessions at {threads} thread(s): {args.rounds} interleaved rounds × "
+              f"{args.per_round}", flush=True)
+        times.update(_interleaved(runners, args.rounds, args.per_round))
 
     fmt = lambda p: f"{p[0]:.3f} / {p[1]:.3f}"  # noqa: E731
-    lines = [f"Machine: {platform.processor() or platform.machine()}, {size}×{size}, 1 thread, "
-             f"p50 / p90 ms over {args.rounds}×{args.per_round} interleaved runs.", "",
-             "| model | TFLite ops | DEPTHWISE_CONV_2D | TRANSPOSE | GATHER | not delegated (f32 / int8) "
-             "| TFLite fp32 | TFLite int8 | ORT fp32 | rel err fp32 vs PyTorch | int8 cosine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, row in rows.items():
-        ops = row["tflite"]["by_op"]
-        nd = lambda info: sum(info["xnnpack"]["not_delegated"].values())  # noqa: E731
-        err = f"{row['rel_err_f32']:.1e}" if "rel_err_f32" in row else "—"
-        cos = f"{row['int8_cosine']:.4f}" if "int8_cosine" in row else "—"
-        gathers = ops.get("GATHER", 0) + ops.get("GATHER_ND", 0)
-        lines.append(f"| {name} | {row['tflite']['ops']} | {ops.get('DEPTHWISE_CONV_2D', 0)} | {ops.get('TRANSPOSE', 0)} "
-                     f"| {gathers} | {nd(row['tflite'])} / {nd(row['tflite_int8'])} "
-                     f"| {fmt(times[(name, 'tfl_f32')])} | {fmt(times[(name, 'tfl_int8')])} "
-                     f"| {fmt(times[(name, 'ort_f32')])} | {err} | {cos} |")
-    lines.append("")
+    lines = []
+    for threads in thread_counts:
+        lines += [f"Machine: {platform.processor() or platform.machine()}, {size}×{size}, {threads} thread(s), "
+                  f"p50 / p90 ms over {args.rounds}×{args.per_round} interleaved runs.", "",
+                  "| model | TFLite ops | DEPTHWISE_CONV_2D | TRANSPOSE | GATHER | not delegated (f32 / int8) "
+                  "| TFLite fp32 | TFLite int8 | ORT fp32 | rel err fp32 vs PyTorch | int8 cosine |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, row in rows.items():
+            ops = row["tflite"]["by_op"]
+            nd = lambda info: sum(info["xnnpack"]["not_delegated"].values())  # noqa: E731
+            err = f"{row['rel_err_f32']:.1e}" if "rel_err_f32" in row else "—"
+            cos = f"{row['int8_cosine']:.4f}" if "int8_cosine" in row else "—"
+            gathers = ops.get("GATHER", 0) + ops.get("GATHER_ND", 0)
+            lines.append(f"| {name} | {row['tflite']['ops']} | {ops.get('DEPTHWISE_CONV_2D', 0)} "
+                         f"| {ops.get('TRANSPOSE', 0)} | {gathers} | {nd(row['tflite'])} / {nd(row['tflite_int8'])} "
+                         f"| {fmt(times[(name, 'tfl_f32', threads)])} | {fmt(times[(name, 'tfl_int8', threads)])} "
+                         f"| {fmt(times[(name, 'ort_f32', threads)])} | {err} | {cos} |")
+        lines.append("")
     for name, row in rows.items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["tflite"]["by_op"].items(),
                                                                               key=lambda kv: -kv[1]))
@@ -223,7 +234,7 @@ def main(argv=None) -> int:
     report = {"settings": vars(args) | {"work": str(args.work), "out": str(args.out)},
               "rows": {name: {**{k: v for k, v in row.items() if k != "files"},
                               "files": {k: str(p) for k, p in row["files"].items()}} for name, row in rows.items()},
-              "latency_ms": {f"{n}|{k}": {"p50": p[0], "p90": p[1]} for (n, k), p in times.items()}}
+              "latency_ms": {f"{n}|{k}|t{t}": {"p50": p[0], "p90": p[1]} for (n, k, t), p in times.items()}}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print("\n".join(lines))
     return 0

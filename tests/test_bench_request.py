@@ -163,3 +163,14 @@ def test_the_data_folder_is_scanned_once_and_reports_still_name_it(tmp_path, mon
     assert len(scans) == 1 and checked.measure.data is checked.images
     assert checked.images.root == data and data_label(checked.measure.data) == str(data)
     assert data_label(str(data)) == str(data) and data_label(None) is None
+
+
+def test_matrix_measures_one_two_and_all_cores_unless_threads_are_given():
+    from micronet.bench.request import BenchRequest, matrix_thread_counts
+
+    assert matrix_thread_counts(1) == [1]
+    assert matrix_thread_counts(2) == [1, 2]
+    assert matrix_thread_counts(8) == [1, 2, 8]
+    assert BenchRequest(matrix=True).measure_options().threads == matrix_thread_counts()
+    assert BenchRequest(matrix=True, threads=[4]).measure_options().threads == [4]
+    assert BenchRequest(variant="m0").measure_options().threads is None  # 1, or the inventory's
