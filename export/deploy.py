@@ -123,7 +123,7 @@ class DeployShiftMax(nn.Module):
         # 2A·h ≈ A against -A, so the b's kept only their tensor's LSB. On trained pose-m2 the stacked b
         # slices agreed with float32 at cosine 0.16-0.57. Folded and split, each coefficient is one FC output
         # with its own scale; the arithmetic is unchanged.
-        offsets = [source.init_a[0], source.init_b[0], source.init_a[1], source.init_b[1]][: 2 * source.branches]
+        offsets = source.offsets
         c, scale = source.channels, ACT_MAX / 3.0
         self.fc2 = nn.ModuleList()
         with torch.no_grad():

@@ -159,6 +159,12 @@ class DynamicShiftMax(nn.Module):
     def squeeze(self) -> int:
         return self.fc1.out_features
 
+    @property
+    def offsets(self) -> tuple[float, ...]:
+        """What each coefficient is centred on, in fc2's output order: a1, b1 (, a2, b2). The deploy forms
+        fold them into their own weights, so they read them here rather than restating the order."""
+        return (self.init_a[0], self.init_b[0], self.init_a[1], self.init_b[1])[: 2 * self.branches]
+
     def coefficients(self, x: Tensor) -> list[Tensor]:
         """[a1, b1] or [a1, b1, a2, b2], each (B, C, 1, 1), offsets included."""
         b = x.shape[0]
@@ -166,8 +172,7 @@ class DynamicShiftMax(nn.Module):
         theta = hard_sigmoid(self.fc2(F.relu(self.fc1(pooled))))
         theta = (theta - 0.5) * (2.0 * ACT_MAX)
         parts = torch.split(theta.view(b, -1, 1, 1), self.channels, dim=1)
-        offsets = [self.init_a[0], self.init_b[0], self.init_a[1], self.init_b[1]]
-        return [p + o for p, o in zip(parts, offsets)]
+        return [p + o for p, o in zip(parts, self.offsets, strict=True)]
 
     def forward(self, x: Tensor) -> Tensor:
         shifted = x[:, self.shift_index]

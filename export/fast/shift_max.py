@@ -204,7 +204,7 @@ def coefficients_for(sm: DynamicShiftMax, blocks: list[list[tuple]], pool_w: Ten
     c = sm.channels
     w1 = sm.fc1.weight.double() @ pool_w
     b1 = sm.fc1.weight.double() @ pool_b + sm.fc1.bias.double()
-    offsets = np.array([sm.init_a[0], sm.init_b[0], sm.init_a[1], sm.init_b[1]])
+    offsets = np.array(sm.offsets)
     rows, biases, scales, shifts = [], [], [], []
     for branch in blocks:
         for e, order, mask in branch:
