@@ -351,3 +351,18 @@ def test_block_phase_ships_and_records_block_exceptions(tmp_path, monkeypatch):
     first, second = (onnx.load(str(p)).graph for p in (result.artifacts[0], again.artifacts[0]))
     assert [n.op_type for n in first.node] == [n.op_type for n in second.node]
     assert read_manifest(again.artifacts[0])["tuning"]["chosen"] == chosen
+
+
+def test_a_challenger_wins_round_by_round_through_drift_but_not_on_a_tie():
+    """The paired rule: a device that slows down for a round slows both files of that round."""
+    from micronet.export.tune.measure import Timing, beats
+
+    incumbent = Timing([1.00, 1.60, 1.02, 1.55, 1.01])  # rounds 2 and 4 hit by another tenant
+    faster = Timing([0.95, 1.52, 0.97, 1.47, 0.96])  # 5 % faster in every round
+    assert beats(faster, incumbent) and not beats(incumbent, faster)
+    assert max(faster.p50_ms) > min(incumbent.p50_ms)  # the earlier all-against-all rule refused it
+    tie = Timing([0.99, 1.61, 1.01, 1.56, 1.00])  # faster in three rounds of five, slower in two
+    assert not beats(tie, incumbent)
+    with pytest.raises(ValueError, match="same rounds"):
+        beats(Timing([1.0, 1.0]), incumbent)
+    assert TuneRequest().rounds == 5

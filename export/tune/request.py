@@ -38,7 +38,7 @@ class TuneRequest:
     device: str = "local"
     threads: int = 1
     budget_s: float = 300.0
-    rounds: int = 3
+    rounds: int = 5
     runs: int = 30
     warmup: int = 5
     record: Path | None = None

@@ -251,8 +251,8 @@ def _search(tuning: Tuning, fmt: str, ctx, say: Say) -> dict[str, Any]:
         "method": {"search": search, "rounds": tune.rounds, "runs": tune.runs, "warmup": tune.warmup,
                    "budget_s": tune.budget_s,
                    "statistic": "/".join(sorted(state.statistics)),
-                   "rule": "a challenger wins only if its slowest round's p50 is below the incumbent's fastest"
-                           " (the mean where the device's tool reports no median: statistic)"},
+                   "rule": "a challenger wins only if its p50 is below the incumbent's in every round, both timed"
+                           " in each round (the mean where the device's tool reports no median: statistic)"},
         "candidates": [default_entry, *candidates],
         "final_check": final,
         "chosen": {"name": _name(chosen, default), "changed": changed(chosen, default),
