@@ -218,9 +218,9 @@ def check_output_folder(path: str | Path) -> None:
 def matrix_thread_counts(cores: int | None = None) -> list[int]:
     """1, 2 and all cores (those this process may run on), each once and none above the cores: a second
     thread and the whole machine are where MicroNet's and its peers' scaling differ."""
-    import os
+    from micronet.cpus import available_cpus
 
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = available_cpus()
     return sorted({t for t in (1, 2, cores) if t <= max(cores, 1)})
 

@@ -68,6 +68,12 @@ def parse_devices(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def binary_digest(binary: Path) -> str:
+    """SHA-256 (hex) of the benchmark_model binary pushed to the phone: what names the runtime in a row, a
+    device check and a tuning record's fingerprint."""
+    return hashlib.sha256(Path(binary).read_bytes()).hexdigest()
+
+
 class AdbDevice(Device):
     kind = "adb"
 
@@ -182,7 +188,9 @@ class AdbDevice(Device):
         try:
             binary = self._binary(None)
             abi = self._check_abi(binary, env)
-            runtimes[RUNTIME] = abi or "script"  # a script runs on any ABI
+            # The binary identifies the runtime: benchmark_model prints no version, so its ABI and digest do
+            # (a tuning record made with another build of the tool is refused by it).
+            runtimes[RUNTIME] = f"{abi or 'script'} sha256:{binary_digest(binary)[:16]}"  # a script: any ABI
         except MicronetError as exc:
             problem = str(exc)
         return DeviceCheck(self.name, self.target.text, True, runtimes, summary_line(env), problem)
@@ -198,8 +206,7 @@ class AdbDevice(Device):
             raise MicronetError(f"{self.name} runs TFLite models with benchmark_model, not {job.runtime}")
         binary = self._binary(job.benchmark_binary)
         serial = self.resolve_serial()
-        digest = hashlib.sha256(binary.read_bytes()).hexdigest()
-        binary_info = {"name": binary.name, "sha256": digest, "path": str(binary)}
+        binary_info = {"name": binary.name, "sha256": binary_digest(binary), "path": str(binary)}
         env = self.environment(serial, binary_info)
         binary_info["abi"] = self._check_abi(binary, env)
         base = (self.target.options.workdir or DEFAULT_BASE).rstrip("/") or "/"

@@ -82,10 +82,15 @@ def test_benchmark_end_to_end_rows_fingerprint_and_cleanup(tmp_path, phone, mode
 
 def test_check_line(tmp_path, phone):
     (check,) = check_devices(["phone"], inventory=_inventory(tmp_path, phone))
-    assert check.reachable and check.runtimes == {"benchmark_model": "script"}
+    import hashlib
+
+    digest = hashlib.sha256(phone.binary.read_bytes()).hexdigest()[:16]
+    # benchmark_model prints no version: its ABI (a script: none) and the binary's digest name it
+    assert check.reachable and check.runtimes == {"benchmark_model": f"script sha256:{digest}"}
     cores = check.summary.split("×")[1].split(" ")[0]  # from the host's /sys, through the stand-in shell
-    assert check.line() == ("phone (adb): reachable · runtimes: benchmark_model script · StandIn Phone 1 (not a real "
-                            f"phone) · StandIn SI-8000 ×{cores} · Android 14 (SDK 34) x86_64 · 35.0 °C")
+    assert check.line() == (f"phone (adb): reachable · runtimes: benchmark_model script sha256:{digest} · StandIn "
+                            f"Phone 1 (not a real phone) · StandIn SI-8000 ×{cores} · Android 14 (SDK 34) x86_64 · "
+                            "35.0 °C")
 
 
 def test_hostile_remote_folder_is_quoted(tmp_path, phone, models, monkeypatch):

@@ -66,7 +66,8 @@ def test_devices_check_one_line_each_and_exit_1_when_one_is_down(inventory, sshd
     local, pi, phone, gone = lines
     assert local.startswith("local: reachable · runtimes: ") and "litert" in local
     assert pi.startswith(f"pi ({sshd.target}): reachable · runtimes: litert ")
-    assert phone.startswith("phone (adb): reachable · runtimes: benchmark_model script · StandIn Phone 1")
+    assert phone.startswith("phone (adb): reachable · runtimes: benchmark_model script sha256:")
+    assert " · StandIn Phone 1" in phone
     assert gone.startswith("gone (ssh://") and gone.endswith("unreachable: connection refused (no SSH server on that port?)")
     ok = run_cli("devices", "check", "pi", "local", "--inventory", str(inventory))
     assert ok.returncode == 0 and len(ok.stdout.splitlines()) == 2

@@ -21,7 +21,6 @@ tuning; OpenVINO, ncnn and MNN are converted from the portable ONNX file and are
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -104,7 +103,7 @@ def prepare_tuning(request, variant: str, say: Say) -> Tuning:
         exports[fmt] = {"variant": variant, "input_size": request.input_size, "format": fmt, "profile": profile,
                         "threads": tune.threads}
         devices[fmt] = {**rec.fingerprint(target.kind, check.summary, runtime,
-                                          _runtime_version(target, runtime, check.runtimes[runtime])),
+                                          check.runtimes[runtime]),
                         "target": target.text}
     tuning = Tuning(tune, target, fams, exports, devices, tools)
     for fmt in fams:
@@ -122,15 +121,6 @@ def prepare_tuning(request, variant: str, say: Say) -> Tuning:
     if tune.record is not None and not tuning.reused:
         raise MicronetError(f"tuning record {tune.record} tunes none of the requested files")
     return tuning
-
-
-def _runtime_version(target, runtime: str, reported: str | None) -> str | None:
-    """What identifies the runtime: its version, or for a phone's ``benchmark_model`` (which prints none) its
-    ABI and the binary's SHA-256, so a record made with another build of the tool is refused."""
-    if runtime != PHONE_RUNTIME:
-        return reported
-    digest = hashlib.sha256(Path(target.options.benchmark_binary).read_bytes()).hexdigest()
-    return f"{reported} sha256:{digest[:16]}"
 
 
 def tune_export(tuning: Tuning, ctx, say: Say) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

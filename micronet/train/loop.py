@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from micronet.atomic import remove_leftovers
+from micronet.cpus import available_cpus
 from micronet.errors import MicronetError
 from micronet.model import MicroNet
 
@@ -34,7 +35,7 @@ from .data import eval_loader, train_loader
 from .distributed import DistContext
 from .metrics_log import CSV_NAME, JSONL_NAME, Reporter
 from .mutual import MutualPair, full_rank_partner
-from .recipe import TrainConfig, available_cpus, default_workers
+from .recipe import TrainConfig, default_workers
 from .tasks import TaskData, TrainTask, task_for
 
 #: Every file a run replaces atomically (and so may leave a temporary copy of when killed).

@@ -21,10 +21,10 @@ Cityscapes batch, and half of a Cityscapes frame, which validation also runs at.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from micronet.cpus import available_cpus
 from micronet.errors import MicronetError
 from micronet.registry import resolve_variant
 
@@ -70,14 +70,6 @@ TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "momentum", "warmup_epo
 #: Data-loading worker processes when ``workers`` is not given: this many, or fewer on a machine
 #: with fewer cores (more workers than cores only compete with the training process for them).
 MAX_DEFAULT_WORKERS = 4
-
-
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask / cgroup cpuset, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
-        return os.cpu_count() or 1
 
 
 def default_workers() -> int:
