@@ -471,22 +471,28 @@ def datasets_keypoints(
 
 @app.command("profile")
 def profile_cmd(
-    artifact: Path = typer.Argument(..., help="an exported .onnx file (its manifest beside it gives the MAdds)"),
-    device: str = typer.Option("local", "--device", help="where to run it: local (this machine)"),
+    artifact: Path = typer.Argument(..., help="an exported .onnx or .tflite file (its manifest beside it gives "
+                                              "the MAdds)"),
+    device: str = typer.Option("local", "--device", help="where to run a .tflite: local, ssh:user@host[:port], "
+                                                         "adb[:serial] or a devices.toml name (.onnx: local)"),
     threads: int = typer.Option(2, "--threads", help="the thread count compared with 1 thread"),
-    runs: int = typer.Option(50, "--runs", help="profiled inferences per thread count"),
+    runs: int = typer.Option(50, "--runs", help="timed inferences per thread count (.tflite: per round)"),
+    rounds: int = typer.Option(5, "--rounds", help=".tflite: interleaved rounds over the file's prefixes"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.toml for --device names"),
     out: Optional[Path] = typer.Option(None, "--out", help="write <out>.json and <out>.csv (default: beside the "
                                                           "artifact, <artifact>.profile.json/.csv)"),
 ) -> None:
-    """Per-block time (runtime profiler) joined to MicroNet blocks and their MAdds, at 1 and N threads, and the
-    same time by op type."""
+    """Per-block time joined to MicroNet blocks and their MAdds, at 1 and N threads: ONNX Runtime's profiler for
+    an .onnx (and the time by op type), the file's prefixes timed on the device for a .tflite."""
     from micronet.bench.profile import op_table, profile_artifact, profile_table, write_profile
     from micronet.console import console, print_table
 
     with console.status("profiling", spinner="dots") as status:
-        result = profile_artifact(artifact, device=device, threads=(1, threads), runs=runs, progress=status.update)
+        result = profile_artifact(artifact, device=device, threads=(1, threads), runs=runs, rounds=rounds,
+                                  inventory=inventory, progress=status.update)
     print_table(profile_table(result))
-    print_table(op_table(result))
+    if result.op_ms:
+        print_table(op_table(result))
     for path in write_profile(result, out or artifact.with_name(artifact.name + ".profile")):
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 

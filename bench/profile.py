@@ -77,10 +77,16 @@ class Profile:
     variant: str | None
     input_size: int | None
     op_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # op type → threads → ms per inference
+    #: "profiler": the runtime's per-node times (ONNX Runtime); "prefixes": differences of the medians of the
+    #: file cut after each block (TFLite, ``bench.tflite_profile``), ``rounds`` rounds of ``runs`` runs.
+    method: str = "profiler"
+    rounds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["units"] = {"ms": "milliseconds per inference (mean over runs)",
+        out["units"] = {"ms": "milliseconds per inference (mean over runs)" if self.method == "profiler" else
+                              "milliseconds per inference (median over rounds; a block: its prefix less the one "
+                              "before)",
                         "madds": "multiply-adds (micronet.counting)"}
         for row in out["blocks"]:
             row["ms"] = {str(k): v for k, v in row["ms"].items()}
@@ -91,21 +97,27 @@ class Profile:
 
 
 def profile_artifact(path: str | os.PathLike, *, device: str = "local", threads: Sequence[int] = (1, 2),
-                     runs: int = 50, warmup: int = 10, progress: Progress | None = None) -> Profile:
-    """Profile ``path`` (an exported ``.onnx`` file with its manifest, or any ``.onnx``) at each thread count."""
+                     runs: int = 50, warmup: int = 10, rounds: int = 5, inventory=None,
+                     progress: Progress | None = None) -> Profile:
+    """Profile ``path`` at each thread count: an ``.onnx`` file (its manifest beside it gives the MAdds) with
+    ONNX Runtime's profiler on this machine; a ``.tflite`` from the fast graph by its prefixes on ``device``
+    (``bench.tflite_profile``; ``rounds`` applies to it only)."""
     path = Path(path)
-    if device != "local":
-        raise MicronetError(f"micronet profile runs on this machine only (--device local), not {device!r}")
     if not path.is_file():
         raise MicronetError(f"model file not found: {path}")
-    if path.suffix.lower() == ".tflite":
-        raise MicronetError("per-op profiling of TFLite is not available: ai-edge-litert's Python interpreter has "
-                            "no op profiler (use benchmark_model --enable_op_profiling=true); profile the .onnx export")
-    if path.suffix.lower() != ".onnx":
-        raise MicronetError(f"cannot profile {path}: expected an exported .onnx file")
+    if path.suffix.lower() not in (".onnx", ".tflite"):
+        raise MicronetError(f"cannot profile {path}: expected an exported .onnx or .tflite file")
     threads = list(dict.fromkeys(int(t) for t in threads))
-    if not threads or any(t < 1 for t in threads) or runs < 1 or warmup < 0:
-        raise MicronetError("threads and runs must be positive whole numbers")
+    if not threads or any(t < 1 for t in threads) or runs < 1 or warmup < 0 or rounds < 1:
+        raise MicronetError("threads, runs and rounds must be positive whole numbers")
+    if path.suffix.lower() == ".tflite":
+        from .tflite_profile import profile_tflite
+
+        return profile_tflite(path, device=device, threads=threads, runs=runs, warmup=warmup, rounds=rounds,
+                              inventory=inventory, progress=progress)
+    if device != "local":
+        raise MicronetError(f"an .onnx file is profiled on this machine only (--device local), not {device!r}: "
+                            "ONNX Runtime's profiler runs in this process")
     from micronet.export.manifest import read_manifest
 
     manifest = read_manifest(path) or {}
@@ -250,8 +262,10 @@ def profile_table(profile: Profile):
     from rich.table import Table
 
     first, last = profile.threads[0], profile.threads[-1]
-    table = Table(title=f"{Path(profile.artifact).name} · {profile.runtime} {profile.version} · "
-                        f"ms per inference (mean of {profile.runs} profiled runs)")
+    how = (f"mean of {profile.runs} profiled runs" if profile.method == "profiler" else
+           f"median of {profile.rounds} rounds × {profile.runs} runs; a block = its prefix less the one before")
+    table = Table(title=f"{Path(profile.artifact).name} · {profile.runtime} {profile.version} · {profile.device} · "
+                        f"ms per inference ({how})")
     table.add_column("block", no_wrap=True)
     table.add_column("MAdds", justify="right", no_wrap=True)
     for t in profile.threads:
@@ -265,13 +279,15 @@ def profile_table(profile: Profile):
         cells = [row.block, "—" if row.madds is None else f"{row.madds:,}",
                  *(f"{row.ms[t]:.4f}" for t in profile.threads), f"{100 * share:.1f}%"]
         if last != first:
-            cells.append(f"{row.ms[first] / row.ms[last]:.2f}" if row.ms[last] else "—")
+            cells.append(f"{row.ms[first] / row.ms[last]:.2f}" if row.ms[last] > 0 and row.ms[first] > 0 else "—")
         table.add_row(*cells, str(row.nodes))
-    total = [sum(r.madds or 0 for r in profile.blocks)]
-    cells = ["total", f"{total[0]:,}", *(f"{profile.total_ms[t]:.4f}" for t in profile.threads), "100.0%"]
+    counted = [r.madds for r in profile.blocks if r.madds is not None]
+    cells = ["total", f"{sum(counted):,}" if counted else "—", *(f"{profile.total_ms[t]:.4f}" for t in profile.threads), "100.0%"]
     if last != first:
         cells.append(f"{profile.total_ms[first] / profile.total_ms[last]:.2f}" if profile.total_ms[last] else "—")
     table.add_row(*cells, str(sum(r.nodes for r in profile.blocks)))
+    if profile.method != "profiler":  # the prefixes' total is the whole file's median: no separate wall time
+        return table
     # The profiler times each node from its own start to its end, thread-pool hand-offs included: where the
     # nodes' sum exceeds the whole run's wall time, that is the threads' overhead (or another load on the CPU).
     cells = ["wall (run)", "", *(f"{profile.wall_ms[t]:.4f}" for t in profile.threads), ""]

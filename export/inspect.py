@@ -122,6 +122,14 @@ def _tensor_spec(schema, subgraph, index: int) -> dict[str, Any]:
     }
 
 
+def tflite_output_specs(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every output of the main subgraph, as ``tflite_io_spec`` describes one (a file cut after a block has
+    one output per tensor the rest of the graph would read)."""
+    schema = _schema()
+    subgraph = load_model(path).Subgraphs(0)
+    return [_tensor_spec(schema, subgraph, subgraph.Outputs(i)) for i in range(subgraph.OutputsLength())]
+
+
 def tflite_io_spec(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """``{"input": {...}, "output": {...}}`` with name, shape (-1 = dynamic), dtype and quantization
     ({scale, zero_point} or None) of the main subgraph's single input and output."""

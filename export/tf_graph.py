@@ -331,7 +331,9 @@ class _Lowering:
             args = [self._value(env, a) for a in node.args]
             kwargs = {k: self._value(env, v) for k, v in node.kwargs.items()}
             args = [self._const_for(node, a) for a in args]
-            env[node.name] = handler(node, *args, **kwargs) if key in self._STRUCTURAL else handler(*args, **kwargs)
+            with self.tf.name_scope(_block_scope(node)):
+                env[node.name] = (handler(node, *args, **kwargs) if key in self._STRUCTURAL
+                                  else handler(*args, **kwargs))
         return outputs
 
     def _const_for(self, node, arg):
@@ -339,6 +341,17 @@ class _Lowering:
         if isinstance(arg, np.ndarray) and str(node.target) not in ("aten.conv2d.default", "aten.linear.default"):
             return _nhwc_const(arg, self._rank(node))
         return arg
+
+
+def _block_scope(node) -> str:
+    """The TensorFlow name scope of ``node``'s ops: the MicroNet block of its module (``stem``, ``blocks.3``,
+    ``head``; ``bench.profile.block_of``), so each op of the TFLite file names its block in its output tensors'
+    names and ``micronet profile`` can time a .tflite per block. Empty for a node outside any module."""
+    from micronet.bench.profile import block_of
+
+    stack = node.meta.get("nn_module_stack") or {}
+    path = next(reversed(stack.values()))[0] if stack else ""
+    return block_of(path) if path else ""
 
 
 def export_saved_model(module, example_nchw, saved_model_dir: str | os.PathLike, *,

@@ -84,7 +84,8 @@ def test_cli_prints_the_whole_table_in_80_columns(exported_m0_small, tmp_path):
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    ("m.tflite", {}, "no op profiler"),
+    ("m.tflite", {}, "not a TFLite flatbuffer"),
+    ("m.pb", {}, "expected an exported .onnx or .tflite"),
     ("m.onnx", {"device": "ssh://pi@board"}, "this machine only"),
     ("missing.onnx", {}, "not found"),
 ])

@@ -1,0 +1,240 @@
+"""Per-block time of a ``.tflite`` file, on any device, by timing the file's own prefixes.
+
+Why: XNNPACK runs a whole TFLite graph as one delegate node and ai-edge-litert's Python interpreter has no op
+profiler, so there is no per-op timing to join to blocks (as ``bench.profile`` does for ONNX Runtime). What
+*can* be timed anywhere the file runs (this machine, an SSH board, a phone's ``benchmark_model``) is a TFLite
+file. So the file is cut after each block: prefix ``k`` is the same flatbuffer with the operators after block
+``k`` dropped and every tensor the dropped part would have read made an output (so nothing in the prefix is
+dead code XNNPACK could skip). All prefixes are timed interleaved, round by round
+(``export.tune.measure.time_on_device``: the order alternates between rounds, so drift hits all alike), and a
+block's time is the median of its prefix minus the median of the one before. The last prefix is the file
+itself, so the blocks add up to the whole model's median exactly.
+
+What it costs in accuracy: a difference of two medians carries both files' noise (a block of a few µs can
+read negative), and a prefix's cut tensors are written out where the full graph would keep them in XNNPACK's
+workspace (a copy of one feature map per cut). Blocks are named by the op's output tensor names: the fast
+graph's TensorFlow lowering puts each op in its block's name scope (``export.tf_graph``), so this works for
+the TFLite files ``micronet export`` makes from the fast graph (every classifier float and int8 file); a
+file from onnx2tf (the reference graph, pose, segmentation) names no blocks and is refused with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from micronet.errors import MicronetError
+
+__all__ = ["Segment", "op_blocks", "segments", "write_prefix", "profile_tflite"]
+
+Progress = Callable[[str], None]
+
+# The first path component of a tensor name, less the ``_N`` TensorFlow appends to a re-entered name scope.
+_SCOPE = re.compile(r"^(stem|head|heatmaps|upsample|blocks\.\d+|head_blocks\.\d+|mr_aspp\.[a-z_]+?)(?:_\d+)?/")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of consecutive operators of one block: ``ops[start:end]``."""
+
+    block: str
+    start: int
+    end: int
+
+
+def _model(path: Path):
+    """The file's flatbuffer as objects, with every operator that reads only constants (a float16 file's weight
+    DEQUANTIZEs, which the converter puts at the top) moved to just before its first reader: still in
+    topological order, and then a cut never separates a weight from the operator that reads it."""
+    from micronet.export.inspect import load_model
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    load_model(path)  # one clear line for a file that is not a TFLite flatbuffer
+    model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+    graph = model.subgraphs[0]
+
+    def reads(op) -> list[int]:
+        return [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
+
+    movable = [op for op in graph.operators if reads(op) and _reads_only_constants(model, op)]
+    if movable:
+        rest = [op for op in graph.operators if not any(op is m for m in movable)]
+        placed = []
+        for op in rest:
+            for m in list(movable):
+                if set(int(o) for o in m.outputs) & set(reads(op)):
+                    placed.append(m)
+                    movable.remove(m)
+            placed.append(op)
+        graph.operators = placed + movable  # one nobody reads stays, at the end
+    return model
+
+
+def _block_of_name(name: str) -> str | None:
+    for part in name.split(";"):
+        match = _SCOPE.match(part)
+        if match:
+            return match.group(1)
+    return None
+
+
+def op_blocks(model) -> list[str | None]:
+    """The block of each operator of the main subgraph, from its outputs' tensor names (None: none named). A
+    weight's DEQUANTIZE (named after the weight, or not at all) takes the block of the operator that reads it."""
+    graph = model.subgraphs[0]
+    names = [t.name.decode() if isinstance(t.name, bytes) else (t.name or "") for t in graph.tensors]
+    out: list[str | None] = []
+    for op in graph.operators:
+        outputs = [] if op.outputs is None else list(op.outputs)
+        out.append(next((b for b in (_block_of_name(names[i]) for i in outputs if i >= 0) if b), None))
+    codes = _op_names(model)
+    for k in range(len(out) - 2, -1, -1):  # back to front: a run of DEQUANTIZEs before one reader
+        if codes[graph.operators[k].opcodeIndex] == "DEQUANTIZE" and _reads_only_constants(model, graph.operators[k]):
+            out[k] = out[k + 1] or out[k]
+    return out
+
+
+def _reads_only_constants(model, op) -> bool:
+    """Every input of ``op`` is a tensor with data in the file (a weight), none computed at run time."""
+    graph = model.subgraphs[0]
+    for i in (op.inputs if op.inputs is not None else []):
+        if i < 0:
+            continue
+        buffer = graph.tensors[i].buffer
+        data = model.buffers[buffer].data if 0 < buffer < len(model.buffers) else None
+        if data is None or len(data) == 0:
+            return False
+    return True
+
+
+def segments(blocks: Sequence[str | None]) -> list[Segment]:
+    """Consecutive operators of one block as segments. An unnamed operator (a QUANTIZE at the input, the
+    final RESHAPE) joins the block before it, or the first named one when it comes first."""
+    named = [b for b in blocks if b]
+    if not named:
+        raise MicronetError("this .tflite names no MicroNet blocks (made by onnx2tf, or before per-block names "
+                            "existed): profile the .onnx export, or re-export the file")
+    current = named[0]
+    filled = []
+    for block in blocks:
+        current = block or current
+        filled.append(current)
+    out: list[Segment] = []
+    for i, block in enumerate(filled):
+        if out and out[-1].block == block:
+            out[-1] = Segment(block, out[-1].start, i + 1)
+        else:
+            out.append(Segment(block, i, i + 1))
+    return out
+
+
+def write_prefix(model, end: int, out: Path) -> Path:
+    """``model`` cut after operator ``end - 1``, written to ``out``. Outputs: every tensor the prefix makes
+    (or the graph's input) that a dropped operator reads, plus the model's outputs the prefix makes."""
+    import copy
+
+    import flatbuffers
+
+    prefix = copy.deepcopy(model)
+    graph = prefix.subgraphs[0]
+    kept, dropped = graph.operators[:end], graph.operators[end:]
+    made = {int(i) for op in kept for i in (op.outputs if op.outputs is not None else [])}
+    made |= {int(i) for i in graph.inputs}
+    read_later = {int(i) for op in dropped for i in (op.inputs if op.inputs is not None else []) if i >= 0}
+    outputs = sorted((made & read_later) | (made & {int(i) for i in graph.outputs}))
+    graph.operators = kept
+    graph.outputs = outputs
+    prefix.signatureDefs = []  # the signature names the full model's outputs
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(prefix.Pack(builder), file_identifier=b"TFL3")
+    out.write_bytes(bytes(builder.Output()))
+    return out
+
+
+def profile_tflite(path: str | os.PathLike, *, device: str = "local", threads: Sequence[int] = (1, 2),
+                   runs: int = 50, warmup: int = 10, rounds: int = 5, inventory=None,
+                   progress: Progress | None = None):
+    """Per-block times of ``path`` at each thread count on ``device``, as a ``bench.profile.Profile``
+    (method ``prefixes``; ``ms`` is the median per inference over ``rounds`` rounds of ``runs`` runs)."""
+    from micronet.devices.api import make_device, resolve
+    from micronet.export.manifest import read_manifest
+    from micronet.export.tune.candidates import tuning_runtime
+    from micronet.export.tune.measure import time_on_device
+
+    from .profile import BlockTime, Profile, _block_madds
+
+    path = Path(path)
+    say = progress or (lambda _m: None)
+    model = _model(path)
+    parts = segments(op_blocks(model))
+    target = resolve(device, inventory)
+    if target.kind not in ("local", "ssh", "adb"):
+        raise MicronetError(f"micronet profile times a .tflite on this machine (local), an SSH board or an adb "
+                            f"phone, not on {target.kind} device {target.name}")
+    runtime = tuning_runtime("tflite", target.kind)
+    check = make_device(target).check()
+    if not check.reachable:
+        raise MicronetError(f"cannot profile on {check.line()}")
+    if runtime not in check.runtimes:
+        why = f": {check.problem}" if check.problem else ""
+        raise MicronetError(f"cannot profile {path.name} on {target.name}: it has no {runtime}{why}")
+    manifest = read_manifest(path) or {}
+    ops = model.subgraphs[0].operators
+    codes = _op_names(model)
+    medians: dict[int, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="micronet-profile-") as scratch:
+        files = [_described(write_prefix(model, part.end, Path(scratch) / f"prefix{k:03d}.tflite"), manifest)
+                 for k, part in enumerate(parts[:-1])] + [path]
+        for t in threads:
+            say(f"timing {len(files)} prefixes of {path.name} on {target.name} at {t} thread"
+                f"{'s' if t > 1 else ''} ({rounds} rounds of {runs} runs)")
+            timings, _env = time_on_device(target, files, threads=t, runtime=runtime, rounds=rounds, runs=runs,
+                                           warmup=warmup, inventory=inventory, say=say)
+            medians[t] = [timing.median_ms for timing in timings]
+    per_block: dict[str, BlockTime] = {}
+    for k, part in enumerate(parts):
+        row = per_block.setdefault(part.block, BlockTime(part.block, None, {t: 0.0 for t in threads}, 0, {}))
+        for t in threads:
+            row.ms[t] += medians[t][k] - (medians[t][k - 1] if k else 0.0)
+        row.nodes += part.end - part.start
+        for op in ops[part.start:part.end]:
+            name = codes[op.opcodeIndex]
+            row.ops[name] = row.ops.get(name, 0) + 1
+    madds = _block_madds(manifest)
+    for name, row in per_block.items():
+        row.madds = (madds or {}).get(name)
+    whole = {t: medians[t][-1] for t in threads}
+    version = check.runtimes.get(runtime)
+    return Profile(str(path), runtime, version, target.name, list(threads), runs, list(per_block.values()), whole,
+                   whole, manifest.get("variant"), manifest.get("input_size"), {}, method="prefixes",
+                   rounds=rounds)
+
+
+def _described(prefix: Path, manifest: dict) -> Path:
+    """A manifest beside ``prefix`` naming its first output as the one to read (a prefix has one output per
+    tensor the dropped part reads; the harness reads one) and the full file's input, where it has one."""
+    from micronet.export.inspect import tflite_output_specs
+    from micronet.export.manifest import write_manifest
+
+    data = {"output": tflite_output_specs(prefix)[0]}
+    if manifest.get("input"):
+        data["input"] = manifest["input"]
+    write_manifest(prefix, data)
+    return prefix
+
+
+def _op_names(model) -> list[str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    out = []
+    for code in model.operatorCodes:
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        out.append(names.get(builtin, "CUSTOM") if builtin != schema.BuiltinOperator.CUSTOM
+                   else f"CUSTOM:{(code.customCode or b'').decode(errors='replace')}")
+    return out
