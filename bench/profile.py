@@ -16,8 +16,9 @@ keypoint models ``head_blocks.<i>`` and ``heatmaps``; for segmentation MR-ASPP's
 nodes ONNX Runtime fused into a neighbour's is a row with 0 nodes and 0 ms (its time is in that neighbour).
 
 TFLite: ai-edge-litert's Python interpreter exposes no op profiler and XNNPACK runs the graph as one delegate
-node, so a ``.tflite`` file is refused with one line (``benchmark_model --enable_op_profiling`` on the device is
-the tool for it). Devices: this machine only.
+node, so a ``.tflite`` file is timed per block another way, on any device (``bench.tflite_profile``: the file
+cut after each block, the cuts timed on the device) and returned as the same ``Profile``. ONNX Runtime's
+profiler runs in this process: an ``.onnx`` file is profiled on this machine only.
 """
 
 from __future__ import annotations
