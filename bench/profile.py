@@ -287,10 +287,10 @@ def profile_table(profile: Profile):
     if last != first:
         cells.append(f"{profile.total_ms[first] / profile.total_ms[last]:.2f}" if profile.total_ms[last] else "—")
     table.add_row(*cells, str(sum(r.nodes for r in profile.blocks)))
-    if profile.method != "profiler":  # the prefixes' total is the whole file's median: no separate wall time
-        return table
     # The profiler times each node from its own start to its end, thread-pool hand-offs included: where the
     # nodes' sum exceeds the whole run's wall time, that is the threads' overhead (or another load on the CPU).
+    # For a .tflite the total is the last cut less the empty one, the wall the file's own median (input set
+    # and logits read included).
     cells = ["wall (run)", "", *(f"{profile.wall_ms[t]:.4f}" for t in profile.threads), ""]
     if last != first:
         cells.append(f"{profile.wall_ms[first] / profile.wall_ms[last]:.2f}" if profile.wall_ms[last] else "—")

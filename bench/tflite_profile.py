@@ -1,21 +1,23 @@
-"""Per-block time of a ``.tflite`` file, on any device, by timing the file's own prefixes.
+"""Per-block time of a ``.tflite`` file, on any device, by timing the file cut after each block.
 
 Why: XNNPACK runs a whole TFLite graph as one delegate node and ai-edge-litert's Python interpreter has no op
 profiler, so there is no per-op timing to join to blocks (as ``bench.profile`` does for ONNX Runtime). What
 *can* be timed anywhere the file runs (this machine, an SSH board, a phone's ``benchmark_model``) is a TFLite
-file. So the file is cut after each block: prefix ``k`` is the same flatbuffer with the operators after block
-``k`` dropped and every tensor the dropped part would have read made an output (so nothing in the prefix is
-dead code XNNPACK could skip). All prefixes are timed interleaved, round by round
-(``export.tune.measure.time_on_device``: the order alternates between rounds, so drift hits all alike), and a
-block's time is the median of its prefix minus the median of the one before. The last prefix is the file
-itself, so the blocks add up to the whole model's median exactly.
+file. So the file is cut: cut ``k`` is the same flatbuffer with the operators after block ``k`` dropped and
+every tensor the dropped part would have read made an output (so nothing in it is dead code XNNPACK could
+skip); cut 0 has no operator at all, the last has them all. Every cut names the graph's input as its first
+output, the one a harness reads back after each run, so each pays the same read-back (``write_prefix`` says
+why). All cuts and the file itself are timed interleaved, round by round
+(``export.tune.measure.time_on_device``: the order alternates between rounds, so drift hits all alike); a
+block's time is the median of its cut less the median of the cut before, so the blocks add up exactly to the
+last cut less the empty one (the profile's ``total_ms``), and the file's own median is the ``wall_ms``.
 
 What it costs in accuracy: a difference of two medians carries both files' noise (a block of a few µs can
-read negative), and a prefix's cut tensors are written out where the full graph would keep them in XNNPACK's
-workspace (a copy of one feature map per cut). Blocks are named by the op's output tensor names: the fast
-graph's TensorFlow lowering puts each op in its block's name scope (``export.tf_graph``), so this works for
-the TFLite files ``micronet export`` makes from the fast graph (every classifier float and int8 file); a
-file from onnx2tf (the reference graph, pose, segmentation) names no blocks and is refused with one line.
+read negative), and a cut's tensors are written out where the full graph would keep them in XNNPACK's
+workspace. Blocks are named by the operators' output tensor names: the fast graph's TensorFlow lowering puts
+each op in its block's name scope (``export.tf_graph``), so this works for the TFLite files ``micronet export``
+makes from the fast graph (every classifier float and int8 file); a file from onnx2tf (the reference graph,
+pose, segmentation) names no blocks and is refused with one line.
 """
 
 from __future__ import annotations
@@ -134,8 +136,14 @@ def segments(blocks: Sequence[str | None]) -> list[Segment]:
 
 
 def write_prefix(model, end: int, out: Path) -> Path:
-    """``model`` cut after operator ``end - 1``, written to ``out``. Outputs: every tensor the prefix makes
-    (or the graph's input) that a dropped operator reads, plus the model's outputs the prefix makes."""
+    """``model`` cut after operator ``end - 1`` (``end`` 0: no operator at all), written to ``out``. Outputs: the
+    graph's input first, then every tensor the prefix makes that a dropped operator reads, and the model's
+    outputs the prefix makes.
+
+    Why the input first: a benchmark harness reads one output back after each run (a copy), and a cut feature
+    map written by two cores costs a second core's cache transfer to read (on a 2-core VM, 0.05 ms for m0's
+    112×112×6 stem map at 2 threads, more than the stem's own gain); every cut reading the same input tensor
+    back costs the same, which the empty cut's time then takes out."""
     import copy
 
     import flatbuffers
@@ -144,11 +152,11 @@ def write_prefix(model, end: int, out: Path) -> Path:
     graph = prefix.subgraphs[0]
     kept, dropped = graph.operators[:end], graph.operators[end:]
     made = {int(i) for op in kept for i in (op.outputs if op.outputs is not None else [])}
-    made |= {int(i) for i in graph.inputs}
     read_later = {int(i) for op in dropped for i in (op.inputs if op.inputs is not None else []) if i >= 0}
-    outputs = sorted((made & read_later) | (made & {int(i) for i in graph.outputs}))
+    first = int(graph.inputs[0])
+    rest = sorted(((made & read_later) | (made & {int(i) for i in graph.outputs})) - {first})
     graph.operators = kept
-    graph.outputs = outputs
+    graph.outputs = [first, *rest]
     prefix.signatureDefs = []  # the signature names the full model's outputs
     builder = flatbuffers.Builder(1024)
     builder.Finish(prefix.Pack(builder), file_identifier=b"TFL3")
@@ -188,19 +196,20 @@ def profile_tflite(path: str | os.PathLike, *, device: str = "local", threads: S
     codes = _op_names(model)
     medians: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="micronet-profile-") as scratch:
-        files = [_described(write_prefix(model, part.end, Path(scratch) / f"prefix{k:03d}.tflite"), manifest)
-                 for k, part in enumerate(parts[:-1])] + [path]
+        ends = [0, *(part.end for part in parts)]  # the empty cut, then one after each segment
+        files = [_described(write_prefix(model, end, Path(scratch) / f"cut{k:03d}.tflite"), manifest)
+                 for k, end in enumerate(ends)] + [path]  # and the file itself, for the wall time
         for t in threads:
-            say(f"timing {len(files)} prefixes of {path.name} on {target.name} at {t} thread"
+            say(f"timing {len(files) - 1} cuts of {path.name} and the file on {target.name} at {t} thread"
                 f"{'s' if t > 1 else ''} ({rounds} rounds of {runs} runs)")
             timings, _env = time_on_device(target, files, threads=t, runtime=runtime, rounds=rounds, runs=runs,
                                            warmup=warmup, inventory=inventory, say=say)
             medians[t] = [timing.median_ms for timing in timings]
     per_block: dict[str, BlockTime] = {}
-    for k, part in enumerate(parts):
+    for k, part in enumerate(parts, start=1):
         row = per_block.setdefault(part.block, BlockTime(part.block, None, {t: 0.0 for t in threads}, 0, {}))
         for t in threads:
-            row.ms[t] += medians[t][k] - (medians[t][k - 1] if k else 0.0)
+            row.ms[t] += medians[t][k] - medians[t][k - 1]
         row.nodes += part.end - part.start
         for op in ops[part.start:part.end]:
             name = codes[op.opcodeIndex]
@@ -208,11 +217,11 @@ def profile_tflite(path: str | os.PathLike, *, device: str = "local", threads: S
     madds = _block_madds(manifest)
     for name, row in per_block.items():
         row.madds = (madds or {}).get(name)
-    whole = {t: medians[t][-1] for t in threads}
+    ops_ms = {t: medians[t][-2] - medians[t][0] for t in threads}  # the last cut less the empty one
+    wall = {t: medians[t][-1] for t in threads}  # the file as a user's harness runs it
     version = check.runtimes.get(runtime)
-    return Profile(str(path), runtime, version, target.name, list(threads), runs, list(per_block.values()), whole,
-                   whole, manifest.get("variant"), manifest.get("input_size"), {}, method="prefixes",
-                   rounds=rounds)
+    return Profile(str(path), runtime, version, target.name, list(threads), runs, list(per_block.values()), ops_ms,
+                   wall, manifest.get("variant"), manifest.get("input_size"), {}, method="prefixes", rounds=rounds)
 
 
 def _described(prefix: Path, manifest: dict) -> Path:

@@ -59,7 +59,9 @@ def test_a_prefix_computes_what_the_full_file_computes_up_to_its_cut(exported_m0
     part.set_tensor(part.get_input_details()[0]["index"], x)
     part.invoke()
     outputs = part.get_output_details()
-    assert outputs and len(model.subgraphs[0].operators) > cut.end
+    # the graph's input first (what a harness reads back: the same for every cut), then the cut maps
+    assert outputs[0]["name"] == part.get_input_details()[0]["name"] and len(outputs) >= 2
+    assert len(model.subgraphs[0].operators) > cut.end
     assert len(_model(prefix).subgraphs[0].operators) == cut.end
     for out in outputs:  # the cut map (and any tensor a later block reads), equal to the full run's
         np.testing.assert_allclose(part.get_tensor(out["index"]), full.get_tensor(by_name[out["name"]]),
@@ -77,7 +79,7 @@ def test_blocks_add_up_to_the_whole_file_with_their_madds(exported_m0_small, kin
     ops = len(_model(exported_m0_small[kind]).subgraphs[0].operators)
     assert sum(row.nodes for row in profile.blocks) == ops == sum(sum(r.ops.values()) for r in profile.blocks)
     for t in (1, 2):
-        assert profile.total_ms[t] > 0
+        assert profile.total_ms[t] > 0 and profile.wall_ms[t] > 0  # the cuts' ops; the file as run
         assert sum(row.ms[t] for row in profile.blocks) == pytest.approx(profile.total_ms[t])
     assert profile.op_ms == {}  # no per-op time: the prefixes time blocks
 
@@ -88,7 +90,8 @@ def test_cli_prints_the_tflite_table_in_80_columns_and_writes_it(exported_m0_sma
     result = run_cli("profile", str(exported_m0_small["float32"]), "--runs", "2", "--rounds", "2",
                      "--out", str(tmp_path / "p"), columns="80")
     assert result.returncode == 0, result.stderr
-    for name in ("stem", "blocks.0", "blocks.6", "head", "ms@1T", "ms@2T", "×2T/1T", "total", "litert", "local"):
+    for name in ("stem", "blocks.0", "blocks.6", "head", "ms@1T", "ms@2T", "×2T/1T", "total", "wall (run)",
+                 "litert", "local"):
         assert name in result.stdout
     assert "…" not in result.stdout and "by op type" not in result.stdout
     import json
