@@ -32,7 +32,7 @@ from micronet import interrupts
 from micronet.errors import MicronetError
 
 from . import record as rec
-from .candidates import (PHONE_RUNTIME, block_flips, build_candidate, changed, chosen_profile, plan_fingerprint,
+from .candidates import (block_flips, build_candidate, changed, chosen_profile, plan_fingerprint,
                          switches, tuning_runtime, with_block_switch, with_switch)
 from .measure import Timing, beats, time_on_device
 from .request import TuneRequest
