@@ -114,6 +114,7 @@ def test_seg_onnx_bench_through_the_cli_gates_the_miou_drop(cityscapes, tmp_path
     assert abs(torch_row["accuracy"]["miou"] - onnx_row["accuracy"]["miou"]) <= 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, size", [("m0", 32), ("seg-m0", SEG_SIZE)])
 def test_an_untrained_variants_pytorch_row_is_the_network_its_exports_hold(variant, size, tmp_path, monkeypatch):
     """Untrained weights are drawn at random and their BatchNorm statistics re-estimated by the export: a
@@ -162,6 +163,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_bench_all_formats_when_tflite_does_not_convert(cityscapes, tmp_path):
     """Where onnx2tf cannot convert a pose or seg model at the size asked, the bench says so in one line and
     scores PyTorch and ONNX."""

@@ -273,6 +273,7 @@ def test_dense_models_scored_on_the_board_equal_the_desktop(task, sshd, inventor
     assert _left(remote_tmp) == []
 
 
+@pytest.mark.slow
 def test_dense_model_without_its_manifest_is_one_line_before_anything_is_pushed(sshd, inventory, dense_exports,
                                                                                  tmp_path, remote_tmp):
     from micronet.bench.tasks import load_task_data

@@ -175,7 +175,8 @@ def test_spatial_attention_is_a_clipped_scaled_softmax():
 
 
 
-@pytest.mark.parametrize("name", ["pose-m0", *(pytest.param(n, marks=pytest.mark.slow) for n in POSE[1:])])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", POSE)
 def test_a_pose_model_starts_with_uniform_attention_and_learns_heatmaps(name):
     """The released He-normal start on the attention's single-output conv left holes (pi < 0.01) in 7-28%
     of each layer's positions in training mode, and pose-m0 did not fit even one batch; every variant must

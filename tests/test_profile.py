@@ -33,6 +33,7 @@ def test_blocks_of_m0_are_joined_with_their_madds(m0_profile):
     assert unjoined <= joined // 10  # the join accounts for nearly every node the runtime runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, size", [("seg-m0", (64, 128)), ("pose-m0", (64, 64))])
 def test_dense_models_are_joined_per_row_head_block_and_mr_aspp_part(variant, size, tmp_path):
     """Pose and segmentation exports (the reference graph) join too, at ``micronet flops``'s granularity: the
