@@ -225,8 +225,8 @@ def profile_tflite(path: str | os.PathLike, *, device: str = "local", threads: S
 
 
 def _described(prefix: Path, manifest: dict) -> Path:
-    """A manifest beside ``prefix`` naming its first output as the one to read (a prefix has one output per
-    tensor the dropped part reads; the harness reads one) and the full file's input, where it has one."""
+    """A manifest beside the cut ``prefix`` naming its first output (the graph's input, ``write_prefix``) as the
+    one the harness reads back, and the full file's input spec where it has one."""
     from micronet.export.inspect import tflite_output_specs
     from micronet.export.manifest import write_manifest
 
