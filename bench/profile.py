@@ -41,16 +41,12 @@ UNJOINED = "(unjoined)"
 Progress = Callable[[str], None]
 
 
-#: Modules whose children are the per-block rows (as ``micronet.counting``'s ``by_stage`` groups them): the
-#: backbone's rows, the keypoint head's blocks, the parts of MR-ASPP.
-_GROUPS = ("blocks", "head_blocks", "mr_aspp")
-
-
 def block_of(module: str) -> str:
-    """``blocks.3.steps.1.0.conv`` → ``blocks.3``; ``stem.conv`` → ``stem``; ``head.fc`` → ``head``;
-    ``mr_aspp.branch.0.conv`` → ``mr_aspp.branch``; ``head_blocks.1.steps.0`` → ``head_blocks.1``."""
-    parts = module.split(".")
-    return ".".join(parts[:2]) if parts[0] in _GROUPS and len(parts) > 1 else parts[0]
+    """A module path → its per-block row, as ``micronet flops --per-layer`` sums (``micronet.counting.stage_of``,
+    imported here so that importing this module does not import torch)."""
+    from micronet.counting import stage_of
+
+    return stage_of(module)
 
 
 @dataclass

@@ -345,13 +345,13 @@ class _Lowering:
 
 def _block_scope(node) -> str:
     """The TensorFlow name scope of ``node``'s ops: the MicroNet block of its module (``stem``, ``blocks.3``,
-    ``head``; ``bench.profile.block_of``), so each op of the TFLite file names its block in its output tensors'
+    ``head``; ``micronet.counting.stage_of``), so each op of the TFLite file names its block in its output tensors'
     names and ``micronet profile`` can time a .tflite per block. Empty for a node outside any module."""
-    from micronet.bench.profile import block_of
+    from micronet.counting import stage_of
 
     stack = node.meta.get("nn_module_stack") or {}
     path = next(reversed(stack.values()))[0] if stack else ""
-    return block_of(path) if path else ""
+    return stage_of(path) if path else ""
 
 
 def export_saved_model(module, example_nchw, saved_model_dir: str | os.PathLike, *,

@@ -46,6 +46,20 @@ TASK_RULES: dict[str, str] = {"classification": "", "pose": POSE_RULE, "segmenta
 TASK_OUTPUTS_NAME: dict[str, str] = {"classification": "classes", "pose": "heatmaps", "segmentation": "classes"}
 
 
+#: Modules whose children are the per-block rows: the backbone's rows, the keypoint head's blocks, the parts
+#: of MR-ASPP.
+STAGE_GROUPS = ("blocks", "head_blocks", "mr_aspp")
+
+
+def stage_of(module: str) -> str:
+    """The stage (per-block row) a module path belongs to, as every per-block table names it (``by_stage``,
+    ``micronet profile``, the TFLite lowering's name scopes): ``blocks.3.steps.1.0.conv`` → ``blocks.3``;
+    ``stem.conv`` → ``stem``; ``head.fc`` → ``head``; ``mr_aspp.branch.0.conv`` → ``mr_aspp.branch``;
+    ``head_blocks.1.steps.0`` → ``head_blocks.1``."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] in STAGE_GROUPS and len(parts) > 1 else parts[0]
+
+
 def task_rule(task: str) -> str:
     """The whole rule a task's table is counted by: ``RULE`` plus the task's addition."""
     return f"{RULE} {TASK_RULES[task]}".strip()
@@ -108,8 +122,7 @@ class Counts:
         """Per stem / block / head subtotals: the granularity the spec's per-block table uses."""
         stages: dict[str, dict] = {}
         for row in self.layers:
-            parts = row.name.split(".")
-            stage = ".".join(parts[:2]) if parts[0] in ("blocks", "head_blocks", "mr_aspp") else parts[0]
+            stage = stage_of(row.name)
             s = stages.setdefault(stage, {"stage": stage, "params": 0, "madds": 0, "conv": 0, "linear": 0,
                                           "shiftmax": 0, "attention": 0, "out_shape": row.out_shape})
             s["params"] += row.params
