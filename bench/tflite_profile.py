@@ -48,6 +48,15 @@ class Segment:
     end: int
 
 
+def _inputs(op) -> list[int]:
+    """The tensors ``op`` reads (an omitted optional input, -1, left out)."""
+    return [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
+
+
+def _outputs(op) -> list[int]:
+    return [int(i) for i in (op.outputs if op.outputs is not None else []) if i >= 0]
+
+
 def _model(path: Path):
     """The file's flatbuffer as objects, with every operator that reads only constants (a float16 file's weight
     DEQUANTIZEs, which the converter puts at the top) moved to just before its first reader: still in
@@ -56,20 +65,15 @@ def _model(path: Path):
 
     from ai_edge_litert import schema_py_generated as schema
 
-    load_model(path)  # one clear line for a file that is not a TFLite flatbuffer
-    model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+    model = schema.ModelT.InitFromObj(load_model(path))  # load_model: one clear line for a file that is not one
     graph = model.subgraphs[0]
-
-    def reads(op) -> list[int]:
-        return [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
-
-    movable = [op for op in graph.operators if reads(op) and _reads_only_constants(model, op)]
+    movable = [op for op in graph.operators if _inputs(op) and _reads_only_constants(model, op)]
     if movable:
         rest = [op for op in graph.operators if not any(op is m for m in movable)]
         placed = []
         for op in rest:
             for m in list(movable):
-                if set(int(o) for o in m.outputs) & set(reads(op)):
+                if set(_outputs(m)) & set(_inputs(op)):
                     placed.append(m)
                     movable.remove(m)
             placed.append(op)
@@ -92,8 +96,7 @@ def op_blocks(model) -> list[str | None]:
     names = [t.name.decode() if isinstance(t.name, bytes) else (t.name or "") for t in graph.tensors]
     out: list[str | None] = []
     for op in graph.operators:
-        outputs = [] if op.outputs is None else list(op.outputs)
-        out.append(next((b for b in (_block_of_name(names[i]) for i in outputs if i >= 0) if b), None))
+        out.append(next((b for b in (_block_of_name(names[i]) for i in _outputs(op)) if b), None))
     codes = _op_names(model)
     for k in range(len(out) - 2, -1, -1):  # back to front: a run of DEQUANTIZEs before one reader
         if codes[graph.operators[k].opcodeIndex] == "DEQUANTIZE" and _reads_only_constants(model, graph.operators[k]):
@@ -104,9 +107,7 @@ def op_blocks(model) -> list[str | None]:
 def _reads_only_constants(model, op) -> bool:
     """Every input of ``op`` is a tensor with data in the file (a weight), none computed at run time."""
     graph = model.subgraphs[0]
-    for i in (op.inputs if op.inputs is not None else []):
-        if i < 0:
-            continue
+    for i in _inputs(op):
         buffer = graph.tensors[i].buffer
         data = model.buffers[buffer].data if 0 < buffer < len(model.buffers) else None
         if data is None or len(data) == 0:
@@ -151,8 +152,8 @@ def write_prefix(model, end: int, out: Path) -> Path:
     prefix = copy.deepcopy(model)
     graph = prefix.subgraphs[0]
     kept, dropped = graph.operators[:end], graph.operators[end:]
-    made = {int(i) for op in kept for i in (op.outputs if op.outputs is not None else [])}
-    read_later = {int(i) for op in dropped for i in (op.inputs if op.inputs is not None else []) if i >= 0}
+    made = {i for op in kept for i in _outputs(op)}
+    read_later = {i for op in dropped for i in _inputs(op)}
     first = int(graph.inputs[0])
     rest = sorted(((made & read_later) | (made & {int(i) for i in graph.outputs})) - {first})
     graph.operators = kept
@@ -238,12 +239,8 @@ def _described(prefix: Path, manifest: dict) -> Path:
 
 
 def _op_names(model) -> list[str]:
-    from ai_edge_litert import schema_py_generated as schema
+    """Each operator code's name (``export.inspect.op_code_name``), by code index."""
+    from micronet.export.inspect import op_code_name
 
-    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    out = []
-    for code in model.operatorCodes:
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        out.append(names.get(builtin, "CUSTOM") if builtin != schema.BuiltinOperator.CUSTOM
-                   else f"CUSTOM:{(code.customCode or b'').decode(errors='replace')}")
-    return out
+    return [op_code_name(code.builtinCode, code.deprecatedBuiltinCode, code.customCode)
+            for code in model.operatorCodes]

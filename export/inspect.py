@@ -47,25 +47,28 @@ def _enum_names(enum_class) -> dict[int, str]:
     return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
 
 
+def op_code_name(builtin_code: int, deprecated_builtin_code: int, custom_code: bytes | None) -> str:
+    """The name of one operator code: its builtin name (``CONV_2D``), ``FLEX:<TfOp>`` for a TensorFlow op
+    needing the Flex delegate, ``CUSTOM:<code>`` for another custom op. Takes the fields rather than the
+    code, so the flatbuffer's reader (``load_model``) and its object API (``ModelT``) both use it."""
+    schema = _schema()
+    # The schema keeps the old int8 field for codes < 127; the real code is the larger of the two.
+    builtin = max(builtin_code, deprecated_builtin_code)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        custom = (custom_code or b"").decode("utf-8", "replace")
+        return f"{FLEX_PREFIX}{custom[4:]}" if custom.startswith("Flex") else f"{CUSTOM_PREFIX}{custom}"
+    return _enum_names(schema.BuiltinOperator).get(builtin, f"BUILTIN_{builtin}")
+
+
 def tflite_op_inventory(path: str | os.PathLike) -> dict[str, int]:
     """Count of each op across all subgraphs, by builtin name (``CONV_2D``: 12, ...).
 
     Custom ops are listed as ``FLEX:<TfOp>`` (TensorFlow ops needing the Flex delegate, i.e. SELECT_TF_OPS)
     or ``CUSTOM:<code>``; see ``non_builtin_ops``.
     """
-    schema = _schema()
     model = load_model(path)
-    builtin_names = _enum_names(schema.BuiltinOperator)
-    names = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        # The schema keeps the old int8 field for codes < 127; the real code is the larger of the two.
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if builtin == schema.BuiltinOperator.CUSTOM:
-            custom = (code.CustomCode() or b"").decode("utf-8", "replace")
-            names.append(f"{FLEX_PREFIX}{custom[4:]}" if custom.startswith("Flex") else f"{CUSTOM_PREFIX}{custom}")
-        else:
-            names.append(builtin_names.get(builtin, f"BUILTIN_{builtin}"))
+    names = [op_code_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode())
+             for code in (model.OperatorCodes(i) for i in range(model.OperatorCodesLength()))]
     counts: dict[str, int] = {}
     for s in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(s)
@@ -82,18 +85,15 @@ def tflite_op_versions(path: str | os.PathLike) -> dict[str, int]:
     'FULLY_CONNECTED' version '12'``), so these versions, not the op names, decide which runtimes load a file
     (export/tflite_versions.py). Only codes used by an operator count; Flex/custom codes are left out.
     """
-    schema = _schema()
     model = load_model(path)
-    builtin_names = _enum_names(schema.BuiltinOperator)
     used = {model.Subgraphs(s).Operators(o).OpcodeIndex()
             for s in range(model.SubgraphsLength()) for o in range(model.Subgraphs(s).OperatorsLength())}
     versions: dict[str, int] = {}
     for i in sorted(used):
         code = model.OperatorCodes(i)
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if builtin == schema.BuiltinOperator.CUSTOM:
+        name = op_code_name(code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode())
+        if name.startswith((FLEX_PREFIX, CUSTOM_PREFIX)):
             continue
-        name = builtin_names.get(builtin, f"BUILTIN_{builtin}")
         versions[name] = max(versions.get(name, 0), int(code.Version()))
     return dict(sorted(versions.items()))
 

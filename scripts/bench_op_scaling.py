@@ -8,9 +8,10 @@ MUL, a channel roll as slice + slice + concat and the same slice padded back ins
 2-D roll of rewrite 10, a channel transpose, a Shift-Max
 coefficient path, a grouped and a dense 1x1 conv, a 3x3 depthwise conv) it builds a TFLite file that applies
 it ``--chain`` times in a row to an H x W x C map, and one with none; all files are timed interleaved at each
-thread count with ai-edge-litert's default XNNPACK delegate, and an op's cost is (chain file - empty file) /
-chain, from the medians. The input is set once (as the fast-export benchmark does); a user's input written
-each run adds a cache transfer to the first op that no chain here has.
+thread count with ai-edge-litert's default XNNPACK delegate (``bench_fast._interleaved``: round-robin, so
+drift hits all files alike), and an op's cost is (chain file - empty file) / chain, from the medians. The
+input is set once (as the fast-export benchmark does); a user's input written each run adds a cache transfer
+to the first op that no chain here has.
 
 Figures depend on the machine (core count, caches, whether two vCPUs share a core) and are not assertions:
 the script writes a Markdown table and a JSON file.
@@ -21,13 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fast import _interleaved, _Tfl  # noqa: E402  (one timing method for every benchmark)
 
 #: (H, C): MicroNet-m0's maps at 224 px from stride 4 to stride 32.
 SHAPES = ((56, 16), (28, 32), (14, 96), (7, 384))
@@ -90,19 +94,6 @@ def _build(tf, h: int, c: int, op: Callable | None, chain: int, path: Path) -> P
     return path
 
 
-class _Runner:
-    def __init__(self, path: Path, threads: int):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.it = Interpreter(model_path=str(path), num_threads=threads)
-        self.it.allocate_tensors()
-        d = self.it.get_input_details()[0]
-        self.it.set_tensor(d["index"], np.random.default_rng(0).standard_normal(d["shape"]).astype(np.float32))
-
-    def __call__(self) -> None:
-        self.it.invoke()
-
-
 def measure(shapes, threads, chain: int, rounds: int, per_round: int, work: Path, say=print) -> list[dict]:
     from micronet.quiet import import_tensorflow
 
@@ -115,24 +106,12 @@ def measure(shapes, threads, chain: int, rounds: int, per_round: int, work: Path
     rows = []
     for t in threads:
         say(f"timing {len(files)} files at {t} thread{'s' if t > 1 else ''}")
-        runners = {key: _Runner(path, t) for key, path in files.items()}
-        samples: dict[tuple, list[float]] = {key: [] for key in files}
-        for run in runners.values():
-            for _ in range(30):
-                run()
-        keys = list(runners)
-        for r in range(rounds):
-            for key in keys if r % 2 == 0 else reversed(keys):
-                run = runners[key]
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    run()
-                    samples[key].append(time.perf_counter() - start)
-        median = {key: 1e6 * statistics.median(v) for key, v in samples.items()}
+        p50 = {key: 1e3 * p50_ms for key, (p50_ms, _p90) in
+               _interleaved({key: _Tfl(path, t) for key, path in files.items()}, rounds, per_round).items()}
         for (h, c, name) in files:
             if name:
                 rows.append({"op": name, "h": h, "w": h, "c": c, "threads": t,
-                             "us_per_op": (median[(h, c, name)] - median[(h, c, "")]) / chain})
+                             "us_per_op": (p50[(h, c, name)] - p50[(h, c, "")]) / chain})
     return rows
 
 
